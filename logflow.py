@@ -1,0 +1,213 @@
+"""The web side: the app factory and the blueprint serving POST /logs."""
+import logging
+import threading
+import time
+import zlib
+
+import orjson
+from flask import Blueprint, Flask, current_app, request
+from werkzeug.exceptions import HTTPException
+
+import config
+import models
+import records
+import tasks
+from spool import SpoolUnavailable
+
+logger = logging.getLogger("logflow")
+bp = Blueprint("logs", __name__)
+
+# Longer headers are not keys LogFlow issued; refuse them before hashing.
+MAX_KEY_LENGTH = 256
+
+
+class APIError(Exception):
+    """An error that the client is told about, as {"error": message} with its status code."""
+
+    def __init__(self, status, message, headers=None, body=None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.body = body
+
+    def response(self):
+        body = {"error": self.message}
+        body.update(self.body or {})
+        return json_response(body, self.status, self.headers)
+
+
+def json_response(body, status, headers=None):
+    """A JSON response serialized with orjson."""
+    return current_app.response_class(
+        orjson.dumps(body), status=status, headers=headers, mimetype="application/json")
+
+
+def create_app(settings=None):
+    """Create the Flask app: settings from the environment unless given (tests pass their own)."""
+    settings = settings or config.load()
+    if not logging.getLogger().handlers and not logger.handlers:
+        logging.basicConfig(level=settings.log_level,
+                            format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    tasks.configure(settings)
+    if not settings.database_url:
+        # Dev mode needs no set-up step; PostgreSQL gets `manage.py init-db`.
+        models.create_tables()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["logflow"] = {"settings": settings, "keys": KeyCache(settings.key_cache_seconds)}
+    app.register_blueprint(bp)
+    app.register_error_handler(APIError, APIError.response)
+    app.register_error_handler(HTTPException, lambda error: json_response(
+        {"error": error.description}, error.code))
+    app.register_error_handler(Exception, internal_error)
+    return app
+
+
+def internal_error(error):
+    logger.exception("unhandled error on %s %s", request.method, request.path)
+    return json_response({"error": "internal error; see the server log"}, 500)
+
+
+class KeyCache:
+    """Key hash → (project id, active, writers), trusted for `ttl` seconds so known keys skip the database."""
+
+    max_entries = 10000
+
+    def __init__(self, ttl):
+        self.ttl = ttl
+        self.entries = {}
+        self.lock = threading.Lock()
+
+    def identify(self, plaintext, default_writers):
+        """The identity behind a key, or None if it is unknown or revoked."""
+        key_hash = models.hash_key(plaintext)
+        now = time.monotonic()
+        entry = self.entries.get(key_hash)
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        with models.database.connection_context():
+            key = models.ApiKey.find(plaintext)
+        identity = None
+        if key is not None:
+            project = key.project
+            identity = (project.id, project.is_active, project.writers(default_writers))
+        with self.lock:
+            if len(self.entries) >= self.max_entries:
+                # Unknown keys are cached too, so a flood of them cannot reach
+                # the database; clearing bounds the memory they take.
+                self.entries.clear()
+            self.entries[key_hash] = (now + self.ttl, identity)
+        return identity
+
+
+def authenticate(settings):
+    """The (project id, writers) of the request's key; raises 401 or 403."""
+    plaintext = request.headers.get("X-API-Key", "")
+    if not plaintext:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            plaintext = token.strip()
+    if not plaintext:
+        raise APIError(401, "an API key is required: send it as X-API-Key or Authorization: Bearer")
+    identity = None
+    if len(plaintext) <= MAX_KEY_LENGTH:
+        identity = current_app.extensions["logflow"]["keys"].identify(plaintext, settings.storage)
+    if identity is None:
+        raise APIError(401, "the API key is not valid")
+    project_id, is_active, writers = identity
+    if not is_active:
+        raise APIError(403, "this project is deactivated")
+    return project_id, writers
+
+
+def read_body(settings):
+    """The request body, decompressed within the configured limits."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+        raise APIError(415, "Content-Encoding %s is not supported; use gzip or deflate" % encoding[:32])
+    data = request.get_data(cache=False)
+    if encoding == "identity":
+        return data
+    # 32 + MAX_WBITS reads both gzip and zlib headers; raw deflate is retried below.
+    for wbits in (32 + zlib.MAX_WBITS, -zlib.MAX_WBITS):
+        try:
+            return inflate(data, wbits, settings.max_decoded_bytes)
+        except zlib.error:
+            if encoding != "deflate":
+                break
+    raise APIError(400, "the body is not valid %s data" % encoding)
+
+
+def inflate(data, wbits, limit):
+    """Decompress data, never holding more than limit bytes of output; 413 past it."""
+    chunks, size = [], 0
+    while data:
+        decompressor = zlib.decompressobj(wbits)
+        chunk = decompressor.decompress(data, limit + 1 - size)
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > limit or decompressor.unconsumed_tail:
+            raise APIError(413, "the body is larger than %d bytes once decompressed" % limit)
+        if not decompressor.eof:
+            raise APIError(400, "the compressed body is truncated")
+        # Concatenated gzip members are one stream to every gzip reader.
+        data = decompressor.unused_data if wbits > 0 else b""
+    return b"".join(chunks)
+
+
+@bp.post("/logs")
+def ingest():
+    """Accept a batch of log records; 202 once every accepted record is queued."""
+    settings = current_app.extensions["logflow"]["settings"]
+    project_id, writers = authenticate(settings)
+    try:
+        raw_records = records.parse_body(read_body(settings), request.content_type)
+    except records.UnsupportedMediaType as error:
+        raise APIError(415, str(error)) from None
+    except records.InvalidBody as error:
+        raise APIError(400, str(error)) from None
+    if not raw_records:
+        raise APIError(400, "the body holds no records")
+    if len(raw_records) > settings.max_records:
+        raise APIError(413, "a request may hold at most %d records, not %d"
+                       % (settings.max_records, len(raw_records)))
+
+    received_at = models.utcnow()
+    accepted, errors, warnings = [], [], []
+    for index, raw in enumerate(raw_records):
+        try:
+            record, notes = records.normalize(raw, received_at, settings)
+        except records.InvalidRecord as error:
+            errors.append({"index": index, "error": str(error)})
+            continue
+        accepted.append(record)
+        warnings.extend({"index": index, "warning": note} for note in notes)
+    summary = {"accepted": len(accepted), "rejected": len(errors), "errors": errors}
+    if warnings:
+        summary["warnings"] = warnings
+    if not accepted:
+        raise APIError(422, "no record in the request is valid", body=summary)
+
+    payload = orjson.dumps({"project": project_id, "received_at": records.format_time(received_at),
+                            "records": accepted})
+    try:
+        woken = tasks.runtime.spool.push(payload, writers)
+    except SpoolUnavailable as error:
+        logger.error("queue unavailable, refused %d records of project %d: %s",
+                     len(accepted), project_id, error)
+        raise APIError(503, "the queue is unavailable; nothing was accepted, retry later",
+                       headers={"Retry-After": str(settings.retry_after_seconds)}) from None
+    for writer in woken:
+        try:
+            tasks.drain(writer)
+        except Exception:
+            # The records are safe in the spool; the consumer's sweep finds them.
+            logger.exception("could not wake the %s writer; its sweep will pick the records up", writer)
+    return json_response(summary, 202)
+
+
+@bp.get("/healthz")
+def healthz():
+    """200 while the process serves requests."""
+    return json_response({"status": "ok"}, 200)

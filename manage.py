@@ -1,0 +1,120 @@
+"""LogFlow's command line: projects and their API keys."""
+import sys
+
+import click
+
+import config
+import models
+from models import ApiKey, Project
+
+
+def fail(message):
+    """Print an error to stderr and exit non-zero."""
+    click.echo("error: %s" % message, err=True)
+    sys.exit(1)
+
+
+def find_project(name_or_id):
+    project = Project.lookup(name_or_id)
+    if project is None:
+        fail("no project named %r" % name_or_id)
+    return project
+
+
+def storage_option(value):
+    if value is None:
+        return None
+    try:
+        return ",".join(config.parse_storage(value))
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@click.group()
+def cli():
+    """Manage LogFlow's projects and API keys (settings come from the environment and .env)."""
+    models.bind_database(config.load())
+    models.create_tables()
+
+
+@cli.command("init-db")
+def init_db():
+    """Create the database tables that are missing (safe to run again)."""
+    click.echo("database ready")
+
+
+@cli.command("add-project")
+@click.argument("name")
+@click.option("--storage", callback=lambda ctx, param, value: storage_option(value),
+              help="Writers for this project: db, file or db,file (default: LOGFLOW_STORAGE).")
+def add_project(name, storage):
+    """Create a project and print its first API key (shown only this once)."""
+    if Project.get_or_none(Project.name == name):
+        fail("a project named %r already exists" % name)
+    with models.database.atomic():
+        project = Project.create(name=name, storage=storage)
+        key = ApiKey.issue(project)
+    click.echo("project %s created (id %d)" % (name, project.id), err=True)
+    click.echo("API key (shown once, store it now):", err=True)
+    click.echo(key)
+
+
+@cli.command("list-projects")
+def list_projects():
+    """List projects: id, name, active, storage, and the prefixes of their live keys."""
+    click.echo("%-4s %-24s %-7s %-8s %s" % ("id", "name", "active", "storage", "keys"))
+    for project in Project.select().order_by(Project.id):
+        prefixes = [key.prefix + "…" for key in project.keys.where(ApiKey.revoked_at.is_null())]
+        click.echo("%-4d %-24s %-7s %-8s %s" % (
+            project.id, project.name, "yes" if project.is_active else "no",
+            project.storage or "default", " ".join(prefixes) or "-"))
+
+
+@cli.command("create-key")
+@click.argument("project")
+def create_key(project):
+    """Create another API key for a project (for rotation) and print it once."""
+    key = ApiKey.issue(find_project(project))
+    click.echo("API key (shown once, store it now):", err=True)
+    click.echo(key)
+
+
+@cli.command("revoke-key")
+@click.argument("prefix")
+def revoke_key(prefix):
+    """Revoke the live key whose prefix is given (as list-projects shows it)."""
+    # A longer text (a whole key, say) is matched by the part that is stored.
+    prefix = prefix.rstrip("…")[:models.SHOWN_PREFIX_LENGTH]
+    keys = list(ApiKey.select().where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_null()))
+    if not keys:
+        fail("no live key with prefix %r" % prefix)
+    if len(keys) > 1:
+        fail("%d live keys share prefix %r; none was revoked" % (len(keys), prefix))
+    keys[0].revoked_at = models.utcnow()
+    keys[0].save()
+    click.echo("revoked %s…; web processes refuse it within LOGFLOW_KEY_CACHE_SECONDS" % prefix)
+
+
+def set_active(project, active):
+    project = find_project(project)
+    project.is_active = active
+    project.save()
+    click.echo("project %s %s" % (project.name, "activated" if active else "deactivated"))
+
+
+@cli.command()
+@click.argument("project")
+def deactivate(project):
+    """Refuse the project's records (403) until it is activated again."""
+    set_active(project, False)
+
+
+@cli.command()
+@click.argument("project")
+def activate(project):
+    """Accept the project's records again."""
+    set_active(project, True)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,132 @@
+"""Peewee models: projects, their API keys, and the stored logs."""
+import datetime
+import hashlib
+import os
+import secrets
+
+import orjson
+from peewee import (BooleanField, CharField, CompositeKey, DatabaseProxy,
+                    DateTimeField, ForeignKeyField, JSONField, Model,
+                    SqliteDatabase, TextField, UUIDField)
+from playhouse import db_url
+
+from config import parse_storage
+
+# Bound to SQLite or PostgreSQL by bind_database(); importing this module
+# opens nothing.
+database = DatabaseProxy()
+
+KEY_PREFIX = "lf_"
+# "lf_" and eight random characters: enough to tell keys apart in a listing,
+# far too little to guess the rest.
+SHOWN_PREFIX_LENGTH = len(KEY_PREFIX) + 8
+
+
+def utcnow():
+    """The current time as a naive UTC datetime, the form every column stores."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+def hash_key(plaintext):
+    """The stored form of a key: keys are long random strings, so SHA-256 suffices."""
+    return hashlib.sha256(plaintext.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def bind_database(settings):
+    """Create the database the settings name and bind the models to it; connects lazily."""
+    if settings.database_url:
+        url = settings.database_url
+        scheme, _, rest = url.partition("://")
+        if scheme in ("postgres", "postgresql"):
+            # A pool per process keeps per-task connects cheap in the consumer.
+            url = "postgresql+pool://" + rest
+        db = db_url.connect(url, max_connections=32, stale_timeout=300)
+    else:
+        os.makedirs(settings.data_dir, exist_ok=True)
+        db = SqliteDatabase(
+            settings.sqlite_path,
+            pragmas={"journal_mode": "wal", "synchronous": "normal",
+                     "busy_timeout": 30000, "foreign_keys": 1},
+            # Writers take the lock at BEGIN instead of failing at upgrade time.
+            lock_type="IMMEDIATE")
+    database.initialize(db)
+    return db
+
+
+def create_tables():
+    """Create every table and index that is missing; safe to run again."""
+    with database.connection_context():
+        database.create_tables([Project, ApiKey, Log], safe=True)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+
+
+class Project(BaseModel):
+    class Meta:
+        table_name = "projects"
+
+    name = CharField(unique=True)
+    is_active = BooleanField(default=True)
+    # Empty means the LOGFLOW_STORAGE default; else "db", "file" or "db,file".
+    storage = CharField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+    @classmethod
+    def lookup(cls, name_or_id):
+        """The project with this name, or with this numeric id; None if there is none."""
+        query = cls.name == name_or_id
+        if str(name_or_id).isdigit():
+            query |= cls.id == int(name_or_id)
+        return cls.get_or_none(query)
+
+    def writers(self, default):
+        """The writers this project's records go to."""
+        return parse_storage(self.storage) if self.storage else default
+
+
+class ApiKey(BaseModel):
+    class Meta:
+        table_name = "api_keys"
+
+    project = ForeignKeyField(Project, backref="keys", on_delete="CASCADE")
+    prefix = CharField(index=True)
+    key_hash = CharField(unique=True)
+    scope = CharField(default="ingest")
+    created_at = DateTimeField(default=utcnow)
+    revoked_at = DateTimeField(null=True)
+
+    @classmethod
+    def issue(cls, project, scope="ingest"):
+        """Create a key for the project; returns the plaintext, which is never stored."""
+        plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+        cls.create(project=project, prefix=plaintext[:SHOWN_PREFIX_LENGTH],
+                   key_hash=hash_key(plaintext), scope=scope)
+        return plaintext
+
+    @classmethod
+    def find(cls, plaintext):
+        """The live key matching this plaintext, with its project; None if unknown or revoked."""
+        return (cls.select(cls, Project).join(Project)
+                .where(cls.key_hash == hash_key(plaintext), cls.revoked_at.is_null())
+                .first())
+
+
+class Log(BaseModel):
+    id = UUIDField()
+    project = ForeignKeyField(Project, backref="logs", on_delete="CASCADE")
+    level = CharField(max_length=8)
+    message = TextField()
+    metadata = JSONField(dumps=lambda value: orjson.dumps(value).decode())
+    timestamp = DateTimeField()
+    received_at = DateTimeField()
+
+    class Meta:
+        table_name = "logs"
+        # Ids are unique per project, so one project's ids can never shadow
+        # another's records when writes skip duplicates.
+        primary_key = CompositeKey("project", "id")
+        # Serves "newest logs of a project" and keyset pages on (timestamp, id).
+        indexes = ((("project", "timestamp", "id"), False),)

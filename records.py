@@ -1,0 +1,256 @@
+"""Turn request bodies into normalized log records that every writer can store.
+
+Pure functions, no I/O: whatever normalize() returns is safe for PostgreSQL
+text and jsonb, SQLite and a JSON line, so the consumer never meets a record
+it cannot write.
+"""
+import datetime
+import math
+import uuid
+
+import orjson
+
+LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")
+
+LEVEL_NAMES = {
+    "trace": "DEBUG", "verbose": "DEBUG", "debug": "DEBUG",
+    "info": "INFO", "information": "INFO", "notice": "INFO",
+    "warn": "WARN", "warning": "WARN",
+    "error": "ERROR", "err": "ERROR",
+    "critical": "CRITICAL", "crit": "CRITICAL", "fatal": "CRITICAL",
+    "alert": "CRITICAL", "emerg": "CRITICAL", "emergency": "CRITICAL",
+    "panic": "CRITICAL",
+}
+
+# Syslog severities 0-7.
+SYSLOG_LEVELS = ("CRITICAL", "CRITICAL", "CRITICAL", "ERROR", "WARN", "INFO",
+                 "INFO", "DEBUG")
+
+# Field → the names shippers use for it, the canonical name first.
+ALIASES = {
+    "message": ("message", "msg", "@m"),
+    "level": ("level", "severity", "levelname", "lvl", "@l"),
+    "timestamp": ("timestamp", "time", "ts", "@timestamp", "@t", "dt"),
+}
+
+NDJSON_TYPES = {"application/x-ndjson", "application/ndjson", "application/jsonl",
+                "application/x-jsonlines", "application/jsonlines"}
+# curl -d sends form-urlencoded unless told otherwise; take it as JSON.
+JSON_TYPES = {"application/json", "text/json", "text/plain",
+              "application/x-www-form-urlencoded", ""}
+
+# Deeper metadata than this is refused: it is never a real log and it strains
+# recursive decoders downstream.
+MAX_DEPTH = 64
+EPOCH = datetime.datetime(1970, 1, 1)
+
+
+class InvalidBody(ValueError):
+    """The request body as a whole cannot be read."""
+
+
+class UnsupportedMediaType(ValueError):
+    """The request body is in a format LogFlow does not read."""
+
+
+class InvalidRecord(ValueError):
+    """One record of a batch cannot be accepted."""
+
+
+def parse_body(data, content_type):
+    """The list of raw records in a JSON object, JSON array or NDJSON body."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type in NDJSON_TYPES:
+        return _parse_lines(data)
+    if media_type not in JSON_TYPES and not media_type.endswith("+json"):
+        raise UnsupportedMediaType(
+            "Content-Type %s is not supported; send application/json or "
+            "application/x-ndjson" % media_type)
+    if not data.strip():
+        raise InvalidBody("the request body is empty")
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        # Shippers often send NDJSON labelled as JSON.
+        if b"\n" in data.strip():
+            return _parse_lines(data)
+        raise InvalidBody("the body is not valid JSON: %s" % error) from None
+    if isinstance(value, list):
+        return value
+    return [value]
+
+
+def _parse_lines(data):
+    records = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        if line.strip():
+            try:
+                records.append(orjson.loads(line))
+            except orjson.JSONDecodeError as error:
+                raise InvalidBody("line %d is not valid JSON: %s" % (number, error)) from None
+    if not records:
+        raise InvalidBody("the request body holds no records")
+    return records
+
+
+def format_time(value):
+    """A naive UTC datetime as RFC 3339 with microseconds and Z."""
+    return value.isoformat(timespec="microseconds") + "Z"
+
+
+def normalize(raw, received_at, limits):
+    """One record in canonical form, plus a list of warnings; raises InvalidRecord."""
+    if not isinstance(raw, dict):
+        raise InvalidRecord("a record must be a JSON object")
+    warnings = []
+    fields = {name: _pick(raw, names) for name, names in ALIASES.items()}
+
+    message = fields["message"]
+    if message is None:
+        raise InvalidRecord("message is required")
+    if not isinstance(message, str):
+        raise InvalidRecord("message must be a string")
+    if len(message.encode("utf-8")) > limits.max_message_bytes:
+        raise InvalidRecord("message is longer than %d bytes" % limits.max_message_bytes)
+
+    metadata = raw.get("metadata")
+    if metadata is None:
+        metadata = {}
+    elif not isinstance(metadata, dict):
+        raise InvalidRecord("metadata must be a JSON object")
+    else:
+        metadata = dict(metadata)
+    _keep_extra_fields(raw, metadata)
+
+    timestamp = received_at
+    if fields["timestamp"] is not None:
+        timestamp = parse_timestamp(fields["timestamp"])
+        if (timestamp - received_at).total_seconds() > limits.future_window_seconds:
+            metadata["original_timestamp"] = fields["timestamp"]
+            warnings.append("timestamp is too far in the future; replaced by the time received")
+            timestamp = received_at
+
+    record = {
+        "id": parse_id(raw.get("id")),
+        "level": parse_level(fields["level"]),
+        "message": message,
+        "metadata": metadata,
+        "timestamp": format_time(timestamp),
+    }
+    replaced = []
+    record = _storable(record, 0, replaced)
+    if replaced:
+        warnings.append("NUL characters were replaced by U+FFFD")
+    return record, warnings
+
+
+def _pick(raw, names):
+    for name in names:
+        value = raw.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def _keep_extra_fields(raw, metadata):
+    """Move every top-level field LogFlow does not read itself into metadata."""
+    used = {_used_name(raw, names) for names in ALIASES.values()}
+    for key, value in raw.items():
+        if key in used or key in ("id", "metadata"):
+            continue
+        # An explicit metadata key wins; the top-level field is kept beside it.
+        metadata["_" + key if key in metadata else key] = value
+
+
+def _used_name(raw, names):
+    return next((name for name in names if raw.get(name) is not None), None)
+
+
+def parse_id(value):
+    """A client-chosen UUID in canonical form, or a new random one."""
+    if value is None:
+        return str(uuid.uuid4())
+    if not isinstance(value, str):
+        raise InvalidRecord("id must be a UUID string")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidRecord("id must be a UUID, not %r" % value[:64]) from None
+
+
+def parse_level(value):
+    """One of LEVELS from a name or a syslog or pino/bunyan number."""
+    if value is None:
+        return "INFO"
+    if isinstance(value, str):
+        name = value.strip().lower()
+        if name in LEVEL_NAMES:
+            return LEVEL_NAMES[name]
+        if not name.isdigit():
+            raise InvalidRecord("unknown level %r" % value[:32])
+        value = int(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRecord("level must be a name or a number")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidRecord("level %r is not a known severity" % value)
+    if value < 8:
+        return SYSLOG_LEVELS[int(value)]
+    # pino and bunyan: 10 trace, 20 debug, 30 info, 40 warn, 50 error, 60 fatal.
+    for limit, level in ((20, "DEBUG"), (30, "INFO"), (40, "WARN"), (50, "ERROR")):
+        if value <= limit:
+            return level
+    return "CRITICAL"
+
+
+def parse_timestamp(value):
+    """A naive UTC datetime from RFC 3339 / ISO 8601 text or epoch s, ms, µs or ns."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.replace(".", "", 1).isdigit():
+            return _from_epoch(float(text) if "." in text else int(text))
+        try:
+            parsed = datetime.datetime.fromisoformat(text.upper())
+            if parsed.tzinfo is not None:
+                parsed = parsed.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+            return parsed
+        except (ValueError, OverflowError):
+            raise InvalidRecord("timestamp %r is not RFC 3339 / ISO 8601" % value[:64]) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRecord("timestamp must be a string or a number")
+    return _from_epoch(value)
+
+
+def _from_epoch(value):
+    if not math.isfinite(value) or value < 0:
+        raise InvalidRecord("timestamp %r is out of range" % value)
+    # Judge the unit by magnitude: seconds reach 1e11 only in the year 5138.
+    for limit, per_second in ((1e11, 1), (1e14, 10**3), (1e17, 10**6)):
+        if value < limit:
+            break
+    else:
+        per_second = 10**9
+    if isinstance(value, int):
+        microseconds = value * 10**6 // per_second
+    else:
+        microseconds = round(value * 10**6 / per_second)
+    try:
+        return EPOCH + datetime.timedelta(microseconds=microseconds)
+    except OverflowError:
+        raise InvalidRecord("timestamp %r is out of range" % value) from None
+
+
+def _storable(value, depth, replaced):
+    """A copy of value without NUL characters, which PostgreSQL text and jsonb refuse."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            replaced.append(value)
+            return value.replace("\x00", "\ufffd")
+        return value
+    if isinstance(value, (dict, list)) and depth > MAX_DEPTH:
+        raise InvalidRecord("metadata is nested deeper than %d levels" % MAX_DEPTH)
+    if isinstance(value, dict):
+        return {_storable(key, depth, replaced): _storable(item, depth + 1, replaced)
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item, depth + 1, replaced) for item in value]
+    return value

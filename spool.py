@@ -1,0 +1,294 @@
+"""The spool: durable per-writer queues of accepted records, handed out in leased batches.
+
+Huey's own queue delivers at most once, so records do not travel in Huey
+messages. The web process appends each request's records to one queue per
+writer; a consumer claims a batch, writes it, then acknowledges it. A batch
+whose consumer died, or whose write failed, comes back once its lease (or its
+retry delay) runs out: delivery is at least once, and the writers make
+redelivery harmless.
+
+Each queue also carries a "scheduled" flag so that a burst of requests wakes
+the consumer with one Huey task instead of one per request.
+
+Two backends with the same methods: Redis in production, SQLite in dev mode.
+"""
+import collections
+import os
+import sqlite3
+import threading
+import time
+import uuid
+
+import redis
+
+Batch = collections.namedtuple("Batch", "id attempts payloads more")
+
+# Claim at most this many queued requests at once, whatever their size.
+MAX_BATCH_ITEMS = 1000
+
+
+class SpoolUnavailable(Exception):
+    """The spool's store cannot be reached: nothing was queued."""
+
+
+def open_spool(settings):
+    """The spool the settings name: Redis if REDIS_URL is set, else SQLite in the data folder."""
+    if settings.redis_url:
+        return RedisSpool(settings.redis_url, settings.lease_seconds)
+    return SqliteSpool(os.path.join(settings.data_dir, "spool.db"), settings.lease_seconds)
+
+
+# Claim a batch for writer KEYS: an expired lease first (its consumer died or
+# its retry is due), else up to ARGV[2] items / ARGV[3] bytes from the queue.
+# Returns {id, attempts, payloads, more}, or an empty table.
+CLAIM_SCRIPT = """
+local queue, leases, attempts, flag = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local prefix, lease = ARGV[1], tonumber(ARGV[4])
+local max_items, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local id
+local due = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 2)
+if #due > 0 then
+  id = due[1]
+else
+  id = ARGV[5]
+  local batch = prefix .. id
+  local count, size = 0, 0
+  while count < max_items and size < max_bytes do
+    local item = redis.call('LMOVE', queue, batch, 'RIGHT', 'RIGHT')
+    if not item then break end
+    count, size = count + 1, size + #item
+  end
+  if count == 0 then
+    redis.call('DEL', flag)
+    return {}
+  end
+end
+redis.call('ZADD', leases, now + lease, id)
+local more = redis.call('LLEN', queue) > 0 or #due > 1
+if more then
+  redis.call('SET', flag, '1', 'EX', math.ceil(lease))
+else
+  redis.call('DEL', flag)
+end
+return {id, tonumber(redis.call('HGET', attempts, id) or '0'),
+        redis.call('LRANGE', prefix .. id, 0, -1), more and 1 or 0}
+"""
+
+# Put a failed batch back for a retry after ARGV[2] seconds; returns its attempts.
+FAIL_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+end
+return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+"""
+
+
+class RedisSpool:
+    """The spool on Redis lists: a queue, leased batch lists and a lease sorted set per writer."""
+
+    def __init__(self, url, lease_seconds, prefix="logflow"):
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+        self.lease_seconds = lease_seconds
+        self.prefix = prefix
+        self._claim = self.client.register_script(CLAIM_SCRIPT)
+        self._fail = self.client.register_script(FAIL_SCRIPT)
+
+    def _key(self, writer, part):
+        return "%s:%s:%s" % (self.prefix, writer, part)
+
+    def push(self, payload, writers):
+        """Queue one payload for each writer atomically; returns the writers that need a wake-up."""
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                for writer in writers:
+                    pipe.lpush(self._key(writer, "queue"), payload)
+                    pipe.set(self._key(writer, "scheduled"), 1, nx=True,
+                             ex=max(1, int(self.lease_seconds)))
+                results = pipe.execute()
+        except redis.RedisError as error:
+            raise SpoolUnavailable("Redis: %s" % error) from error
+        return [writer for writer, was_set in zip(writers, results[1::2]) if was_set]
+
+    def claim(self, writer, max_bytes):
+        """Lease the next batch for a writer; None when there is nothing to do."""
+        keys = [self._key(writer, part) for part in ("queue", "leases", "attempts", "scheduled")]
+        args = [self._key(writer, "batch:"), MAX_BATCH_ITEMS, max_bytes,
+                self.lease_seconds, uuid.uuid4().hex]
+        result = self._claim(keys=keys, args=args)
+        if not result:
+            return None
+        batch_id, attempts, payloads, more = result
+        return Batch(batch_id.decode(), attempts, payloads, bool(more))
+
+    def ack(self, writer, batch_id):
+        """Forget a batch that every record of which has been written."""
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(writer, "batch:" + batch_id))
+            pipe.zrem(self._key(writer, "leases"), batch_id)
+            pipe.hdel(self._key(writer, "attempts"), batch_id)
+            pipe.execute()
+
+    def fail(self, writer, batch_id, retry_in):
+        """Give a batch back to be claimed again in retry_in seconds; returns its attempts so far."""
+        keys = [self._key(writer, "leases"), self._key(writer, "attempts")]
+        return int(self._fail(keys=keys, args=[batch_id, retry_in]))
+
+    def next_due(self, writer):
+        """Seconds until the earliest leased batch may be claimed again, or None."""
+        first = self.client.zrange(self._key(writer, "leases"), 0, 0, withscores=True)
+        if not first:
+            return None
+        seconds, microseconds = self.client.time()
+        return max(0.0, first[0][1] - (seconds + microseconds / 1e6))
+
+    def depth(self, writer):
+        """Requests waiting for a writer, queued or in leased batches."""
+        return self.client.llen(self._key(writer, "queue")) + sum(
+            self.client.llen(self._key(writer, "batch:" + batch_id.decode()))
+            for batch_id in self.client.zrange(self._key(writer, "leases"), 0, -1))
+
+    def ping(self):
+        """Raise SpoolUnavailable unless Redis answers."""
+        try:
+            self.client.ping()
+        except redis.RedisError as error:
+            raise SpoolUnavailable("Redis: %s" % error) from error
+
+
+class SqliteSpool:
+    """The spool in one SQLite table; rows with a batch id are leased until their deadline."""
+
+    schema = (
+        "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " writer TEXT NOT NULL, payload BLOB NOT NULL, batch TEXT,"
+        " deadline REAL, attempts INTEGER NOT NULL DEFAULT 0)",
+        "CREATE INDEX IF NOT EXISTS spool_writer_batch ON spool (writer, batch, id)",
+        "CREATE TABLE IF NOT EXISTS scheduled (writer TEXT PRIMARY KEY, expires REAL NOT NULL)",
+    )
+
+    def __init__(self, path, lease_seconds):
+        self.path = path
+        self.lease_seconds = lease_seconds
+        self._local = threading.local()
+
+    def _connection(self):
+        # One connection per thread and per process: gunicorn and huey fork.
+        connection = getattr(self._local, "connection", None)
+        if connection is None or self._local.pid != os.getpid():
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            connection.execute("PRAGMA journal_mode=wal")
+            connection.execute("PRAGMA synchronous=normal")
+            for statement in self.schema:
+                connection.execute(statement)
+            self._local.connection, self._local.pid = connection, os.getpid()
+        return connection
+
+    def _transaction(self, work):
+        connection = self._connection()
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(connection, time.time())
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            return result
+        except sqlite3.OperationalError as error:
+            raise SpoolUnavailable("SQLite spool: %s" % error) from error
+
+    def push(self, payload, writers):
+        """Queue one payload for each writer atomically; returns the writers that need a wake-up."""
+        def work(connection, now):
+            woken = []
+            for writer in writers:
+                connection.execute("INSERT INTO spool (writer, payload) VALUES (?, ?)",
+                                   (writer, payload))
+                cursor = connection.execute(
+                    "INSERT INTO scheduled VALUES (?, ?) ON CONFLICT (writer) DO UPDATE"
+                    " SET expires = excluded.expires WHERE scheduled.expires < ?",
+                    (writer, now + self.lease_seconds, now))
+                if cursor.rowcount:
+                    woken.append(writer)
+            return woken
+        return self._transaction(work)
+
+    def claim(self, writer, max_bytes):
+        """Lease the next batch for a writer; None when there is nothing to do."""
+        def work(connection, now):
+            due = connection.execute(
+                "SELECT DISTINCT batch FROM spool WHERE writer = ? AND batch IS NOT NULL"
+                " AND deadline <= ? LIMIT 2", (writer, now)).fetchall()
+            if due:
+                batch_id = due[0][0]
+            else:
+                batch_id = uuid.uuid4().hex
+                size, last = 0, None
+                for row_id, length in connection.execute(
+                        "SELECT id, length(payload) FROM spool WHERE writer = ? AND batch IS NULL"
+                        " ORDER BY id LIMIT ?", (writer, MAX_BATCH_ITEMS)):
+                    if size >= max_bytes:
+                        break
+                    size, last = size + length, row_id
+                if last is None:
+                    connection.execute("DELETE FROM scheduled WHERE writer = ?", (writer,))
+                    return None
+                connection.execute(
+                    "UPDATE spool SET batch = ? WHERE writer = ? AND batch IS NULL AND id <= ?",
+                    (batch_id, writer, last))
+            connection.execute("UPDATE spool SET deadline = ? WHERE writer = ? AND batch = ?",
+                               (now + self.lease_seconds, writer, batch_id))
+            rows = connection.execute(
+                "SELECT payload, attempts FROM spool WHERE writer = ? AND batch = ? ORDER BY id",
+                (writer, batch_id)).fetchall()
+            more = len(due) > 1 or connection.execute(
+                "SELECT 1 FROM spool WHERE writer = ? AND batch IS NULL LIMIT 1",
+                (writer,)).fetchone() is not None
+            if more:
+                connection.execute("INSERT OR REPLACE INTO scheduled VALUES (?, ?)",
+                                   (writer, now + self.lease_seconds))
+            else:
+                connection.execute("DELETE FROM scheduled WHERE writer = ?", (writer,))
+            return Batch(batch_id, rows[0][1], [row[0] for row in rows], more)
+        return self._transaction(work)
+
+    def ack(self, writer, batch_id):
+        """Forget a batch that every record of which has been written."""
+        self._transaction(lambda connection, now: connection.execute(
+            "DELETE FROM spool WHERE writer = ? AND batch = ?", (writer, batch_id)))
+
+    def fail(self, writer, batch_id, retry_in):
+        """Give a batch back to be claimed again in retry_in seconds; returns its attempts so far."""
+        def work(connection, now):
+            connection.execute(
+                "UPDATE spool SET attempts = attempts + 1, deadline = ?"
+                " WHERE writer = ? AND batch = ?", (now + retry_in, writer, batch_id))
+            row = connection.execute("SELECT max(attempts) FROM spool WHERE writer = ? AND batch = ?",
+                                     (writer, batch_id)).fetchone()
+            return row[0] or 0
+        return self._transaction(work)
+
+    def next_due(self, writer):
+        """Seconds until the earliest leased batch may be claimed again, or None."""
+        row = self._connection().execute(
+            "SELECT min(deadline) FROM spool WHERE writer = ? AND batch IS NOT NULL",
+            (writer,)).fetchone()
+        return None if row[0] is None else max(0.0, row[0] - time.time())
+
+    def depth(self, writer):
+        """Requests waiting for a writer, queued or in leased batches."""
+        return self._connection().execute(
+            "SELECT count(*) FROM spool WHERE writer = ?", (writer,)).fetchone()[0]
+
+    def ping(self):
+        """Raise SpoolUnavailable unless the SQLite file can be read."""
+        try:
+            self._connection().execute("SELECT 1 FROM spool LIMIT 1")
+        except sqlite3.Error as error:
+            raise SpoolUnavailable("SQLite spool: %s" % error) from error

@@ -1,0 +1,147 @@
+"""The one Huey instance and its tasks: drain the spool into the writers.
+
+Run the consumer with `huey_consumer tasks.huey -k thread -w 4 -g TERM`.
+Huey messages only say "drain writer X"; the records themselves wait in the
+spool (spool.py), which hands them out with leases so that a consumer killed
+mid-write loses nothing.
+"""
+import datetime
+import logging
+import os
+import random
+
+import orjson
+from huey import Huey, crontab
+from huey.registry import Message
+from huey.serializer import Serializer
+from huey.storage import MemoryStorage, RedisStorage, SqliteStorage
+
+import config
+import models
+import spool as spools
+from storage import DatabaseWriter, FileWriter
+
+logger = logging.getLogger("logflow")
+
+
+class JSONSerializer(Serializer):
+    """Huey messages as JSON: whoever can write to the queue cannot run code here."""
+
+    def _serialize(self, message):
+        fields = message._asdict()
+        for name in ("eta", "expires_resolved"):
+            if fields[name] is not None:
+                fields[name] = fields[name].isoformat()
+        return orjson.dumps(fields)
+
+    def _deserialize(self, data):
+        fields = orjson.loads(data)
+        for name in ("eta", "expires_resolved"):
+            if fields.get(name) is not None:
+                fields[name] = datetime.datetime.fromisoformat(fields[name])
+        return Message(**{name: fields.get(name) for name in Message._fields})
+
+
+class SqliteQueueStorage(SqliteStorage):
+    """Huey's SQLite storage, creating its folder and tables on first use rather than at import."""
+
+    def __init__(self, name, filename):
+        super().__init__(name, filename=filename, create_tables=False)
+
+    def _create_connection(self):
+        os.makedirs(os.path.dirname(self.filename) or ".", exist_ok=True)
+        connection = super()._create_connection()
+        for statement in self.ddl:
+            connection.execute(statement)
+        return connection
+
+
+def create_queue_storage(settings):
+    """Huey's storage: Redis in production, SQLite in the data folder in dev mode."""
+    if settings.redis_url:
+        return RedisStorage("logflow", url=settings.redis_url)
+    return SqliteQueueStorage("logflow", os.path.join(settings.data_dir, "huey.db"))
+
+
+class Runtime:
+    """What configure() binds: settings, the spool and the writers."""
+
+    settings = None
+    spool = None
+    writers = {}
+
+
+runtime = Runtime()
+
+
+def configure(settings):
+    """Bind the database, the spool, the queue and the writers to these settings; connects lazily."""
+    models.bind_database(settings)
+    huey.storage = create_queue_storage(settings)
+    runtime.settings = settings
+    runtime.spool = spools.open_spool(settings)
+    runtime.writers = {writer.name: writer for writer in
+                       (DatabaseWriter(), FileWriter(settings.log_dir))}
+
+
+# The consumer imports this module and runs `huey` as it finds it, so the
+# environment's settings are bound here; the app factory and tests rebind.
+huey = Huey("logflow", results=False, serializer=JSONSerializer(), storage_class=MemoryStorage)
+configure(config.load())
+
+
+def retry_delay(attempts):
+    """Capped exponential backoff with jitter, so failing writers never spin or stampede."""
+    settings = runtime.settings
+    delay = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** attempts)
+    return delay * random.uniform(0.5, 1.0)
+
+
+@huey.task()
+def drain(writer):
+    """Claim one batch for a writer, write it and acknowledge it."""
+    batch = runtime.spool.claim(writer, runtime.settings.batch_bytes)
+    if batch is None:
+        return 0
+    if batch.more:
+        # Another worker (or consumer) takes the next batch in parallel.
+        drain(writer)
+    return write_batch(writer, batch)
+
+
+def write_batch(writer, batch):
+    """Write a claimed batch; on failure give it back for a retry after a backoff."""
+    try:
+        count = runtime.writers[writer].write(batch.payloads)
+    except Exception:
+        delay = retry_delay(batch.attempts)
+        attempts = runtime.spool.fail(writer, batch.id, delay)
+        logger.exception("%s writer failed on batch %s (%d requests, attempt %d); retrying in %.1f s",
+                         writer, batch.id, len(batch.payloads), attempts, delay)
+        drain.schedule(args=(writer,), delay=delay)
+        return 0
+    runtime.spool.ack(writer, batch.id)
+    logger.debug("%s writer stored %d records from batch %s", writer, count, batch.id)
+    return count
+
+
+@huey.periodic_task(crontab(minute="*"))
+def sweep():
+    """Once a minute, wake every writer: picks up batches whose consumer died or whose wake-up was lost."""
+    for writer in config.WRITERS:
+        drain(writer)
+
+
+@huey.on_startup()
+def start_worker():
+    """Set up the logflow logger in the consumer and resume what a dead consumer left behind."""
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(runtime.settings.log_level)
+    for writer in config.WRITERS:
+        drain(writer)
+        due = runtime.spool.next_due(writer)
+        if due:
+            drain.schedule(args=(writer,), delay=due + 0.1)
