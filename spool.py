@@ -190,8 +190,8 @@ class SqliteSpool:
         return connection
 
     def _transaction(self, work):
-        connection = self._connection()
         try:
+            connection = self._connection()
             connection.execute("BEGIN IMMEDIATE")
             try:
                 result = work(connection, time.time())
@@ -200,7 +200,7 @@ class SqliteSpool:
                 raise
             connection.execute("COMMIT")
             return result
-        except sqlite3.OperationalError as error:
+        except (sqlite3.Error, OSError) as error:
             raise SpoolUnavailable("SQLite spool: %s" % error) from error
 
     def push(self, payload, writers):

@@ -7,9 +7,9 @@ shutdown_all() (also run via atexit) stops it, even on a failing run.
 PostgreSQL's data lives in its own tempfile.mkdtemp(prefix="logflow-pg-")
 directory directly under /tmp, not in the directory the caller passes: pytest's
 tmp dirs are mode 700 and owned by root, and when we run as root the server has
-to run as an unprivileged user that could not traverse them.  That temporary
-directory is removed by stop-for-good (shutdown_all); the server log is copied
-into the caller's directory as postgres.log first, for debugging.
+to run as an unprivileged user that could not traverse them.  shutdown_all()
+copies the server log into the caller's directory as postgres.log (for
+debugging) and then removes the temporary directory.
 """
 import atexit
 import glob
@@ -75,6 +75,7 @@ def _wait_for(check, deadline_s, what, log, proc=None):
             raise RuntimeError(f"{what} not ready after {deadline_s}s; log tail:\n{_log_tail(log)}")
         time.sleep(0.05)  # short poll interval, not a synchronisation sleep
 
+
 class RedisServer:
     """A redis-server child process on 127.0.0.1:port with data in `directory`."""
 
@@ -92,7 +93,7 @@ class RedisServer:
         self._proc = None
 
     def start(self):
-        """(Re)start on the same port and data dir; wait until PING answers."""
+        """(Re)start on the same port and data dir; poll until this process answers."""
         if self._proc and self._proc.poll() is None:
             return
         with open(self.log_path, "ab") as log:
@@ -133,6 +134,7 @@ def start_redis(directory, appendonly=False):
     _servers.append(server)
     server.start()
     return server
+
 
 def _pg_bindir():
     """Directory holding initdb, pg_ctl and postgres (PATH first, then newest Debian dir)."""

@@ -1,0 +1,94 @@
+"""Fixtures: real Redis and PostgreSQL for the session, and an app per test on each backend."""
+import os
+
+import pytest
+
+import config
+import models
+import services
+import tasks
+from logflow import create_app
+from models import ApiKey, Project
+
+
+def unavailable(error):
+    """Skip on a developer's machine without the servers; fail in CI, where they must exist."""
+    if os.environ.get("CI"):
+        pytest.fail(str(error))
+    pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    try:
+        server = services.start_redis(str(tmp_path_factory.mktemp("redis")))
+    except services.ServiceUnavailable as error:
+        unavailable(error)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory):
+    try:
+        server = services.start_postgres(str(tmp_path_factory.mktemp("postgres")))
+    except services.ServiceUnavailable as error:
+        unavailable(error)
+    yield server
+    services.shutdown_all()
+
+
+def base_settings(tmp_path):
+    """Dev-mode settings inside tmp_path, with fast retries and short leases for tests."""
+    return config.Settings(data_dir=str(tmp_path / "data"), log_dir=str(tmp_path / "logs"),
+                           retry_base_seconds=0.05, retry_max_seconds=0.2, lease_seconds=5,
+                           key_cache_seconds=0)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def settings(request, tmp_path):
+    """The settings of one backend: SQLite files, or PostgreSQL plus Redis."""
+    settings = base_settings(tmp_path)
+    if request.param == "postgres":
+        postgres = request.getfixturevalue("postgres_server")
+        redis_server = request.getfixturevalue("redis_server")
+        settings = settings.replace(database_url=postgres.url, redis_url=redis_server.url)
+    return settings
+
+
+@pytest.fixture
+def bound(settings):
+    """Bind models, spool and queue to fresh, empty stores of the backend."""
+    tasks.configure(settings)
+    if settings.redis_url:
+        tasks.runtime.spool.client.flushdb()
+    if settings.database_url:
+        with models.database.connection_context():
+            models.database.drop_tables([models.Log, ApiKey, Project], safe=True)
+    models.create_tables()
+    yield settings
+    close_pool = getattr(models.database.obj, "close_all", None)
+    if close_pool:
+        close_pool()
+
+
+@pytest.fixture
+def app(bound):
+    return create_app(bound)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def project(bound):
+    with models.database.connection_context():
+        return Project.create(name="acme")
+
+
+@pytest.fixture
+def key(project):
+    with models.database.connection_context():
+        return ApiKey.issue(project)

@@ -1,0 +1,155 @@
+"""The record parser: levels, timestamps, aliases, and what makes a record storable."""
+import datetime
+
+import pytest
+
+import config
+import records
+from records import InvalidBody, InvalidRecord, UnsupportedMediaType
+
+NOW = datetime.datetime(2026, 11, 27, 12, 0, 0)
+LIMITS = config.Settings()
+
+
+def nested(depth):
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def normalize(raw):
+    return records.normalize(raw, NOW, LIMITS)
+
+
+@pytest.mark.parametrize("given, level", [
+    ("debug", "DEBUG"), ("Info", "INFO"), ("WARNING", "WARN"), ("warn", "WARN"),
+    ("error", "ERROR"), ("FATAL", "CRITICAL"), ("critical", "CRITICAL"), ("trace", "DEBUG"),
+    ("Information", "INFO"), ("notice", "INFO"), (None, "INFO"),
+    (0, "CRITICAL"), (3, "ERROR"), (4, "WARN"), (6, "INFO"), (7, "DEBUG"), ("4", "WARN"),
+    (10, "DEBUG"), (20, "DEBUG"), (30, "INFO"), (40, "WARN"), (50, "ERROR"), (60, "CRITICAL"),
+])
+def test_levels_map_names_syslog_and_pino_numbers(given, level):
+    assert records.parse_level(given) == level
+
+
+@pytest.mark.parametrize("given", ["loud", True, -1, float("nan"), [1]])
+def test_unknown_levels_are_refused(given):
+    with pytest.raises(InvalidRecord):
+        records.parse_level(given)
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("2026-11-27T10:00:00Z", datetime.datetime(2026, 11, 27, 10)),
+    ("2026-11-27t10:00:00.5z", datetime.datetime(2026, 11, 27, 10, 0, 0, 500000)),
+    ("2026-11-27T12:00:00+02:00", datetime.datetime(2026, 11, 27, 10)),
+    ("2026-11-27 10:00:00", datetime.datetime(2026, 11, 27, 10)),
+    ("2026-11-27T10:00:00.123456789Z", datetime.datetime(2026, 11, 27, 10, 0, 0, 123456)),
+    (1700000000, datetime.datetime(2023, 11, 14, 22, 13, 20)),
+    (1700000000.25, datetime.datetime(2023, 11, 14, 22, 13, 20, 250000)),
+    (1700000000123, datetime.datetime(2023, 11, 14, 22, 13, 20, 123000)),
+    (1700000000123456, datetime.datetime(2023, 11, 14, 22, 13, 20, 123456)),
+    (1700000000123456789, datetime.datetime(2023, 11, 14, 22, 13, 20, 123456)),
+    ("1700000000", datetime.datetime(2023, 11, 14, 22, 13, 20)),
+])
+def test_timestamps_in_every_accepted_form(given, expected):
+    assert records.parse_timestamp(given) == expected
+
+
+@pytest.mark.parametrize("given", ["yesterday", "", True, -5, {"t": 1}, "2026-13-01T00:00:00Z"])
+def test_bad_timestamps_are_refused(given):
+    with pytest.raises(InvalidRecord):
+        records.parse_timestamp(given)
+
+
+def test_aliases_and_extra_fields():
+    record, warnings = normalize({"msg": "hi", "severity": "warning", "ts": 1700000000,
+                                  "service": "api", "metadata": {"user": 7, "service": "x"}})
+    assert record["message"] == "hi"
+    assert record["level"] == "WARN"
+    assert record["timestamp"] == "2023-11-14T22:13:20.000000Z"
+    assert record["metadata"] == {"user": 7, "service": "x", "_service": "api"}
+    assert warnings == []
+
+
+def test_canonical_field_wins_and_the_alias_is_kept_in_metadata():
+    record, _ = normalize({"message": "canonical", "msg": "alias", "@t": "2026-01-01T00:00:00Z"})
+    assert record["message"] == "canonical"
+    assert record["metadata"] == {"msg": "alias"}
+    assert record["timestamp"] == "2026-01-01T00:00:00.000000Z"
+
+
+def test_defaults():
+    record, _ = normalize({"message": "x"})
+    assert record["level"] == "INFO"
+    assert record["metadata"] == {}
+    assert record["timestamp"] == records.format_time(NOW)
+    assert len(record["id"]) == 36
+
+
+def test_client_ids_are_canonical_uuids():
+    record, _ = normalize({"message": "x", "id": "0E3A6A3C-5B7E-4C1B-9E3C-2D6B1A0F9C11"})
+    assert record["id"] == "0e3a6a3c-5b7e-4c1b-9e3c-2d6b1a0f9c11"
+    with pytest.raises(InvalidRecord, match="UUID"):
+        normalize({"message": "x", "id": "not-a-uuid"})
+
+
+def test_future_timestamps_are_replaced_and_kept():
+    future = "2026-11-27T14:00:00Z"
+    record, warnings = normalize({"message": "x", "timestamp": future})
+    assert record["timestamp"] == records.format_time(NOW)
+    assert record["metadata"]["original_timestamp"] == future
+    assert warnings and "future" in warnings[0]
+    near, warnings = normalize({"message": "x", "timestamp": "2026-11-27T12:30:00Z"})
+    assert near["timestamp"] == "2026-11-27T12:30:00.000000Z" and not warnings
+
+
+def test_nul_characters_are_made_storable():
+    record, warnings = normalize({"message": "a\x00b", "metadata": {"k\x00": ["v\x00", {"d": "\x00"}]}})
+    assert record["message"] == "a\ufffdb"
+    assert record["metadata"] == {"k\ufffd": ["v\ufffd", {"d": "\ufffd"}]}
+    assert warnings == ["NUL characters were replaced by U+FFFD"]
+
+
+@pytest.mark.parametrize("raw, error", [
+    ({"level": "info"}, "message is required"),
+    ({"message": 5}, "message must be a string"),
+    ({"message": "x" * (64 * 1024 + 1)}, "longer than"),
+    ({"message": "x", "metadata": [1]}, "metadata must be a JSON object"),
+    ({"message": "x", "metadata": {"a": nested(70)}}, "nested deeper"),
+    ("just a string", "JSON object"),
+])
+def test_invalid_records(raw, error):
+    with pytest.raises(InvalidRecord, match=error):
+        normalize(raw)
+
+
+def test_message_limit_counts_utf8_bytes():
+    normalize({"message": "é" * (32 * 1024)})
+    with pytest.raises(InvalidRecord):
+        normalize({"message": "é" * (32 * 1024 + 1)})
+
+
+def test_parse_body_shapes():
+    assert records.parse_body(b'{"message": "a"}', "application/json") == [{"message": "a"}]
+    assert records.parse_body(b'[{"message": "a"}, 1]', "application/json") == [{"message": "a"}, 1]
+    ndjson = b'{"message": "a"}\n\n{"message": "b"}\n'
+    assert records.parse_body(ndjson, "application/x-ndjson") == [{"message": "a"}, {"message": "b"}]
+    # NDJSON sent as JSON, as some shippers do.
+    assert len(records.parse_body(ndjson, "application/json; charset=utf-8")) == 2
+
+
+@pytest.mark.parametrize("body, content_type", [
+    (b"", "application/json"), (b"   \n", "application/json"), (b"{nope", "application/json"),
+    (b'{"message": NaN}', "application/json"), (b'"\\ud800"', "application/json"),
+    (b'\xff\xfe', "application/json"), (b'{"a": 1}\n{bad', "application/x-ndjson"),
+    (b"\n\n", "application/x-ndjson"),
+])
+def test_unreadable_bodies(body, content_type):
+    with pytest.raises(InvalidBody):
+        records.parse_body(body, content_type)
+
+
+def test_unsupported_content_type():
+    with pytest.raises(UnsupportedMediaType):
+        records.parse_body(b"<log/>", "application/xml")
