@@ -36,6 +36,7 @@ class JSONSerializer(Serializer):
 
     def _deserialize(self, data):
         fields = orjson.loads(data)
+        fields["args"] = tuple(fields.get("args") or ())
         for name in ("eta", "expires_resolved"):
             if fields.get(name) is not None:
                 fields[name] = datetime.datetime.fromisoformat(fields[name])

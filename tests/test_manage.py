@@ -1,0 +1,82 @@
+"""The command line: projects, keys shown once and stored hashed, rotation and deactivation."""
+import hashlib
+
+import pytest
+from click.testing import CliRunner
+
+import manage
+import models
+from helpers import post_logs
+
+
+@pytest.fixture
+def run(bound):
+    """Run a manage.py command against the test's backend; returns the click Result."""
+    environment = {"DATABASE_URL": bound.database_url, "REDIS_URL": bound.redis_url,
+                   "LOGFLOW_DATA_DIR": bound.data_dir, "LOGFLOW_LOG_DIR": bound.log_dir}
+
+    def run(*arguments):
+        return CliRunner().invoke(manage.cli, list(arguments), env=environment)
+    return run
+
+
+def test_add_project_prints_its_key_once_and_stores_only_a_hash(run, client):
+    result = run("add-project", "shop")
+    assert result.exit_code == 0, result.output
+    key = result.stdout.strip()
+    assert key.startswith("lf_") and len(key) > 40
+    assert "shown once" in result.stderr
+    with models.database.connection_context():
+        [stored] = models.ApiKey.select()
+        assert stored.key_hash == hashlib.sha256(key.encode()).hexdigest()
+        assert key not in str(stored.__data__)
+    assert post_logs(client, key, {"message": "x"}).status_code == 202
+    listing = run("list-projects")
+    assert "shop" in listing.stdout and key[:11] in listing.stdout and key not in listing.stdout
+
+
+def test_rotation_with_two_keys(run, client):
+    first = run("add-project", "shop").stdout.strip()
+    second = run("create-key", "shop").stdout.strip()
+    assert first != second
+    assert run("revoke-key", first[:11]).exit_code == 0
+    assert post_logs(client, first, {"message": "x"}).status_code == 401
+    assert post_logs(client, second, {"message": "x"}).status_code == 202
+    again = run("revoke-key", first[:11])
+    assert again.exit_code == 1 and "no live key" in again.stderr
+
+
+def test_deactivate_and_activate(run, client):
+    key = run("add-project", "shop").stdout.strip()
+    assert run("deactivate", "shop").exit_code == 0
+    assert post_logs(client, key, {"message": "x"}).status_code == 403
+    assert run("activate", "1").exit_code == 0  # by id too
+    assert post_logs(client, key, {"message": "x"}).status_code == 202
+
+
+def test_storage_option(run):
+    assert run("add-project", "archive", "--storage", "file").exit_code == 0
+    with models.database.connection_context():
+        assert models.Project.get(name="archive").writers(("db", "file")) == ("file",)
+    bad = run("add-project", "other", "--storage", "tape")
+    assert bad.exit_code == 2 and "storage must be" in bad.stderr
+
+
+def test_errors_go_to_stderr_with_a_nonzero_exit(run):
+    run("add-project", "shop")
+    duplicate = run("add-project", "shop")
+    assert duplicate.exit_code == 1 and "already exists" in duplicate.stderr
+    missing = run("create-key", "nobody")
+    assert missing.exit_code == 1 and "no project" in missing.stderr and missing.stdout == ""
+
+
+def test_init_db_is_idempotent(run):
+    assert run("init-db").exit_code == 0
+    assert run("init-db").exit_code == 0
+
+
+@pytest.mark.parametrize("command", ["init-db", "add-project", "list-projects", "create-key",
+                                     "revoke-key", "deactivate", "activate"])
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(manage.cli, [command, "--help"])
+    assert result.exit_code == 0 and len(result.output.splitlines()) > 3

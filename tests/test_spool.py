@@ -1,0 +1,84 @@
+"""The spool on both backends: batches, leases, redelivery and wake-ups."""
+import pytest
+
+import spool as spools
+from helpers import wait_for
+
+
+@pytest.fixture
+def spool(bound):
+    return spools.open_spool(bound)
+
+
+def test_claimed_batches_hold_what_was_pushed_in_order(spool):
+    for number in range(5):
+        spool.push(b"payload %d" % number, ["db", "file"])
+    batch = spool.claim("db", max_bytes=1 << 20)
+    assert batch.payloads == [b"payload %d" % n for n in range(5)]
+    assert batch.attempts == 0 and batch.more is False
+    assert spool.depth("db") == 5
+    spool.ack("db", batch.id)
+    assert spool.depth("db") == 0 and spool.claim("db", 1 << 20) is None
+    # The other writer's queue is untouched by the first writer's work.
+    assert spool.depth("file") == 5
+
+
+def test_batches_are_bounded_by_bytes(spool):
+    for number in range(10):
+        spool.push(b"x" * 1000, ["db"])
+    first = spool.claim("db", max_bytes=3000)
+    assert len(first.payloads) == 3 and first.more
+    second = spool.claim("db", max_bytes=3000)
+    assert second.id != first.id and len(second.payloads) == 3
+
+
+def test_an_unacknowledged_batch_is_redelivered_after_its_lease(bound):
+    spool = spools.open_spool(bound.replace(lease_seconds=0.3))
+    spool.push(b"precious", ["db"])
+    batch = spool.claim("db", 1 << 20)
+    assert spool.claim("db", 1 << 20) is None  # leased to someone else
+    again = wait_for(lambda: spool.claim("db", 1 << 20), timeout=10, message="redelivery")
+    assert again.id == batch.id and again.payloads == [b"precious"]
+
+
+def test_a_failed_batch_comes_back_after_its_retry_delay(spool):
+    spool.push(b"retry me", ["file"])
+    batch = spool.claim("file", 1 << 20)
+    assert spool.fail("file", batch.id, 0.2) == 1
+    assert spool.claim("file", 1 << 20) is None
+    assert 0 < spool.next_due("file") <= 0.2
+    again = wait_for(lambda: spool.claim("file", 1 << 20), timeout=10, message="retry")
+    assert again.id == batch.id and again.attempts == 1
+    spool.ack("file", again.id)
+    assert spool.next_due("file") is None
+
+
+def test_one_wake_up_per_burst(spool):
+    assert spool.push(b"a", ["db", "file"]) == ["db", "file"]
+    assert spool.push(b"b", ["db", "file"]) == []
+    spool.ack("db", spool.claim("db", 1 << 20).id)
+    assert spool.claim("db", 1 << 20) is None  # queue empty: the flag is cleared
+    assert spool.push(b"c", ["db", "file"]) == ["db"]
+
+
+def test_pushes_from_several_processes_lose_nothing(bound):
+    import multiprocessing
+    context = multiprocessing.get_context("fork")
+    processes = [context.Process(target=_push_many, args=(bound, n)) for n in range(4)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(60)
+        assert process.exitcode == 0
+    spool = spools.open_spool(bound)
+    seen = []
+    while (batch := spool.claim("db", 1 << 20)) is not None:
+        seen.extend(batch.payloads)
+        spool.ack("db", batch.id)
+    assert sorted(seen) == sorted(b"%d-%d" % (n, i) for n in range(4) for i in range(200))
+
+
+def _push_many(settings, number):
+    spool = spools.open_spool(settings)
+    for index in range(200):
+        spool.push(b"%d-%d" % (number, index), ["db"])

@@ -1,0 +1,69 @@
+"""The consumer's side: draining, per-writer retries, and a queue that runs no foreign code."""
+import logging
+import os
+import pickle
+
+import orjson
+import pytest
+
+import tasks
+from helpers import drain_all, file_records, post_logs, stored_logs, wait_for
+
+
+def test_drain_task_writes_a_batch(client, key, bound):
+    post_logs(client, key, [{"message": "a"}, {"message": "b"}])
+    assert tasks.drain.call_local("db") == 2
+    assert tasks.drain.call_local("db") == 0
+    assert len(stored_logs()) == 2 and file_records(bound.log_dir) == []
+
+
+def test_a_failing_writer_is_retried_alone(client, key, project, bound, caplog):
+    # A file where the project's folder should be: the file writer fails for real.
+    os.makedirs(bound.log_dir)
+    blocker = os.path.join(bound.log_dir, str(project.id))
+    open(blocker, "w").close()
+    post_logs(client, key, [{"message": "one"}, {"message": "two"}])
+    with caplog.at_level(logging.ERROR, logger="logflow"):
+        drain_all()
+    assert len(stored_logs()) == 2
+    assert "file writer failed" in caplog.text and "attempt 1" in caplog.text
+    assert tasks.runtime.spool.depth("db") == 0
+    assert tasks.runtime.spool.depth("file") == 1
+
+    os.remove(blocker)
+    wait_for(lambda: drain_all() or file_records(bound.log_dir), timeout=10, message="file retry")
+    assert sorted(r["message"] for r in file_records(bound.log_dir)) == ["one", "two"]
+    assert tasks.runtime.spool.depth("file") == 0
+    assert len(stored_logs()) == 2
+
+
+def test_retry_delays_grow_and_are_capped(bound):
+    tasks.configure(bound.replace(retry_base_seconds=1, retry_max_seconds=8))
+    for attempts, ceiling in ((0, 1), (1, 2), (2, 4), (3, 8), (10, 8)):
+        delays = [tasks.retry_delay(attempts) for _ in range(50)]
+        assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+
+
+def test_queue_messages_are_json(bound):
+    tasks.huey.flush()
+    tasks.drain("file")
+    [raw] = tasks.huey.storage.enqueued_items()
+    assert orjson.loads(raw)["args"] == ["file"]
+    [task] = tasks.huey.pending()
+    assert task.name == "drain" and task.args == ("file",)
+    tasks.huey.flush()
+
+
+class Exploit:
+    def __reduce__(self):
+        return (open, ("/tmp/logflow-pickle-ran", "w"))
+
+
+def test_a_forged_pickle_message_runs_no_code(bound):
+    if os.path.exists("/tmp/logflow-pickle-ran"):
+        os.remove("/tmp/logflow-pickle-ran")
+    tasks.huey.flush()
+    tasks.huey.storage.enqueue(pickle.dumps(Exploit()))
+    with pytest.raises(Exception):
+        tasks.huey.dequeue()
+    assert not os.path.exists("/tmp/logflow-pickle-ran")
