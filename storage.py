@@ -11,9 +11,13 @@ import errno
 import fcntl
 import os
 
+import logging
+
 import orjson
 
 from models import Log, database
+
+logger = logging.getLogger("logflow")
 
 # Rows per INSERT statement: well under SQLite's 32,766 bound variables.
 INSERT_CHUNK = 1000
@@ -87,13 +91,13 @@ class FileWriter:
 
 def append(path, data):
     """Append data to a file whole or not at all, even with other processes appending."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         # The lock keeps concurrent consumers' lines apart even when a write
         # is split; the truncate undoes a partial write (disk full), so no
         # torn line is ever left for a retry to append after.
         fcntl.flock(descriptor, fcntl.LOCK_EX)
-        start = os.fstat(descriptor).st_size
+        start = trim_torn_tail(descriptor, path)
         try:
             view = memoryview(data)
             while view:
@@ -107,3 +111,26 @@ def append(path, data):
             raise
     finally:
         os.close(descriptor)
+
+
+def trim_torn_tail(descriptor, path):
+    """Cut a partial last line, left by a writer killed mid-write; returns the new size.
+
+    A write is acknowledged only once it is complete, so the batch that left
+    the fragment is redelivered and its records are written again in full.
+    """
+    size = os.fstat(descriptor).st_size
+    if size == 0 or os.pread(descriptor, 1, size - 1) == b"\n":
+        return size
+    end = size
+    while end > 0:
+        step = min(end, 1 << 16)
+        newline = os.pread(descriptor, step, end - step).rfind(b"\n")
+        if newline >= 0:
+            end = end - step + newline + 1
+            break
+        end -= step
+    os.ftruncate(descriptor, end)
+    logger.warning("cut a torn last line of %d bytes from %s (a writer died mid-write; "
+                   "its batch is rewritten)", size - end, path)
+    return end

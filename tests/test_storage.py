@@ -83,3 +83,14 @@ def test_a_failed_append_leaves_no_torn_line(tmp_path):
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 3
     assert path.read_bytes() == b'{"whole": 1}\n'
+
+
+def test_a_torn_line_left_by_a_killed_writer_is_cut_before_the_next_append(tmp_path):
+    path = tmp_path / "file.log"
+    path.write_bytes(b'{"whole": 1}\n{"whole": 2}\n{"torn": "abc')
+    storage.append(str(path), b'{"redelivered": 1}\n')
+    assert path.read_bytes() == b'{"whole": 1}\n{"whole": 2}\n{"redelivered": 1}\n'
+    only_torn = tmp_path / "torn.log"
+    only_torn.write_bytes(b"x" * 100_000)
+    storage.append(str(only_torn), b"{}\n")
+    assert only_torn.read_bytes() == b"{}\n"
