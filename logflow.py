@@ -6,7 +6,7 @@ import zlib
 
 import orjson
 from flask import Blueprint, Flask, current_app, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 import config
 import models
@@ -60,6 +60,8 @@ def create_app(settings=None):
     app.register_error_handler(APIError, APIError.response)
     app.register_error_handler(HTTPException, lambda error: json_response(
         {"error": error.description}, error.code))
+    app.register_error_handler(RequestEntityTooLarge, lambda error: json_response(
+        {"error": "the body is larger than %d bytes" % settings.max_body_bytes}, 413))
     app.register_error_handler(Exception, internal_error)
     return app
 

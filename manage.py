@@ -87,7 +87,7 @@ def revoke_key(prefix):
     prefix = prefix.rstrip("…")[:models.SHOWN_PREFIX_LENGTH]
     keys = list(ApiKey.select().where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_null()))
     if not keys:
-        fail("no live key with prefix %r" % prefix)
+        fail("no live key with prefix %r (give the whole prefix list-projects shows)" % prefix)
     if len(keys) > 1:
         fail("%d live keys share prefix %r; none was revoked" % (len(keys), prefix))
     keys[0].revoked_at = models.utcnow()

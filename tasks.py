@@ -146,3 +146,9 @@ def start_worker():
         due = runtime.spool.next_due(writer)
         if due:
             drain.schedule(args=(writer,), delay=due + 0.1)
+
+
+@huey.on_shutdown()
+def stop_worker():
+    """Say so when a worker stops: after a graceful signal, its last batch is written."""
+    logger.info("consumer worker stopped")

@@ -102,7 +102,8 @@ def test_limits(client, key, app):
     assert post_logs(client, key, too_many).status_code == 413
     too_big = b'{"message": "' + b"x" * settings.max_body_bytes + b'"}'
     response = post_logs(client, key, too_big)
-    assert response.status_code == 413 and response.is_json
+    assert response.status_code == 413
+    assert response.json == {"error": "the body is larger than %d bytes" % settings.max_body_bytes}
 
 
 @pytest.mark.parametrize("body, content_type, status", [
