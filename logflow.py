@@ -5,6 +5,7 @@ import time
 import zlib
 
 import orjson
+import peewee
 from flask import Blueprint, Flask, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -213,3 +214,23 @@ def ingest():
 def healthz():
     """200 while the process serves requests."""
     return json_response({"status": "ok"}, 200)
+
+
+@bp.get("/readyz")
+def readyz():
+    """200 when the database and the queue answer; 503 naming what failed."""
+    failures = {}
+    try:
+        with models.database.connection_context():
+            models.database.execute_sql("SELECT 1")
+    except (peewee.PeeweeException, OSError) as error:
+        failures["database"] = str(error).strip() or type(error).__name__
+    try:
+        tasks.runtime.spool.ping()
+    except SpoolUnavailable as error:
+        failures["queue"] = str(error)
+    if failures:
+        logger.warning("not ready: %s", failures)
+        return json_response({"error": "not ready: " + ", ".join(sorted(failures)),
+                              "failures": failures}, 503)
+    return json_response({"status": "ready"}, 200)

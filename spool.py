@@ -290,5 +290,5 @@ class SqliteSpool:
         """Raise SpoolUnavailable unless the SQLite file can be read."""
         try:
             self._connection().execute("SELECT 1 FROM spool LIMIT 1")
-        except sqlite3.Error as error:
+        except (sqlite3.Error, OSError) as error:
             raise SpoolUnavailable("SQLite spool: %s" % error) from error

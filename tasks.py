@@ -57,10 +57,11 @@ class SqliteQueueStorage(SqliteStorage):
         return connection
 
 
-def create_queue_storage(settings):
-    """Huey's storage: Redis in production, SQLite in the data folder in dev mode."""
+def create_queue_storage(settings, spool):
+    """Huey's storage: Redis in production (sharing the spool's connections), SQLite in dev mode."""
     if settings.redis_url:
-        return RedisStorage("logflow", url=settings.redis_url)
+        # The spool's pool has timeouts: a hung Redis fails a request, never blocks it.
+        return RedisStorage("logflow", connection_pool=spool.client.connection_pool)
     return SqliteQueueStorage("logflow", os.path.join(settings.data_dir, "huey.db"))
 
 
@@ -78,9 +79,9 @@ runtime = Runtime()
 def configure(settings):
     """Bind the database, the spool, the queue and the writers to these settings; connects lazily."""
     models.bind_database(settings)
-    huey.storage = create_queue_storage(settings)
     runtime.settings = settings
     runtime.spool = spools.open_spool(settings)
+    huey.storage = create_queue_storage(settings, runtime.spool)
     runtime.writers = {writer.name: writer for writer in
                        (DatabaseWriter(), FileWriter(settings.log_dir))}
 

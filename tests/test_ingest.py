@@ -223,3 +223,15 @@ def test_errors_are_json(client):
     response = client.get("/logs")
     assert response.status_code == 405 and response.json["error"]
     assert client.get("/healthz").json == {"status": "ok"}
+
+
+def test_readiness_names_what_failed(client, bound, tmp_path):
+    assert client.get("/readyz").json == {"status": "ready"}
+    if bound.redis_url:
+        tasks.runtime.spool = spool.open_spool(bound.replace(redis_url="redis://127.0.0.1:1/0"))
+    else:
+        (tmp_path / "blocked").write_text("a file where the data folder should be")
+        tasks.runtime.spool = spool.open_spool(bound.replace(data_dir=str(tmp_path / "blocked")))
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json["error"] == "not ready: queue" and "queue" in response.json["failures"]
