@@ -8,7 +8,8 @@ retry delay) runs out: delivery is at least once, and the writers make
 redelivery harmless.
 
 Each queue also carries a "scheduled" flag so that a burst of requests wakes
-the consumer with one Huey task instead of one per request.
+the consumer with one Huey task instead of one per request, and a "wakeup"
+flag so that at most one Huey task waits for the next lease to run out.
 
 Two backends with the same methods: Redis in production, SQLite in dev mode.
 """
@@ -86,6 +87,20 @@ end
 return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 """
 
+# If writer's leases (KEYS[1]) hold a batch and no wake-up is reserved
+# (KEYS[2]), reserve one until that batch's lease ends; returns the delay.
+WAKEUP_SCRIPT = """
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #first == 0 then return false end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local delay = math.max(0, tonumber(first[2]) - now)
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', math.floor(delay * 1000) + 1) then
+  return tostring(delay)
+end
+return false
+"""
+
 
 class RedisSpool:
     """The spool on Redis lists: a queue, leased batch lists and a lease sorted set per writer."""
@@ -97,6 +112,7 @@ class RedisSpool:
         self.prefix = prefix
         self._claim = self.client.register_script(CLAIM_SCRIPT)
         self._fail = self.client.register_script(FAIL_SCRIPT)
+        self._wakeup = self.client.register_script(WAKEUP_SCRIPT)
 
     def _key(self, writer, part):
         return "%s:%s:%s" % (self.prefix, writer, part)
@@ -138,13 +154,11 @@ class RedisSpool:
         keys = [self._key(writer, "leases"), self._key(writer, "attempts")]
         return int(self._fail(keys=keys, args=[batch_id, retry_in]))
 
-    def next_due(self, writer):
-        """Seconds until the earliest leased batch may be claimed again, or None."""
-        first = self.client.zrange(self._key(writer, "leases"), 0, 0, withscores=True)
-        if not first:
-            return None
-        seconds, microseconds = self.client.time()
-        return max(0.0, first[0][1] - (seconds + microseconds / 1e6))
+    def reserve_wakeup(self, writer):
+        """Seconds until the earliest leased batch comes back, if no wake-up for it is reserved yet."""
+        keys = [self._key(writer, "leases"), self._key(writer, "wakeup")]
+        delay = self._wakeup(keys=keys)
+        return None if delay is None else float(delay)
 
     def depth(self, writer):
         """Requests waiting for a writer, queued or in leased batches."""
@@ -168,7 +182,7 @@ class SqliteSpool:
         " writer TEXT NOT NULL, payload BLOB NOT NULL, batch TEXT,"
         " deadline REAL, attempts INTEGER NOT NULL DEFAULT 0)",
         "CREATE INDEX IF NOT EXISTS spool_writer_batch ON spool (writer, batch, id)",
-        "CREATE TABLE IF NOT EXISTS scheduled (writer TEXT PRIMARY KEY, expires REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, expires REAL NOT NULL)",
     )
 
     def __init__(self, path, lease_seconds):
@@ -210,11 +224,7 @@ class SqliteSpool:
             for writer in writers:
                 connection.execute("INSERT INTO spool (writer, payload) VALUES (?, ?)",
                                    (writer, payload))
-                cursor = connection.execute(
-                    "INSERT INTO scheduled VALUES (?, ?) ON CONFLICT (writer) DO UPDATE"
-                    " SET expires = excluded.expires WHERE scheduled.expires < ?",
-                    (writer, now + self.lease_seconds, now))
-                if cursor.rowcount:
+                if self._set_flag(connection, writer + ":scheduled", now, now + self.lease_seconds):
                     woken.append(writer)
             return woken
         return self._transaction(work)
@@ -237,7 +247,7 @@ class SqliteSpool:
                         break
                     size, last = size + length, row_id
                 if last is None:
-                    connection.execute("DELETE FROM scheduled WHERE writer = ?", (writer,))
+                    connection.execute("DELETE FROM flags WHERE name = ?", (writer + ":scheduled",))
                     return None
                 connection.execute(
                     "UPDATE spool SET batch = ? WHERE writer = ? AND batch IS NULL AND id <= ?",
@@ -251,10 +261,10 @@ class SqliteSpool:
                 "SELECT 1 FROM spool WHERE writer = ? AND batch IS NULL LIMIT 1",
                 (writer,)).fetchone() is not None
             if more:
-                connection.execute("INSERT OR REPLACE INTO scheduled VALUES (?, ?)",
-                                   (writer, now + self.lease_seconds))
+                connection.execute("INSERT OR REPLACE INTO flags VALUES (?, ?)",
+                                   (writer + ":scheduled", now + self.lease_seconds))
             else:
-                connection.execute("DELETE FROM scheduled WHERE writer = ?", (writer,))
+                connection.execute("DELETE FROM flags WHERE name = ?", (writer + ":scheduled",))
             return Batch(batch_id, rows[0][1], [row[0] for row in rows], more)
         return self._transaction(work)
 
@@ -274,12 +284,25 @@ class SqliteSpool:
             return row[0] or 0
         return self._transaction(work)
 
-    def next_due(self, writer):
-        """Seconds until the earliest leased batch may be claimed again, or None."""
-        row = self._connection().execute(
-            "SELECT min(deadline) FROM spool WHERE writer = ? AND batch IS NOT NULL",
-            (writer,)).fetchone()
-        return None if row[0] is None else max(0.0, row[0] - time.time())
+    def reserve_wakeup(self, writer):
+        """Seconds until the earliest leased batch comes back, if no wake-up for it is reserved yet."""
+        def work(connection, now):
+            deadline = connection.execute(
+                "SELECT min(deadline) FROM spool WHERE writer = ? AND batch IS NOT NULL",
+                (writer,)).fetchone()[0]
+            if deadline is None or not self._set_flag(connection, writer + ":wakeup", now,
+                                                      max(deadline, now) + 0.001):
+                return None
+            return max(0.0, deadline - now)
+        return self._transaction(work)
+
+    @staticmethod
+    def _set_flag(connection, name, now, expires):
+        """Set a flag until expires unless it is set already; True if this call set it."""
+        return connection.execute(
+            "INSERT INTO flags VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
+            " SET expires = excluded.expires WHERE flags.expires <= ?",
+            (name, expires, now)).rowcount > 0
 
     def depth(self, writer):
         """Requests waiting for a writer, queued or in leased batches."""

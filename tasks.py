@@ -104,11 +104,27 @@ def drain(writer):
     """Claim one batch for a writer, write it and acknowledge it."""
     batch = runtime.spool.claim(writer, runtime.settings.batch_bytes)
     if batch is None:
+        wake_at_next_lease(writer)
         return 0
     if batch.more:
         # Another worker (or consumer) takes the next batch in parallel.
         drain(writer)
-    return write_batch(writer, batch)
+    count = write_batch(writer, batch)
+    if not batch.more:
+        wake_at_next_lease(writer)
+    return count
+
+
+def wake_at_next_lease(writer):
+    """Schedule one drain for when the earliest leased batch comes back, unless one is scheduled.
+
+    Batches leased by a consumer that died return when their leases run out,
+    at different times; this chain collects each as it does, without waiting
+    for the once-a-minute sweep.
+    """
+    delay = runtime.spool.reserve_wakeup(writer)
+    if delay is not None:
+        drain.schedule(args=(writer,), delay=delay + 0.05)
 
 
 def write_batch(writer, batch):
@@ -144,9 +160,6 @@ def start_worker():
         logger.setLevel(runtime.settings.log_level)
     for writer in config.WRITERS:
         drain(writer)
-        due = runtime.spool.next_due(writer)
-        if due:
-            drain.schedule(args=(writer,), delay=due + 0.1)
 
 
 @huey.on_shutdown()

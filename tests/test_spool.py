@@ -46,11 +46,24 @@ def test_a_failed_batch_comes_back_after_its_retry_delay(spool):
     batch = spool.claim("file", 1 << 20)
     assert spool.fail("file", batch.id, 0.2) == 1
     assert spool.claim("file", 1 << 20) is None
-    assert 0 < spool.next_due("file") <= 0.2
     again = wait_for(lambda: spool.claim("file", 1 << 20), timeout=10, message="retry")
     assert again.id == batch.id and again.attempts == 1
-    spool.ack("file", again.id)
-    assert spool.next_due("file") is None
+
+
+def test_one_wake_up_per_lease(bound):
+    spool = spools.open_spool(bound.replace(lease_seconds=0.5))
+    assert spool.reserve_wakeup("db") is None  # nothing leased
+    spool.push(b"a", ["db"])
+    spool.push(b"b", ["file"])
+    batch = spool.claim("db", 1 << 20)
+    assert 0 < spool.reserve_wakeup("db") <= 0.5
+    assert spool.reserve_wakeup("db") is None  # reserved already
+    assert spool.reserve_wakeup("file") is None  # the other writer has no lease
+    # Once the lease has run out the reservation has too.
+    wait_for(lambda: spool.claim("db", 1 << 20), timeout=10, message="redelivery")
+    assert spool.reserve_wakeup("db") is not None
+    spool.ack("db", batch.id)
+    assert spool.reserve_wakeup("db") is None
 
 
 def test_one_wake_up_per_burst(spool):
