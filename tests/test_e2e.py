@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import psycopg2
 import pytest
 import redis
 
+import spool
 from helpers import file_records, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -329,7 +331,6 @@ def test_consumer_sigterm_stops_gracefully(service):
 
 def test_a_dead_consumers_batches_return_as_their_leases_run_out(service):
     """Batches left leased at different times by a dead consumer are written without waiting for the sweep."""
-    import spool
     dead = spool.RedisSpool(service.env["REDIS_URL"], LEASE_SECONDS)
     ids = set()
     for number in range(3):
@@ -349,3 +350,43 @@ def test_a_dead_consumers_batches_return_as_their_leases_run_out(service):
              timeout=LEASE_SECONDS + 15, interval=0.2, message="the orphaned batches")
     assert assert_stored_once(service, ids) == 0
     print("orphaned batches stored %.1f s after the consumer started" % (time.monotonic() - started))
+
+
+def test_dev_mode_procfile_runs_the_whole_service_on_sqlite(tmp_path):
+    """`honcho start` with no configuration: web and consumer on SQLite, records in the db and files."""
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(PYTHONUNBUFFERED="1", LOGFLOW_DATA_DIR=str(tmp_path / "data"),
+               LOGFLOW_LOG_DIR=str(tmp_path / "logs"), LOGFLOW_STORAGE="db,file")
+    created = subprocess.run([sys.executable, "manage.py", "add-project", "dev"], cwd=ROOT, env=env,
+                             check=True, capture_output=True, text=True)
+    key = created.stdout.strip()
+    port = free_port()
+    honcho = Process("honcho", [sys.executable, "-m", "honcho", "start", "-p", str(port)],
+                     env, tmp_path / "honcho.log")
+    try:
+        base_url = "http://127.0.0.1:%d" % port
+
+        def answers():
+            honcho.check_alive()
+            try:
+                return post(base_url, key, json.dumps(records).encode())[0] == 202
+            except OSError:
+                return False
+        records = [{"id": str(uuid.uuid4()), "message": "dev %d" % n} for n in range(20)]
+        wait_for(answers, timeout=60, interval=0.2, message="honcho's web process")
+        ids = {record["id"] for record in records}
+
+        def stored():
+            connection = sqlite3.connect(tmp_path / "data" / "logflow.db")
+            try:
+                rows = connection.execute("SELECT message FROM logs").fetchall()
+            finally:
+                connection.close()
+            return len(rows) == len(ids) and {r["id"] for r in file_records(str(tmp_path / "logs"))} == ids
+        wait_for(stored, timeout=30, interval=0.2, message="records in SQLite and the files")
+        honcho.popen.send_signal(signal.SIGINT)
+        honcho.popen.wait(timeout=30)
+    finally:
+        honcho.stop()
+        print(honcho.tail())
