@@ -103,7 +103,9 @@ def normalize(raw, received_at, limits):
     if not isinstance(raw, dict):
         raise InvalidRecord("a record must be a JSON object")
     warnings = []
-    fields = {name: _pick(raw, names) for name, names in ALIASES.items()}
+    # field → the name it was sent under and its value; (None, None) if absent.
+    sent = {field: _pick(raw, names) for field, names in ALIASES.items()}
+    fields = {field: value for field, (_, value) in sent.items()}
 
     message = fields["message"]
     if message is None:
@@ -120,7 +122,7 @@ def normalize(raw, received_at, limits):
         raise InvalidRecord("metadata must be a JSON object")
     else:
         metadata = dict(metadata)
-    _keep_extra_fields(raw, metadata)
+    _keep_extra_fields(raw, metadata, {name for name, _ in sent.values()})
 
     timestamp = received_at
     if fields["timestamp"] is not None:
@@ -145,25 +147,21 @@ def normalize(raw, received_at, limits):
 
 
 def _pick(raw, names):
+    """The first of names that raw holds a non-null value for, and that value."""
     for name in names:
         value = raw.get(name)
         if value is not None:
-            return value
-    return None
+            return name, value
+    return None, None
 
 
-def _keep_extra_fields(raw, metadata):
+def _keep_extra_fields(raw, metadata, used):
     """Move every top-level field LogFlow does not read itself into metadata."""
-    used = {_used_name(raw, names) for names in ALIASES.values()}
     for key, value in raw.items():
         if key in used or key in ("id", "metadata"):
             continue
         # An explicit metadata key wins; the top-level field is kept beside it.
         metadata["_" + key if key in metadata else key] = value
-
-
-def _used_name(raw, names):
-    return next((name for name in names if raw.get(name) is not None), None)
 
 
 def parse_id(value):
