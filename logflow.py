@@ -1,5 +1,6 @@
 """The web side: the app factory and the blueprint serving POST /logs."""
 import logging
+import pathlib
 import threading
 import time
 import zlib
@@ -17,6 +18,8 @@ from spool import SpoolUnavailable
 
 logger = logging.getLogger("logflow")
 bp = Blueprint("logs", __name__)
+
+OPENAPI_PATH = pathlib.Path(__file__).with_name("openapi.json")
 
 # Longer headers are not keys LogFlow issued; refuse them before hashing.
 MAX_KEY_LENGTH = 256
@@ -208,6 +211,12 @@ def ingest():
             # The records are safe in the spool; the consumer's sweep finds them.
             logger.exception("could not wake the %s writer; its sweep will pick the records up", writer)
     return json_response(summary, 202)
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3 description of this API."""
+    return current_app.response_class(OPENAPI_PATH.read_bytes(), mimetype="application/json")
 
 
 @bp.get("/healthz")
