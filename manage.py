@@ -1,11 +1,13 @@
-"""LogFlow's command line: projects and their API keys."""
+"""LogFlow's command line: projects, their API keys, and quarantined records."""
 import sys
 
 import click
+import orjson
 
 import config
 import models
-from models import ApiKey, Project
+import tasks
+from models import ApiKey, Project, Quarantined
 
 
 def fail(message):
@@ -32,8 +34,8 @@ def storage_option(value):
 
 @click.group()
 def cli():
-    """Manage LogFlow's projects and API keys (settings come from the environment and .env)."""
-    models.bind_database(config.load())
+    """Manage LogFlow's projects, API keys and quarantine (settings come from the environment and .env)."""
+    tasks.configure(config.load())
     models.create_tables()
 
 
@@ -114,6 +116,70 @@ def deactivate(project):
 def activate(project):
     """Accept the project's records again."""
     set_active(project, True)
+
+
+@cli.group()
+def quarantine():
+    """Records a writer could not store: list, show, replay or purge them."""
+
+
+def quarantined(entry_id, everything):
+    """The entries a command acts on: one by id, or all with --all."""
+    if everything == (entry_id is not None):
+        fail("give one quarantine id or --all")
+    query = Quarantined.select().order_by(Quarantined.id)
+    if entry_id is not None:
+        query = query.where(Quarantined.id == entry_id)
+        if not query.exists():
+            fail("no quarantined record %d" % entry_id)
+    return list(query)
+
+
+@quarantine.command("list")
+@click.option("--limit", default=50, show_default=True, help="Show at most this many, oldest first.")
+def quarantine_list(limit):
+    """List quarantined records: id, writer, project, when, and why."""
+    total = Quarantined.select().count()
+    click.echo("%d quarantined record%s" % (total, "" if total == 1 else "s"))
+    for entry in Quarantined.select().order_by(Quarantined.id).limit(limit):
+        click.echo("%-6d %-5s project %-5d %s  %s" % (
+            entry.id, entry.writer, entry.project, entry.quarantined_at.isoformat(timespec="seconds"),
+            entry.error.splitlines()[0][:100] if entry.error else ""))
+
+
+@quarantine.command("show")
+@click.argument("entry_id", type=int)
+def quarantine_show(entry_id):
+    """Print one quarantined record in full, with its error."""
+    [entry] = quarantined(entry_id, False)
+    click.echo(orjson.dumps({
+        "id": entry.id, "writer": entry.writer, "project": entry.project,
+        "received_at": entry.received_at, "quarantined_at": entry.quarantined_at.isoformat(),
+        "error": entry.error, "record": orjson.loads(entry.record)}, option=orjson.OPT_INDENT_2))
+
+
+@quarantine.command("replay")
+@click.argument("entry_id", type=int, required=False)
+@click.option("--all", "everything", is_flag=True, help="Replay every quarantined record.")
+def quarantine_replay(entry_id, everything):
+    """Queue quarantined records for their writer again (after fixing the cause) and remove them here."""
+    entries = quarantined(entry_id, everything)
+    for entry in entries:
+        # Queued first, removed second: a crash in between repeats, never loses.
+        for writer in tasks.runtime.spool.push(entry.payload(), [entry.writer]):
+            tasks.drain(writer)
+        entry.delete_instance()
+    click.echo("replayed %d record%s" % (len(entries), "" if len(entries) == 1 else "s"))
+
+
+@quarantine.command("purge")
+@click.argument("entry_id", type=int, required=False)
+@click.option("--all", "everything", is_flag=True, help="Delete every quarantined record.")
+def quarantine_purge(entry_id, everything):
+    """Delete quarantined records for good."""
+    entries = quarantined(entry_id, everything)
+    Quarantined.delete().where(Quarantined.id.in_([entry.id for entry in entries])).execute()
+    click.echo("purged %d record%s" % (len(entries), "" if len(entries) == 1 else "s"))
 
 
 if __name__ == "__main__":

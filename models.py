@@ -6,7 +6,7 @@ import secrets
 
 import orjson
 from peewee import (BooleanField, CharField, CompositeKey, DatabaseProxy,
-                    DateTimeField, ForeignKeyField, JSONField, Model,
+                    DateTimeField, ForeignKeyField, IntegerField, JSONField, Model,
                     SqliteDatabase, TextField, UUIDField)
 from playhouse import db_url
 
@@ -56,7 +56,7 @@ def bind_database(settings):
 def create_tables():
     """Create every table and index that is missing; safe to run again."""
     with database.connection_context():
-        database.create_tables([Project, ApiKey, Log], safe=True)
+        database.create_tables(MODELS, safe=True)
 
 
 class BaseModel(Model):
@@ -130,3 +130,35 @@ class Log(BaseModel):
         primary_key = CompositeKey("project", "id")
         # Serves "newest logs of a project" and keyset pages on (timestamp, id).
         indexes = ((("project", "timestamp", "id"), False),)
+
+
+class Quarantined(BaseModel):
+    """A record a writer could not store while the writer itself worked: kept, with why, for an operator."""
+
+    writer = CharField()
+    # No foreign key: a vanished project may be the very reason.
+    project = IntegerField()
+    received_at = CharField()
+    # The spooled record as JSON text: escapes keep even a NUL storable here.
+    record = TextField()
+    error = TextField()
+    quarantined_at = DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "quarantine"
+
+    @classmethod
+    def add(cls, writer, item, error):
+        """Set one (project id, received_at, record) item aside with the error that refused it."""
+        project, received_at, record = item
+        return cls.create(writer=writer, project=project, received_at=received_at,
+                          record=orjson.dumps(record).decode(),
+                          error=("%s: %s" % (type(error).__name__, error))[:2000])
+
+    def payload(self):
+        """The spool payload that sends this record to its writer again."""
+        return orjson.dumps({"project": self.project, "received_at": self.received_at,
+                             "records": [orjson.loads(self.record)]})
+
+
+MODELS = [Project, ApiKey, Log, Quarantined]

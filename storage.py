@@ -1,19 +1,23 @@
 """The writers: where a batch of accepted records ends up.
 
-Every writer takes the same input, a list of spooled payloads, and either
-stores all of it or raises. Both tolerate redelivery: the database skips ids
-it already holds; the file writer may repeat a line only when a consumer died
-between writing and acknowledging.
+Every writer takes the same input, a list of decoded (project id,
+received_at, record) items, and either stores all of it or raises. Both
+tolerate redelivery: the database skips ids it already holds; the file writer
+may repeat a line only when a consumer died between writing and acknowledging.
+
+Each writer also names its `outage_errors`: failures of the store itself
+(database down, disk full), after which the batch is retried later. Any other
+error is blamed on a record, which the consumer then sets aside in quarantine.
 """
 import collections
 import datetime
 import errno
 import fcntl
+import logging
 import os
 
-import logging
-
 import orjson
+import peewee
 
 from models import Log, database
 
@@ -24,11 +28,13 @@ INSERT_CHUNK = 1000
 
 
 def decode(payloads):
-    """The (project id, received_at, record) triples of a batch of spooled payloads."""
+    """The (project id, received_at, record) items of a batch of spooled payloads."""
+    items = []
     for payload in payloads:
         request = orjson.loads(payload)
-        for record in request["records"]:
-            yield request["project"], request["received_at"], record
+        items.extend((request["project"], request["received_at"], record)
+                     for record in request["records"])
+    return items
 
 
 def parse_time(text):
@@ -40,9 +46,12 @@ class DatabaseWriter:
     """Writes a batch into the `logs` table in one transaction, skipping ids already stored."""
 
     name = "db"
+    # Connection, server and schema trouble; integrity and data errors are a record's.
+    outage_errors = (peewee.OperationalError, peewee.InterfaceError, peewee.ProgrammingError,
+                     peewee.InternalError, OSError)
 
-    def write(self, payloads):
-        """Store every record of the payloads; returns how many records there were."""
+    def write(self, items):
+        """Store every item; returns how many there were."""
         rows = [{
             "id": record["id"],
             "project": project,
@@ -51,7 +60,7 @@ class DatabaseWriter:
             "metadata": record["metadata"],
             "timestamp": parse_time(record["timestamp"]),
             "received_at": parse_time(received_at),
-        } for project, received_at, record in decode(payloads)]
+        } for project, received_at, record in items]
         with database.connection_context():
             with database.atomic():
                 for start in range(0, len(rows), INSERT_CHUNK):
@@ -63,14 +72,16 @@ class FileWriter:
     """Appends records as JSON lines to <log_dir>/<project id>/<YYYY-MM-DD>.log, by UTC date."""
 
     name = "file"
+    # Disk full, permissions, I/O errors; a record can only fail by its shape.
+    outage_errors = (OSError,)
 
     def __init__(self, log_dir):
         self.log_dir = log_dir
 
-    def write(self, payloads):
-        """Append every record of the payloads; returns how many records there were."""
+    def write(self, items):
+        """Append every item; returns how many there were."""
         files = collections.defaultdict(list)
-        for project, received_at, record in decode(payloads):
+        for project, received_at, record in items:
             line = orjson.dumps({
                 "id": record["id"],
                 "project_id": project,

@@ -19,7 +19,7 @@ from huey.storage import MemoryStorage, RedisStorage, SqliteStorage
 import config
 import models
 import spool as spools
-from storage import DatabaseWriter, FileWriter
+from storage import DatabaseWriter, FileWriter, decode
 
 logger = logging.getLogger("logflow")
 
@@ -128,19 +128,47 @@ def wake_at_next_lease(writer):
 
 
 def write_batch(writer, batch):
-    """Write a claimed batch; on failure give it back for a retry after a backoff."""
+    """Write a claimed batch and acknowledge it; on an outage give it back for a retry after a backoff."""
+    items = decode(batch.payloads)
     try:
-        count = runtime.writers[writer].write(batch.payloads)
+        count = store(runtime.writers[writer], items)
     except Exception:
         delay = retry_delay(batch.attempts)
         attempts = runtime.spool.fail(writer, batch.id, delay)
-        logger.exception("%s writer failed on batch %s (%d requests, attempt %d); retrying in %.1f s",
-                         writer, batch.id, len(batch.payloads), attempts, delay)
+        logger.exception("%s writer failed on batch %s (%d records, attempt %d); retrying in %.1f s",
+                         writer, batch.id, len(items), attempts, delay)
         drain.schedule(args=(writer,), delay=delay)
         return 0
     runtime.spool.ack(writer, batch.id)
     logger.debug("%s writer stored %d records from batch %s", writer, count, batch.id)
     return count
+
+
+def store(writer, items):
+    """Write items in one go; if a record is to blame, write them one by one and quarantine the culprits.
+
+    An outage error (see storage.py) propagates, so the whole batch is retried
+    later; nothing is quarantined because its store was down.
+    """
+    try:
+        return writer.write(items)
+    except writer.outage_errors:
+        raise
+    except Exception as error:
+        logger.warning("%s writer refused a batch of %d records (%s: %s); writing them one by one",
+                       writer.name, len(items), type(error).__name__, error)
+    stored = 0
+    for item in items:
+        try:
+            stored += writer.write([item])
+        except writer.outage_errors:
+            raise
+        except Exception as error:
+            with models.database.connection_context():
+                entry = models.Quarantined.add(writer.name, item, error)
+            logger.error("%s writer cannot store record %s of project %s (%s: %s); quarantined as %d",
+                         writer.name, item[2].get("id"), item[0], type(error).__name__, error, entry.id)
+    return stored
 
 
 @huey.periodic_task(crontab(minute="*"))

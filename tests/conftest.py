@@ -64,7 +64,7 @@ def bound(settings):
         tasks.runtime.spool.client.flushdb()
     if settings.database_url:
         with models.database.connection_context():
-            models.database.drop_tables([models.Log, ApiKey, Project], safe=True)
+            models.database.drop_tables(models.MODELS, safe=True)
     models.create_tables()
     yield settings
     close_pool = getattr(models.database.obj, "close_all", None)

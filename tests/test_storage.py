@@ -13,6 +13,11 @@ import storage
 from helpers import file_records, stored_logs
 
 
+def items(*payloads):
+    """The decoded items of spooled payloads, as the consumer hands them to a writer."""
+    return storage.decode(payloads)
+
+
 def payload(project_id, messages, received_at="2026-11-27T12:00:00.000000Z"):
     """A spooled payload as the web process writes it."""
     return orjson.dumps({"project": project_id, "received_at": received_at, "records": [
@@ -21,7 +26,7 @@ def payload(project_id, messages, received_at="2026-11-27T12:00:00.000000Z"):
 
 
 def test_database_writer_skips_ids_it_already_holds(bound, project):
-    batch = [payload(project.id, ["a", "b"]), payload(project.id, ["c"])]
+    batch = items(payload(project.id, ["a", "b"]), payload(project.id, ["c"]))
     writer = storage.DatabaseWriter()
     assert writer.write(batch) == 3
     assert writer.write(batch) == 3  # a redelivered batch
@@ -34,13 +39,13 @@ def test_database_writer_is_all_or_nothing(bound, project):
     good = payload(project.id, ["fine"])
     unknown_project = payload(project.id + 1000, ["orphan"])
     with pytest.raises(Exception):
-        storage.DatabaseWriter().write([good, unknown_project])
+        storage.DatabaseWriter().write(items(good, unknown_project))
     assert stored_logs() == []
 
 
 def test_file_writer_lines(tmp_path):
     writer = storage.FileWriter(str(tmp_path))
-    assert writer.write([payload(7, ["one", "two"])]) == 2
+    assert writer.write(items(payload(7, ["one", "two"]))) == 2
     lines = (tmp_path / "7" / "2026-11-27.log").read_text().splitlines()
     assert [json.loads(line)["message"] for line in lines] == ["one", "two"]
     assert set(json.loads(lines[0])) == {"id", "project_id", "timestamp", "level", "message",
@@ -64,7 +69,7 @@ def test_concurrent_appends_never_interleave(tmp_path):
 def _append_many(log_dir, number):
     writer = storage.FileWriter(log_dir)
     for _ in range(20):
-        writer.write([payload(1, [str(number) * 50_000] * 5)])
+        writer.write(items(payload(1, [str(number) * 50_000] * 5)))
 
 
 def test_a_failed_append_leaves_no_torn_line(tmp_path):
