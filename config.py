@@ -42,6 +42,11 @@ class Settings:
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
     retry_after_seconds: int = 5
+    # Records waiting in one writer's queue before POST /logs answers 503; 0: no bound.
+    max_queue: int = 1_000_000
+    # Records per second per project (0: no limit), and the burst above it.
+    rate_limit: int = 0
+    rate_burst: int = 0
     log_level: str = "INFO"
 
     @property
@@ -78,6 +83,9 @@ ENVIRONMENT = {
     "LOGFLOW_RETRY_BASE_SECONDS": ("retry_base_seconds", float),
     "LOGFLOW_RETRY_MAX_SECONDS": ("retry_max_seconds", float),
     "LOGFLOW_RETRY_AFTER_SECONDS": ("retry_after_seconds", int),
+    "LOGFLOW_MAX_QUEUE": ("max_queue", int),
+    "LOGFLOW_RATE_LIMIT": ("rate_limit", int),
+    "LOGFLOW_RATE_BURST": ("rate_burst", int),
     "LOGFLOW_LOG_LEVEL": ("log_level", str),
 }
 

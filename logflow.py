@@ -1,5 +1,6 @@
 """The web side: the app factory and the blueprint serving POST /logs."""
 import logging
+import math
 import pathlib
 import threading
 import time
@@ -14,7 +15,8 @@ import config
 import models
 import records
 import tasks
-from spool import SpoolUnavailable
+import spool
+from spool import QueueFull, RateLimited, SpoolUnavailable
 
 logger = logging.getLogger("logflow")
 bp = Blueprint("logs", __name__)
@@ -97,7 +99,8 @@ class KeyCache:
         identity = None
         if key is not None:
             project = key.project
-            identity = (project.id, project.is_active, project.writers(default_writers))
+            identity = (project.id, project.is_active, project.writers(default_writers),
+                        project.rate_limit)
         with self.lock:
             if len(self.entries) >= self.max_entries:
                 # Unknown keys are cached too, so a flood of them cannot reach
@@ -108,7 +111,7 @@ class KeyCache:
 
 
 def authenticate(settings):
-    """The (project id, writers) of the request's key; raises 401 or 403."""
+    """The (project id, writers, rate limit or None) of the request's key; raises 401 or 403."""
     plaintext = request.headers.get("X-API-Key", "")
     if not plaintext:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -121,10 +124,10 @@ def authenticate(settings):
         identity = current_app.extensions["logflow"]["keys"].identify(plaintext, settings.storage)
     if identity is None:
         raise APIError(401, "the API key is not valid")
-    project_id, is_active, writers = identity
+    project_id, is_active, writers, rate_limit = identity
     if not is_active:
         raise APIError(403, "this project is deactivated")
-    return project_id, writers
+    return project_id, writers, rate_limit
 
 
 def read_body(settings):
@@ -162,11 +165,25 @@ def inflate(data, wbits, limit):
     return b"".join(chunks)
 
 
+def limited_rate(settings, project_rate):
+    """Records per second the project may send: its own limit, else the default; 0 is none."""
+    return settings.rate_limit if project_rate is None else project_rate
+
+
+def rate_limit_of(settings, project_id, project_rate):
+    """The project's token bucket as a spool Limit, or None when it is unlimited."""
+    rate = limited_rate(settings, project_rate)
+    if rate <= 0:
+        return None
+    burst = settings.rate_burst or max(rate, settings.max_records)
+    return spool.Limit("project:%d" % project_id, rate, burst)
+
+
 @bp.post("/logs")
 def ingest():
     """Accept a batch of log records; 202 once every accepted record is queued."""
     settings = current_app.extensions["logflow"]["settings"]
-    project_id, writers = authenticate(settings)
+    project_id, writers, rate_limit = authenticate(settings)
     try:
         raw_records = records.parse_body(read_body(settings), request.content_type)
     except records.UnsupportedMediaType as error:
@@ -195,15 +212,24 @@ def ingest():
     if not accepted:
         raise APIError(422, "no record in the request is valid", body=summary)
 
-    payload = orjson.dumps({"project": project_id, "received_at": records.format_time(received_at),
-                            "records": accepted})
+    payload = spool.encode(project_id, records.format_time(received_at), accepted)
+    retry_after = {"Retry-After": str(settings.retry_after_seconds)}
     try:
-        woken = tasks.runtime.spool.push(payload, writers)
+        woken = tasks.runtime.spool.push(payload, writers, len(accepted),
+                                         rate_limit_of(settings, project_id, rate_limit))
     except SpoolUnavailable as error:
         logger.error("queue unavailable, refused %d records of project %d: %s",
                      len(accepted), project_id, error)
         raise APIError(503, "the queue is unavailable; nothing was accepted, retry later",
-                       headers={"Retry-After": str(settings.retry_after_seconds)}) from None
+                       headers=retry_after) from None
+    except QueueFull:
+        logger.warning("queue full, refused %d records of project %d", len(accepted), project_id)
+        raise APIError(503, "the queue is full; nothing was accepted, retry later",
+                       headers=retry_after) from None
+    except RateLimited as limited:
+        raise APIError(429, "this project sends more than its %d records per second; nothing was"
+                       " accepted, retry later" % limited_rate(settings, rate_limit),
+                       headers={"Retry-After": str(math.ceil(limited.retry_after))}) from None
     for writer in woken:
         try:
             tasks.drain(writer)

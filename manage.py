@@ -6,6 +6,7 @@ import orjson
 
 import config
 import models
+import spool
 import tasks
 from models import ApiKey, Project, Quarantined
 
@@ -61,15 +62,28 @@ def add_project(name, storage):
     click.echo(key)
 
 
+@cli.command("set-rate-limit")
+@click.argument("project")
+@click.argument("records_per_second", type=click.IntRange(min=0))
+def set_rate_limit(project, records_per_second):
+    """Limit a project to RECORDS_PER_SECOND (0: no limit); web processes apply it within LOGFLOW_KEY_CACHE_SECONDS."""
+    project = find_project(project)
+    project.rate_limit = records_per_second
+    project.save()
+    click.echo("project %s: %s" % (project.name, "%d records per second" % records_per_second
+                                   if records_per_second else "no rate limit"))
+
+
 @cli.command("list-projects")
 def list_projects():
-    """List projects: id, name, active, storage, and the prefixes of their live keys."""
-    click.echo("%-4s %-24s %-7s %-8s %s" % ("id", "name", "active", "storage", "keys"))
+    """List projects: id, name, active, storage, rate limit, and the prefixes of their live keys."""
+    click.echo("%-4s %-24s %-7s %-8s %-8s %s" % ("id", "name", "active", "storage", "rate/s", "keys"))
     for project in Project.select().order_by(Project.id):
         prefixes = [key.prefix + "…" for key in project.keys.where(ApiKey.revoked_at.is_null())]
-        click.echo("%-4d %-24s %-7s %-8s %s" % (
+        rate = "default" if project.rate_limit is None else str(project.rate_limit or "none")
+        click.echo("%-4d %-24s %-7s %-8s %-8s %s" % (
             project.id, project.name, "yes" if project.is_active else "no",
-            project.storage or "default", " ".join(prefixes) or "-"))
+            project.storage or "default", rate, " ".join(prefixes) or "-"))
 
 
 @cli.command("create-key")
@@ -166,7 +180,8 @@ def quarantine_replay(entry_id, everything):
     entries = quarantined(entry_id, everything)
     for entry in entries:
         # Queued first, removed second: a crash in between repeats, never loses.
-        for writer in tasks.runtime.spool.push(entry.payload(), [entry.writer]):
+        payload = spool.encode(entry.project, entry.received_at, [orjson.loads(entry.record)])
+        for writer in tasks.runtime.spool.push(payload, [entry.writer], 1):
             tasks.drain(writer)
         entry.delete_instance()
     click.echo("replayed %d record%s" % (len(entries), "" if len(entries) == 1 else "s"))

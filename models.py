@@ -72,6 +72,8 @@ class Project(BaseModel):
     is_active = BooleanField(default=True)
     # Empty means the LOGFLOW_STORAGE default; else "db", "file" or "db,file".
     storage = CharField(null=True)
+    # Records per second; empty means LOGFLOW_RATE_LIMIT, 0 means no limit.
+    rate_limit = IntegerField(null=True)
     created_at = DateTimeField(default=utcnow)
 
     @classmethod
@@ -154,11 +156,6 @@ class Quarantined(BaseModel):
         return cls.create(writer=writer, project=project, received_at=received_at,
                           record=orjson.dumps(record).decode(),
                           error=("%s: %s" % (type(error).__name__, error))[:2000])
-
-    def payload(self):
-        """The spool payload that sends this record to its writer again."""
-        return orjson.dumps({"project": self.project, "received_at": self.received_at,
-                             "records": [orjson.loads(self.record)]})
 
 
 MODELS = [Project, ApiKey, Log, Quarantined]

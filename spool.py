@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 
+import orjson
 import redis
 
 Batch = collections.namedtuple("Batch", "id attempts payloads more")
@@ -32,18 +33,51 @@ class SpoolUnavailable(Exception):
     """The spool's store cannot be reached: nothing was queued."""
 
 
+class QueueFull(Exception):
+    """A writer's queue holds LOGFLOW_MAX_QUEUE records already: nothing was queued."""
+
+
+class RateLimited(Exception):
+    """The project spent its records per second: nothing was queued; retry after `retry_after` s."""
+
+    def __init__(self, retry_after):
+        super().__init__("rate limited; retry after %.1f s" % retry_after)
+        self.retry_after = retry_after
+
+
+Limit = collections.namedtuple("Limit", "key rate burst")
+
+
+def encode(project, received_at, records):
+    """One request's records as a spool payload (JSON, the record count first)."""
+    # The count leads so the Redis claim script can read it without a JSON parser.
+    return orjson.dumps({"count": len(records), "project": project,
+                         "received_at": received_at, "records": records})
+
+
+def decode(payloads):
+    """The (project id, received_at, record) items of a batch of spool payloads."""
+    items = []
+    for payload in payloads:
+        request = orjson.loads(payload)
+        items.extend((request["project"], request["received_at"], record)
+                     for record in request["records"])
+    return items
+
+
 def open_spool(settings):
     """The spool the settings name: Redis if REDIS_URL is set, else SQLite in the data folder."""
     if settings.redis_url:
-        return RedisSpool(settings.redis_url, settings.lease_seconds)
-    return SqliteSpool(os.path.join(settings.data_dir, "spool.db"), settings.lease_seconds)
+        return RedisSpool(settings.redis_url, settings.lease_seconds, settings.max_queue)
+    return SqliteSpool(os.path.join(settings.data_dir, "spool.db"), settings.lease_seconds,
+                       settings.max_queue)
 
 
 # Claim a batch for writer KEYS: an expired lease first (its consumer died or
 # its retry is due), else up to ARGV[2] items / ARGV[3] bytes from the queue.
 # Returns {id, attempts, payloads, more}, or an empty table.
 CLAIM_SCRIPT = """
-local queue, leases, attempts, flag = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local queue, leases, attempts, flag, queued = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local prefix, lease = ARGV[1], tonumber(ARGV[4])
 local max_items, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
 local clock = redis.call('TIME')
@@ -55,12 +89,14 @@ if #due > 0 then
 else
   id = ARGV[5]
   local batch = prefix .. id
-  local count, size = 0, 0
+  local count, size, records = 0, 0, 0
   while count < max_items and size < max_bytes do
     local item = redis.call('LMOVE', queue, batch, 'RIGHT', 'RIGHT')
     if not item then break end
     count, size = count + 1, size + #item
+    records = records + (tonumber(string.match(item, '^{"count":(%d+)')) or 0)
   end
+  redis.call('DECRBY', queued, records)
   if count == 0 then
     redis.call('DEL', flag)
     return {}
@@ -75,6 +111,47 @@ else
 end
 return {id, tonumber(redis.call('HGET', attempts, id) or '0'),
         redis.call('LRANGE', prefix .. id, 0, -1), more and 1 or 0}
+"""
+
+# Queue ARGV[1] (holding ARGV[2] records) on each writer's queue: KEYS come in
+# threes (queue, scheduled flag, queued-records counter), then the project's
+# token bucket. Refuses when a queue holds ARGV[3] records already (returns
+# {1}) or the bucket lacks the tokens (returns {2, seconds to wait}); else
+# returns {0, indexes of the writers whose flag it set}.
+PUSH_SCRIPT = """
+local payload, records, max_queue = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local flag_ttl, rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local writers = (#KEYS - 1) / 3
+if max_queue > 0 then
+  for i = 1, writers do
+    if (tonumber(redis.call('GET', KEYS[3 * i]) or '0') + records) > max_queue then
+      return {1}
+    end
+  end
+end
+if rate > 0 then
+  local bucket = KEYS[#KEYS]
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  local state = redis.call('HMGET', bucket, 'tokens', 'at')
+  local tokens = math.min(burst, (tonumber(state[1]) or burst) + (now - (tonumber(state[2]) or now)) * rate)
+  -- A request larger than the burst waits for a full bucket rather than forever.
+  local cost = math.min(records, burst)
+  if tokens < cost then
+    return {2, tostring((cost - tokens) / rate)}
+  end
+  redis.call('HSET', bucket, 'tokens', tostring(tokens - cost), 'at', tostring(now))
+  redis.call('EXPIRE', bucket, math.ceil(burst / rate) + 1)
+end
+local woken = {}
+for i = 1, writers do
+  redis.call('LPUSH', KEYS[3 * i - 2], payload)
+  redis.call('INCRBY', KEYS[3 * i], records)
+  if redis.call('SET', KEYS[3 * i - 1], '1', 'NX', 'EX', flag_ttl) then
+    table.insert(woken, i)
+  end
+end
+return {0, woken}
 """
 
 # Put a failed batch back for a retry after ARGV[2] seconds; returns its attempts.
@@ -105,11 +182,13 @@ return false
 class RedisSpool:
     """The spool on Redis lists: a queue, leased batch lists and a lease sorted set per writer."""
 
-    def __init__(self, url, lease_seconds, prefix="logflow"):
+    def __init__(self, url, lease_seconds, max_queue=0, prefix="logflow"):
         self.client = redis.Redis.from_url(
             url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
         self.lease_seconds = lease_seconds
+        self.max_queue = max_queue
         self.prefix = prefix
+        self._push = self.client.register_script(PUSH_SCRIPT)
         self._claim = self.client.register_script(CLAIM_SCRIPT)
         self._fail = self.client.register_script(FAIL_SCRIPT)
         self._wakeup = self.client.register_script(WAKEUP_SCRIPT)
@@ -117,22 +196,29 @@ class RedisSpool:
     def _key(self, writer, part):
         return "%s:%s:%s" % (self.prefix, writer, part)
 
-    def push(self, payload, writers):
-        """Queue one payload for each writer atomically; returns the writers that need a wake-up."""
+    def push(self, payload, writers, records, limit=None):
+        """Queue one payload of `records` records for each writer, all or none; returns the writers to wake.
+
+        Raises QueueFull, RateLimited (when `limit`, a Limit, is spent) or SpoolUnavailable.
+        """
+        keys = [self._key(writer, part) for writer in writers
+                for part in ("queue", "scheduled", "queued")]
+        keys.append("%s:bucket:%s" % (self.prefix, limit.key if limit else "-"))
+        args = [payload, records, self.max_queue, max(1, int(self.lease_seconds)),
+                limit.rate if limit else 0, limit.burst if limit else 0]
         try:
-            with self.client.pipeline(transaction=True) as pipe:
-                for writer in writers:
-                    pipe.lpush(self._key(writer, "queue"), payload)
-                    pipe.set(self._key(writer, "scheduled"), 1, nx=True,
-                             ex=max(1, int(self.lease_seconds)))
-                results = pipe.execute()
+            result = self._push(keys=keys, args=args)
         except redis.RedisError as error:
             raise SpoolUnavailable("Redis: %s" % error) from error
-        return [writer for writer, was_set in zip(writers, results[1::2]) if was_set]
+        if result[0] == 1:
+            raise QueueFull()
+        if result[0] == 2:
+            raise RateLimited(float(result[1]))
+        return [writers[index - 1] for index in result[1]]
 
     def claim(self, writer, max_bytes):
         """Lease the next batch for a writer; None when there is nothing to do."""
-        keys = [self._key(writer, part) for part in ("queue", "leases", "attempts", "scheduled")]
+        keys = [self._key(writer, part) for part in ("queue", "leases", "attempts", "scheduled", "queued")]
         args = [self._key(writer, "batch:"), MAX_BATCH_ITEMS, max_bytes,
                 self.lease_seconds, uuid.uuid4().hex]
         result = self._claim(keys=keys, args=args)
@@ -160,6 +246,10 @@ class RedisSpool:
         delay = self._wakeup(keys=keys)
         return None if delay is None else float(delay)
 
+    def queued_records(self, writer):
+        """Records waiting for a writer in its queue (leased batches not counted)."""
+        return int(self.client.get(self._key(writer, "queued")) or 0)
+
     def depth(self, writer):
         """Requests waiting for a writer, queued or in leased batches."""
         return self.client.llen(self._key(writer, "queue")) + sum(
@@ -179,16 +269,21 @@ class SqliteSpool:
 
     schema = (
         "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT,"
-        " writer TEXT NOT NULL, payload BLOB NOT NULL, batch TEXT,"
+        " writer TEXT NOT NULL, payload BLOB NOT NULL, records INTEGER NOT NULL, batch TEXT,"
         " deadline REAL, attempts INTEGER NOT NULL DEFAULT 0)",
         "CREATE INDEX IF NOT EXISTS spool_writer_batch ON spool (writer, batch, id)",
         "CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, expires REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS queued (writer TEXT PRIMARY KEY, records INTEGER NOT NULL)",
     )
 
-    def __init__(self, path, lease_seconds):
+    def __init__(self, path, lease_seconds, max_queue=0):
         self.path = path
         self.lease_seconds = lease_seconds
+        self.max_queue = max_queue
         self._local = threading.local()
+        # Dev mode runs on one machine: each process keeps its own token buckets.
+        self._buckets = {}
+        self._buckets_lock = threading.Lock()
 
     def _connection(self):
         # One connection per thread and per process: gunicorn and huey fork.
@@ -217,17 +312,50 @@ class SqliteSpool:
         except (sqlite3.Error, OSError) as error:
             raise SpoolUnavailable("SQLite spool: %s" % error) from error
 
-    def push(self, payload, writers):
-        """Queue one payload for each writer atomically; returns the writers that need a wake-up."""
+    def push(self, payload, writers, records, limit=None):
+        """Queue one payload of `records` records for each writer, all or none; returns the writers to wake.
+
+        Raises QueueFull, RateLimited (when `limit`, a Limit, is spent) or SpoolUnavailable.
+        """
         def work(connection, now):
+            if self.max_queue and any(
+                    self._queued(connection, writer) + records > self.max_queue for writer in writers):
+                raise QueueFull()
+            if limit:
+                self._take_tokens(limit, records, now)
             woken = []
             for writer in writers:
-                connection.execute("INSERT INTO spool (writer, payload) VALUES (?, ?)",
-                                   (writer, payload))
+                connection.execute("INSERT INTO spool (writer, payload, records) VALUES (?, ?, ?)",
+                                   (writer, payload, records))
+                connection.execute(
+                    "INSERT INTO queued VALUES (?, ?) ON CONFLICT (writer)"
+                    " DO UPDATE SET records = records + excluded.records", (writer, records))
                 if self._set_flag(connection, writer + ":scheduled", now, now + self.lease_seconds):
                     woken.append(writer)
             return woken
         return self._transaction(work)
+
+    @staticmethod
+    def _queued(connection, writer):
+        row = connection.execute("SELECT records FROM queued WHERE writer = ?", (writer,)).fetchone()
+        return row[0] if row else 0
+
+    def _take_tokens(self, limit, records, now):
+        """The Redis script's token bucket, in this process."""
+        with self._buckets_lock:
+            tokens, then = self._buckets.get(limit.key, (limit.burst, now))
+            tokens = min(limit.burst, tokens + (now - then) * limit.rate)
+            cost = min(records, limit.burst)
+            if tokens < cost:
+                raise RateLimited((cost - tokens) / limit.rate)
+            self._buckets[limit.key] = (tokens - cost, now)
+
+    def queued_records(self, writer):
+        """Records waiting for a writer in its queue (leased batches not counted)."""
+        try:
+            return self._queued(self._connection(), writer)
+        except (sqlite3.Error, OSError) as error:
+            raise SpoolUnavailable("SQLite spool: %s" % error) from error
 
     def claim(self, writer, max_bytes):
         """Lease the next batch for a writer; None when there is nothing to do."""
@@ -252,6 +380,9 @@ class SqliteSpool:
                 connection.execute(
                     "UPDATE spool SET batch = ? WHERE writer = ? AND batch IS NULL AND id <= ?",
                     (batch_id, writer, last))
+                connection.execute(
+                    "UPDATE queued SET records = records - (SELECT total(records) FROM spool"
+                    " WHERE writer = ? AND batch = ?) WHERE writer = ?", (writer, batch_id, writer))
             connection.execute("UPDATE spool SET deadline = ? WHERE writer = ? AND batch = ?",
                                (now + self.lease_seconds, writer, batch_id))
             rows = connection.execute(

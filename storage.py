@@ -27,16 +27,6 @@ logger = logging.getLogger("logflow")
 INSERT_CHUNK = 1000
 
 
-def decode(payloads):
-    """The (project id, received_at, record) items of a batch of spooled payloads."""
-    items = []
-    for payload in payloads:
-        request = orjson.loads(payload)
-        items.extend((request["project"], request["received_at"], record)
-                     for record in request["records"])
-    return items
-
-
 def parse_time(text):
     """A naive UTC datetime from the RFC 3339 text the spool carries."""
     return datetime.datetime.fromisoformat(text).replace(tzinfo=None)

@@ -19,7 +19,7 @@ from huey.storage import MemoryStorage, RedisStorage, SqliteStorage
 import config
 import models
 import spool as spools
-from storage import DatabaseWriter, FileWriter, decode
+from storage import DatabaseWriter, FileWriter
 
 logger = logging.getLogger("logflow")
 
@@ -129,7 +129,7 @@ def wake_at_next_lease(writer):
 
 def write_batch(writer, batch):
     """Write a claimed batch and acknowledge it; on an outage give it back for a retry after a backoff."""
-    items = decode(batch.payloads)
+    items = spools.decode(batch.payloads)
     try:
         count = store(runtime.writers[writer], items)
     except Exception:

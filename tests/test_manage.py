@@ -62,6 +62,15 @@ def test_storage_option(run):
     assert bad.exit_code == 2 and "storage must be" in bad.stderr
 
 
+def test_set_rate_limit(run):
+    run("add-project", "shop")
+    assert run("set-rate-limit", "shop", "500").stdout.strip() == "project shop: 500 records per second"
+    with models.database.connection_context():
+        assert models.Project.get(name="shop").rate_limit == 500
+    assert "500" in run("list-projects").stdout
+    assert run("set-rate-limit", "shop", "-1").exit_code == 2
+
+
 def test_errors_go_to_stderr_with_a_nonzero_exit(run):
     run("add-project", "shop")
     duplicate = run("add-project", "shop")
@@ -76,7 +85,9 @@ def test_init_db_is_idempotent(run):
 
 
 @pytest.mark.parametrize("command", ["init-db", "add-project", "list-projects", "create-key",
-                                     "revoke-key", "deactivate", "activate"])
+                                     "revoke-key", "deactivate", "activate", "set-rate-limit",
+                                     "quarantine list", "quarantine show", "quarantine replay",
+                                     "quarantine purge"])
 def test_every_command_has_help(command):
-    result = CliRunner().invoke(manage.cli, [command, "--help"])
+    result = CliRunner().invoke(manage.cli, command.split() + ["--help"])
     assert result.exit_code == 0 and len(result.output.splitlines()) > 3

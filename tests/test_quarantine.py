@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 import manage
 import models
+import spool
 import tasks
 from helpers import drain_all, file_records, post_logs, stored_logs
 
@@ -20,9 +21,8 @@ def record(message, **fields):
 
 def spool_directly(project_id, records, writers=("db", "file")):
     """Queue records past the door's checks, as only a bug or a hand-edited spool could."""
-    payload = orjson.dumps({"project": project_id, "received_at": "2026-11-27T12:00:01.000000Z",
-                            "records": records})
-    tasks.runtime.spool.push(payload, list(writers))
+    payload = spool.encode(project_id, "2026-11-27T12:00:01.000000Z", records)
+    tasks.runtime.spool.push(payload, list(writers), len(records))
 
 
 def quarantine_rows():

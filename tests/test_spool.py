@@ -12,7 +12,7 @@ def spool(bound):
 
 def test_claimed_batches_hold_what_was_pushed_in_order(spool):
     for number in range(5):
-        spool.push(b"payload %d" % number, ["db", "file"])
+        spool.push(b"payload %d" % number, ["db", "file"], 1)
     batch = spool.claim("db", max_bytes=1 << 20)
     assert batch.payloads == [b"payload %d" % n for n in range(5)]
     assert batch.attempts == 0 and batch.more is False
@@ -25,7 +25,7 @@ def test_claimed_batches_hold_what_was_pushed_in_order(spool):
 
 def test_batches_are_bounded_by_bytes(spool):
     for number in range(10):
-        spool.push(b"x" * 1000, ["db"])
+        spool.push(b"x" * 1000, ["db"], 1)
     first = spool.claim("db", max_bytes=3000)
     assert len(first.payloads) == 3 and first.more
     second = spool.claim("db", max_bytes=3000)
@@ -34,7 +34,7 @@ def test_batches_are_bounded_by_bytes(spool):
 
 def test_an_unacknowledged_batch_is_redelivered_after_its_lease(bound):
     spool = spools.open_spool(bound.replace(lease_seconds=0.3))
-    spool.push(b"precious", ["db"])
+    spool.push(b"precious", ["db"], 1)
     batch = spool.claim("db", 1 << 20)
     assert spool.claim("db", 1 << 20) is None  # leased to someone else
     again = wait_for(lambda: spool.claim("db", 1 << 20), timeout=10, message="redelivery")
@@ -42,7 +42,7 @@ def test_an_unacknowledged_batch_is_redelivered_after_its_lease(bound):
 
 
 def test_a_failed_batch_comes_back_after_its_retry_delay(spool):
-    spool.push(b"retry me", ["file"])
+    spool.push(b"retry me", ["file"], 1)
     batch = spool.claim("file", 1 << 20)
     assert spool.fail("file", batch.id, 0.2) == 1
     assert spool.claim("file", 1 << 20) is None
@@ -53,8 +53,8 @@ def test_a_failed_batch_comes_back_after_its_retry_delay(spool):
 def test_one_wake_up_per_lease(bound):
     spool = spools.open_spool(bound.replace(lease_seconds=0.5))
     assert spool.reserve_wakeup("db") is None  # nothing leased
-    spool.push(b"a", ["db"])
-    spool.push(b"b", ["file"])
+    spool.push(b"a", ["db"], 1)
+    spool.push(b"b", ["file"], 1)
     batch = spool.claim("db", 1 << 20)
     assert 0 < spool.reserve_wakeup("db") <= 0.5
     assert spool.reserve_wakeup("db") is None  # reserved already
@@ -67,11 +67,11 @@ def test_one_wake_up_per_lease(bound):
 
 
 def test_one_wake_up_per_burst(spool):
-    assert spool.push(b"a", ["db", "file"]) == ["db", "file"]
-    assert spool.push(b"b", ["db", "file"]) == []
+    assert spool.push(b"a", ["db", "file"], 1) == ["db", "file"]
+    assert spool.push(b"b", ["db", "file"], 1) == []
     spool.ack("db", spool.claim("db", 1 << 20).id)
     assert spool.claim("db", 1 << 20) is None  # queue empty: the flag is cleared
-    assert spool.push(b"c", ["db", "file"]) == ["db"]
+    assert spool.push(b"c", ["db", "file"], 1) == ["db"]
 
 
 def test_pushes_from_several_processes_lose_nothing(bound):
@@ -94,4 +94,4 @@ def test_pushes_from_several_processes_lose_nothing(bound):
 def _push_many(settings, number):
     spool = spools.open_spool(settings)
     for index in range(200):
-        spool.push(b"%d-%d" % (number, index), ["db"])
+        spool.push(b"%d-%d" % (number, index), ["db"], 1)

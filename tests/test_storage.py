@@ -6,23 +6,23 @@ import resource
 import signal
 import uuid
 
-import orjson
 import pytest
 
+import spool
 import storage
 from helpers import file_records, stored_logs
 
 
 def items(*payloads):
     """The decoded items of spooled payloads, as the consumer hands them to a writer."""
-    return storage.decode(payloads)
+    return spool.decode(payloads)
 
 
 def payload(project_id, messages, received_at="2026-11-27T12:00:00.000000Z"):
     """A spooled payload as the web process writes it."""
-    return orjson.dumps({"project": project_id, "received_at": received_at, "records": [
+    return spool.encode(project_id, received_at, [
         {"id": str(uuid.uuid4()), "level": "INFO", "message": message, "metadata": {"n": index},
-         "timestamp": "2026-11-27T11:59:00.000000Z"} for index, message in enumerate(messages)]})
+         "timestamp": "2026-11-27T11:59:00.000000Z"} for index, message in enumerate(messages)])
 
 
 def test_database_writer_skips_ids_it_already_holds(bound, project):
