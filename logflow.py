@@ -1,7 +1,9 @@
 """The web side: the app factory and the blueprint serving POST /logs."""
+import contextlib
 import logging
 import math
 import pathlib
+import socket
 import threading
 import time
 import zlib
@@ -9,7 +11,7 @@ import zlib
 import orjson
 import peewee
 from flask import Blueprint, Flask, current_app, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 import config
 import models
@@ -135,7 +137,7 @@ def read_body(settings):
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
         raise APIError(415, "Content-Encoding %s is not supported; use gzip or deflate" % encoding[:32])
-    data = request.get_data(cache=False)
+    data = receive(settings.body_timeout_seconds)
     if encoding == "identity":
         return data
     # 32 + MAX_WBITS reads both gzip and zlib headers; raw deflate is retried below.
@@ -146,6 +148,36 @@ def read_body(settings):
             if encoding != "deflate":
                 break
     raise APIError(400, "the body is not valid %s data" % encoding)
+
+
+def receive(timeout):
+    """The raw body, read within `timeout` seconds in all; 408 for a client that sends too slowly.
+
+    A web worker has few threads: a client trickling its body must not hold
+    one for long. Under gunicorn each read also times out on the socket.
+    """
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None:
+        sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    chunks = []
+    try:
+        while chunk := request.stream.read(1 << 16):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise TimeoutError()
+    except (TimeoutError, ClientDisconnected):
+        # Werkzeug reports a read that timed out as a disconnect. Reading no
+        # more from this client ends its connection once the 408 is sent,
+        # instead of a thread waiting for the rest of its body.
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+        raise APIError(408, "the body did not arrive within %g seconds" % timeout) from None
+    finally:
+        if sock is not None:
+            sock.settimeout(None)
+    return b"".join(chunks)
 
 
 def inflate(data, wbits, limit):
