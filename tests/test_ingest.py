@@ -1,5 +1,6 @@
 """POST /logs on both backends: the contract, checked against what was stored."""
 import gzip
+import logging
 import pathlib
 import uuid
 import zlib
@@ -235,3 +236,31 @@ def test_readiness_names_what_failed(client, bound, tmp_path):
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json["error"] == "not ready: queue" and "queue" in response.json["failures"]
+
+
+def test_keys_never_reach_logs_or_responses(client, key, project, bound, caplog):
+    wrong = "lf_" + "x" * 43
+    with caplog.at_level(logging.DEBUG):
+        bodies = [post_logs(client, key, {"message": "ok"}).get_data(),
+                  post_logs(client, wrong, {"message": "x"}).get_data(),
+                  post_logs(client, key, b"{broken").get_data(),
+                  post_logs(client, key, [{"level": "x"}]).get_data()]
+        with models.database.connection_context():
+            models.Project.update(is_active=False).execute()
+        bodies.append(post_logs(client, key, {"message": "x"}).get_data())
+        drain_all()
+    for secret in (key, wrong):
+        assert secret not in caplog.text
+        assert all(secret.encode() not in body for body in bodies)
+
+
+def test_a_key_writes_only_to_its_own_project(client, key, project, bound):
+    with models.database.connection_context():
+        other = models.Project.create(name="other")
+        models.ApiKey.issue(other)
+    post_logs(client, key, [{"message": "mine", "project": other.id, "project_id": other.id}])
+    drain_all()
+    [row] = stored_logs()
+    assert row["project"] == project.id and stored_logs(other.id) == []
+    assert row["metadata"] == {"project": other.id, "project_id": other.id}
+    assert [line["project_id"] for line in file_records(bound.log_dir)] == [project.id]
