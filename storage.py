@@ -10,26 +10,21 @@ Each writer also names its `outage_errors`: failures of the store itself
 error is blamed on a record, which the consumer then sets aside in quarantine.
 """
 import collections
-import datetime
+import csv
 import errno
 import fcntl
+import io
 import logging
 import os
 
 import orjson
 import peewee
 
-from models import Log, database
+from models import database
 
 logger = logging.getLogger("logflow")
 
-# Rows per INSERT statement: well under SQLite's 32,766 bound variables.
-INSERT_CHUNK = 1000
-
-
-def parse_time(text):
-    """A naive UTC datetime from the RFC 3339 text the spool carries."""
-    return datetime.datetime.fromisoformat(text).replace(tzinfo=None)
+COLUMNS = "id, project_id, level, message, metadata, timestamp, received_at"
 
 
 class DatabaseWriter:
@@ -42,20 +37,49 @@ class DatabaseWriter:
 
     def write(self, items):
         """Store every item; returns how many there were."""
-        rows = [{
-            "id": record["id"],
-            "project": project,
-            "level": record["level"],
-            "message": record["message"],
-            "metadata": record["metadata"],
-            "timestamp": parse_time(record["timestamp"]),
-            "received_at": parse_time(received_at),
-        } for project, received_at, record in items]
-        with database.connection_context():
+        # The wrapper gives driver errors Peewee's classes, which outage_errors names.
+        with database.connection_context(), peewee.__exception_wrapper__:
             with database.atomic():
-                for start in range(0, len(rows), INSERT_CHUNK):
-                    Log.insert_many(rows[start:start + INSERT_CHUNK]).on_conflict_ignore().execute()
-        return len(rows)
+                if isinstance(database.obj, peewee.PostgresqlDatabase):
+                    copy_rows(database.cursor(), items)
+                else:
+                    insert_rows(database.cursor(), items)
+        return len(items)
+
+
+def copy_rows(cursor, items):
+    """PostgreSQL: COPY into a temporary table, then one INSERT that skips ids already stored.
+
+    COPY is several times faster than a multi-row INSERT but cannot skip
+    duplicates itself.
+    """
+    buffer = io.StringIO()
+    # Quoting every field keeps an empty message an empty string, not NULL.
+    csv.writer(buffer, quoting=csv.QUOTE_ALL).writerows(
+        (record["id"], project, record["level"], record["message"],
+         orjson.dumps(record["metadata"]).decode(), record["timestamp"], received_at)
+        for project, received_at, record in items)
+    buffer.seek(0)
+    cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS logs_incoming (LIKE logs)"
+                   " ON COMMIT DELETE ROWS")
+    cursor.copy_expert("COPY logs_incoming (%s) FROM STDIN WITH (FORMAT csv)" % COLUMNS, buffer)
+    cursor.execute("INSERT INTO logs (%s) SELECT %s FROM logs_incoming ON CONFLICT DO NOTHING"
+                   % (COLUMNS, COLUMNS))
+
+
+def insert_rows(cursor, items):
+    """SQLite: one prepared INSERT OR IGNORE run for every row, in the forms Peewee reads back."""
+    cursor.executemany(
+        "INSERT OR IGNORE INTO logs (%s) VALUES (?, ?, ?, ?, ?, ?, ?)" % COLUMNS,
+        [(record["id"].replace("-", ""), project, record["level"], record["message"],
+          orjson.dumps(record["metadata"]).decode(), sqlite_time(record["timestamp"]),
+          sqlite_time(received_at))
+         for project, received_at, record in items])
+
+
+def sqlite_time(text):
+    """RFC 3339 as the spool carries it ("2026-11-27T10:00:00.000000Z") as SQLite's column holds it."""
+    return text[:10] + " " + text[11:26]
 
 
 class FileWriter:

@@ -11,7 +11,7 @@ import manage
 import models
 import spool
 import tasks
-from helpers import drain_all, file_records, post_logs, stored_logs
+from helpers import drain_all, file_records, post_logs, stored_logs, wait_for
 
 
 def record(message, **fields):
@@ -111,3 +111,17 @@ def test_quarantine_commands(cli, bound, project):
 
     assert cli("quarantine", "purge", "--all").stdout.strip() == "purged 1 record"
     assert quarantine_rows() == []
+
+
+def test_an_unreachable_database_is_an_outage_not_a_bad_record(bound, project, caplog):
+    if not bound.database_url:
+        pytest.skip("SQLite cannot be unreachable in the same way")
+    spool_directly(project.id, [record("waits")], writers=["db"])
+    tasks.configure(bound.replace(database_url="postgresql://nobody@127.0.0.1:1/none"))
+    with caplog.at_level(logging.ERROR, logger="logflow"):
+        drain_all()
+    assert "db writer failed" in caplog.text and "quarantined" not in caplog.text
+    assert tasks.runtime.spool.depth("db") == 1
+    tasks.configure(bound)
+    wait_for(lambda: drain_all() or stored_logs(), timeout=10, message="the retry")
+    assert [r["message"] for r in stored_logs()] == ["waits"] and quarantine_rows() == []
