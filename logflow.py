@@ -63,7 +63,8 @@ def create_app(settings=None):
         models.create_tables()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["logflow"] = {"settings": settings, "keys": KeyCache(settings.key_cache_seconds)}
+    app.extensions["logflow"] = {"settings": settings, "keys": KeyCache(settings.key_cache_seconds,
+                                                                    settings.retry_after_seconds)}
     app.register_blueprint(bp)
     app.register_error_handler(APIError, APIError.response)
     app.register_error_handler(HTTPException, lambda error: json_response(
@@ -84,8 +85,9 @@ class KeyCache:
 
     max_entries = 10000
 
-    def __init__(self, ttl):
+    def __init__(self, ttl, retry_after):
         self.ttl = ttl
+        self.retry_after = retry_after
         self.entries = {}
         self.lock = threading.Lock()
 
@@ -96,8 +98,18 @@ class KeyCache:
         entry = self.entries.get(key_hash)
         if entry is not None and entry[0] > now:
             return entry[1]
-        with models.database.connection_context():
-            key = models.ApiKey.find(plaintext)
+        try:
+            with models.database.connection_context():
+                key = models.ApiKey.find(plaintext)
+        except (peewee.PeeweeException, OSError) as error:
+            if entry is not None:
+                # Keep accepting known keys through a database outage: the
+                # records wait in the queue, not in the database.
+                logger.warning("database unavailable (%s); using an expired key lookup", error)
+                return entry[1]
+            logger.error("database unavailable, cannot check a key: %s", error)
+            raise APIError(503, "the database is unavailable, so the key cannot be checked; retry later",
+                           headers={"Retry-After": str(self.retry_after)}) from None
         identity = None
         if key is not None:
             project = key.project

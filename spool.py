@@ -154,13 +154,15 @@ end
 return {0, woken}
 """
 
-# Put a failed batch back for a retry after ARGV[2] seconds; returns its attempts.
+# Put a failed batch back for a retry after ARGV[2] seconds and pause its
+# writer (KEYS[3]) as long; returns the batch's attempts.
 FAIL_SCRIPT = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
 end
+redis.call('SET', KEYS[3], '1', 'PX', math.floor(tonumber(ARGV[2]) * 1000) + 1)
 return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 """
 
@@ -228,17 +230,25 @@ class RedisSpool:
         return Batch(batch_id.decode(), attempts, payloads, bool(more))
 
     def ack(self, writer, batch_id):
-        """Forget a batch that every record of which has been written."""
+        """Forget a batch every record of which has been written; the writer's failure streak ends."""
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self._key(writer, "batch:" + batch_id))
+            pipe.delete(self._key(writer, "batch:" + batch_id), self._key(writer, "failures"))
             pipe.zrem(self._key(writer, "leases"), batch_id)
             pipe.hdel(self._key(writer, "attempts"), batch_id)
             pipe.execute()
 
+    def count_failure(self, writer):
+        """Count one more failed write in a row for the writer; returns the streak."""
+        return self.client.incr(self._key(writer, "failures"))
+
     def fail(self, writer, batch_id, retry_in):
-        """Give a batch back to be claimed again in retry_in seconds; returns its attempts so far."""
-        keys = [self._key(writer, "leases"), self._key(writer, "attempts")]
+        """Give a batch back for a retry in retry_in seconds, pausing its writer as long; returns its attempts."""
+        keys = [self._key(writer, "leases"), self._key(writer, "attempts"), self._key(writer, "paused")]
         return int(self._fail(keys=keys, args=[batch_id, retry_in]))
+
+    def paused(self, writer):
+        """Seconds the writer stays paused after a failure; 0 when it may write."""
+        return max(0, self.client.pttl(self._key(writer, "paused"))) / 1000
 
     def reserve_wakeup(self, writer):
         """Seconds until the earliest leased batch comes back, if no wake-up for it is reserved yet."""
@@ -274,6 +284,7 @@ class SqliteSpool:
         "CREATE INDEX IF NOT EXISTS spool_writer_batch ON spool (writer, batch, id)",
         "CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, expires REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS queued (writer TEXT PRIMARY KEY, records INTEGER NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS streaks (writer TEXT PRIMARY KEY, failures INTEGER NOT NULL)",
     )
 
     def __init__(self, path, lease_seconds, max_queue=0):
@@ -400,13 +411,29 @@ class SqliteSpool:
         return self._transaction(work)
 
     def ack(self, writer, batch_id):
-        """Forget a batch that every record of which has been written."""
-        self._transaction(lambda connection, now: connection.execute(
-            "DELETE FROM spool WHERE writer = ? AND batch = ?", (writer, batch_id)))
+        """Forget a batch every record of which has been written; the writer's failure streak ends."""
+        def work(connection, now):
+            connection.execute("DELETE FROM spool WHERE writer = ? AND batch = ?", (writer, batch_id))
+            connection.execute("DELETE FROM streaks WHERE writer = ?", (writer,))
+        self._transaction(work)
+
+    def count_failure(self, writer):
+        """Count one more failed write in a row for the writer; returns the streak."""
+        return self._transaction(lambda connection, now: connection.execute(
+            "INSERT INTO streaks VALUES (?, 1) ON CONFLICT (writer) DO UPDATE"
+            " SET failures = failures + 1 RETURNING failures", (writer,)).fetchone()[0])
+
+    def paused(self, writer):
+        """Seconds the writer stays paused after a failure; 0 when it may write."""
+        row = self._connection().execute("SELECT expires FROM flags WHERE name = ?",
+                                         (writer + ":paused",)).fetchone()
+        return max(0.0, row[0] - time.time()) if row else 0.0
 
     def fail(self, writer, batch_id, retry_in):
-        """Give a batch back to be claimed again in retry_in seconds; returns its attempts so far."""
+        """Give a batch back for a retry in retry_in seconds, pausing its writer as long; returns its attempts."""
         def work(connection, now):
+            connection.execute("INSERT OR REPLACE INTO flags VALUES (?, ?)",
+                               (writer + ":paused", now + retry_in))
             connection.execute(
                 "UPDATE spool SET attempts = attempts + 1, deadline = ?"
                 " WHERE writer = ? AND batch = ?", (now + retry_in, writer, batch_id))

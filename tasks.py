@@ -102,6 +102,10 @@ def retry_delay(attempts):
 @huey.task()
 def drain(writer):
     """Claim one batch for a writer, write it and acknowledge it."""
+    if runtime.spool.paused(writer):
+        # A failed write paused this writer; the failed batch's lease ends with the pause.
+        wake_at_next_lease(writer)
+        return 0
     batch = runtime.spool.claim(writer, runtime.settings.batch_bytes)
     if batch is None:
         wake_at_next_lease(writer)
@@ -133,10 +137,13 @@ def write_batch(writer, batch):
     try:
         count = store(runtime.writers[writer], items)
     except Exception:
-        delay = retry_delay(batch.attempts)
+        # The backoff follows the writer's failures in a row, not one batch's:
+        # during an outage every batch fails, and the writer as a whole waits.
+        streak = runtime.spool.count_failure(writer)
+        delay = retry_delay(streak - 1)
         attempts = runtime.spool.fail(writer, batch.id, delay)
-        logger.exception("%s writer failed on batch %s (%d records, attempt %d); retrying in %.1f s",
-                         writer, batch.id, len(items), attempts, delay)
+        logger.exception("%s writer failed on batch %s (%d records, attempt %d, %d failures in a row);"
+                         " pausing it for %.1f s", writer, batch.id, len(items), attempts, streak, delay)
         drain.schedule(args=(writer,), delay=delay)
         return 0
     runtime.spool.ack(writer, batch.id)

@@ -6,6 +6,7 @@ import uuid
 import zlib
 
 import orjson
+import peewee
 import pytest
 
 import models
@@ -264,3 +265,20 @@ def test_a_key_writes_only_to_its_own_project(client, key, project, bound):
     assert row["project"] == project.id and stored_logs(other.id) == []
     assert row["metadata"] == {"project": other.id, "project_id": other.id}
     assert [line["project_id"] for line in file_records(bound.log_dir)] == [project.id]
+
+
+def test_a_database_outage_keeps_known_keys_working_and_answers_503_for_others(bound, key):
+    client = create_app(bound.replace(key_cache_seconds=0)).test_client()
+    assert post_logs(client, key, {"message": "before"}).status_code == 202
+    # The database becomes unreachable: keys cannot be looked up any more.
+    models.database.initialize(peewee.PostgresqlDatabase("none", host="127.0.0.1", port=1)
+                               if bound.database_url else
+                               peewee.SqliteDatabase("/nonexistent/folder/logflow.db"))
+    response = post_logs(client, key, {"message": "during"})
+    assert response.status_code == 202  # the expired cached lookup still serves
+    unknown = post_logs(client, "lf_" + "y" * 43, {"message": "x"})
+    assert unknown.status_code == 503 and unknown.headers["Retry-After"] == "5"
+    assert "database is unavailable" in unknown.json["error"]
+    models.bind_database(bound)
+    drain_all()
+    assert sorted(r["message"] for r in stored_logs()) == ["before", "during"]

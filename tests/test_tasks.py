@@ -67,3 +67,31 @@ def test_a_forged_pickle_message_runs_no_code(bound):
     with pytest.raises(Exception):
         tasks.huey.dequeue()
     assert not os.path.exists("/tmp/logflow-pickle-ran")
+
+
+def test_an_outage_pauses_the_whole_writer_with_growing_delays(client, key, project, bound, caplog):
+    # Every batch fails while the folder is blocked; the writer, not each batch, backs off.
+    tasks.configure(bound.replace(retry_base_seconds=0.2, retry_max_seconds=5))
+    os.makedirs(bound.log_dir)
+    blocker = os.path.join(bound.log_dir, str(project.id))
+    open(blocker, "w").close()
+    for number in range(5):
+        post_logs(client, key, [{"message": "m%d" % number}])
+    with caplog.at_level(logging.ERROR, logger="logflow"):
+        tasks.drain.call_local("file")
+        assert tasks.runtime.spool.paused("file") > 0
+        assert tasks.drain.call_local("file") == 0  # paused: claims nothing
+    assert caplog.text.count("file writer failed") == 1
+    assert "1 failures in a row" in caplog.text
+    delays = []
+    for _ in range(3):
+        wait_for(lambda: not tasks.runtime.spool.paused("file"), timeout=10, message="the pause to end")
+        tasks.drain.call_local("file")
+        delays.append(tasks.runtime.spool.paused("file"))
+    assert "4 failures in a row" in caplog.text
+    assert delays[-1] > delays[0]  # 0.2·2³·jitter > 0.2·2·jitter
+    os.remove(blocker)
+    wait_for(lambda: not tasks.runtime.spool.paused("file"), timeout=10, message="the pause to end")
+    wait_for(lambda: tasks.drain.call_local("file") == 0 and tasks.runtime.spool.depth("file") == 0,
+             timeout=10, message="the file writer to catch up")
+    assert len(file_records(bound.log_dir)) == 5
