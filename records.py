@@ -6,6 +6,7 @@ it cannot write.
 """
 import datetime
 import math
+import re
 import uuid
 
 import orjson
@@ -43,6 +44,10 @@ JSON_TYPES = {"application/json", "text/json", "text/plain",
 # recursive decoders downstream.
 MAX_DEPTH = 64
 EPOCH = datetime.datetime(1970, 1, 1)
+# orjson writes integers in this range only; it reads longer ones as floats.
+INT_RANGE = (-2**63, 2**64 - 1)
+# Lone UTF-16 surrogates: JSON text may escape them ("\ud800"), UTF-8 cannot hold them.
+SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class InvalidBody(ValueError):
@@ -112,7 +117,8 @@ def normalize(raw, received_at, limits):
         raise InvalidRecord("message is required")
     if not isinstance(message, str):
         raise InvalidRecord("message must be a string")
-    if len(message.encode("utf-8")) > limits.max_message_bytes:
+    # surrogatepass: a lone surrogate counts as the 3 bytes of the U+FFFD replacing it.
+    if len(message.encode("utf-8", "surrogatepass")) > limits.max_message_bytes:
         raise InvalidRecord("message is longer than %d bytes" % limits.max_message_bytes)
 
     metadata = raw.get("metadata")
@@ -128,7 +134,7 @@ def normalize(raw, received_at, limits):
     if fields["timestamp"] is not None:
         timestamp = parse_timestamp(fields["timestamp"])
         if (timestamp - received_at).total_seconds() > limits.future_window_seconds:
-            metadata["original_timestamp"] = fields["timestamp"]
+            metadata[_free_key("original_timestamp", metadata)] = fields["timestamp"]
             warnings.append("timestamp is too far in the future; replaced by the time received")
             timestamp = received_at
 
@@ -139,10 +145,12 @@ def normalize(raw, received_at, limits):
         "metadata": metadata,
         "timestamp": format_time(timestamp),
     }
-    replaced = []
+    replaced = set()
     record = _storable(record, 0, replaced)
-    if replaced:
+    if "NUL" in replaced:
         warnings.append("NUL characters were replaced by U+FFFD")
+    if "surrogate" in replaced:
+        warnings.append("lone UTF-16 surrogates were replaced by U+FFFD")
     return record, warnings
 
 
@@ -161,7 +169,14 @@ def _keep_extra_fields(raw, metadata, used):
         if key in used or key in ("id", "metadata"):
             continue
         # An explicit metadata key wins; the top-level field is kept beside it.
-        metadata["_" + key if key in metadata else key] = value
+        metadata[_free_key(key, metadata)] = value
+
+
+def _free_key(name, *taken):
+    """name, with as many leading underscores as it takes to be in none of taken."""
+    while any(name in keys for keys in taken):
+        name = "_" + name
+    return name
 
 
 def parse_id(value):
@@ -184,9 +199,13 @@ def parse_level(value):
         name = value.strip().lower()
         if name in LEVEL_NAMES:
             return LEVEL_NAMES[name]
-        if not name.isdigit():
+        # isascii: "²" is a digit to isdigit() but not to int().
+        if not (name.isascii() and name.isdigit()):
             raise InvalidRecord("unknown level %r" % value[:32])
-        value = int(name)
+        try:
+            value = int(name)
+        except ValueError:  # more digits than int() reads (4,300)
+            raise InvalidRecord("level %r... is not a known severity" % value[:32]) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRecord("level must be a name or a number")
     if not math.isfinite(value) or value < 0:
@@ -204,8 +223,12 @@ def parse_timestamp(value):
     """A naive UTC datetime from RFC 3339 / ISO 8601 text or epoch s, ms, µs or ns."""
     if isinstance(value, str):
         text = value.strip()
-        if text.replace(".", "", 1).isdigit():
-            return _from_epoch(float(text) if "." in text else int(text))
+        if text.isascii() and text.replace(".", "", 1).isdigit():
+            try:
+                number = float(text) if "." in text else int(text)
+            except ValueError:  # more digits than int() reads (4,300)
+                raise InvalidRecord("timestamp %r... is out of range" % value[:64]) from None
+            return _from_epoch(number)
         try:
             parsed = datetime.datetime.fromisoformat(text.upper())
             if parsed.tzinfo is not None:
@@ -227,28 +250,58 @@ def _from_epoch(value):
             break
     else:
         per_second = 10**9
-    if isinstance(value, int):
-        microseconds = value * 10**6 // per_second
-    else:
-        microseconds = round(value * 10**6 / per_second)
     try:
+        if isinstance(value, int):
+            microseconds = value * 10**6 // per_second
+        else:
+            # Near the float maximum, value * 10**6 is infinite and round() overflows.
+            microseconds = round(value * 10**6 / per_second)
         return EPOCH + datetime.timedelta(microseconds=microseconds)
     except OverflowError:
         raise InvalidRecord("timestamp %r is out of range" % value) from None
 
 
 def _storable(value, depth, replaced):
-    """A copy of value without NUL characters, which PostgreSQL text and jsonb refuse."""
+    """A copy of value that every store takes; adds "NUL" or "surrogate" to replaced if it changed text."""
     if isinstance(value, str):
-        if "\x00" in value:
-            replaced.append(value)
-            return value.replace("\x00", "\ufffd")
+        return _storable_text(value, replaced)
+    if value is None or isinstance(value, bool):
         return value
-    if isinstance(value, (dict, list)) and depth > MAX_DEPTH:
+    if isinstance(value, int):
+        if INT_RANGE[0] <= value <= INT_RANGE[1]:
+            return value
+        # What orjson does with such a number in a request body; it could not write it back.
+        try:
+            value = float(value)
+        except OverflowError:
+            raise InvalidRecord("metadata holds a number beyond the floating point range") from None
+    if isinstance(value, float):
+        # JSON has no NaN or infinity: orjson would write null, not the value sent.
+        if not math.isfinite(value):
+            raise InvalidRecord("metadata holds %r, which JSON cannot carry" % value)
+        return value
+    if not isinstance(value, (dict, list)):
+        raise InvalidRecord("a record holds only JSON values, not %s" % type(value).__name__)
+    if depth > MAX_DEPTH:
         raise InvalidRecord("metadata is nested deeper than %d levels" % MAX_DEPTH)
-    if isinstance(value, dict):
-        return {_storable(key, depth, replaced): _storable(item, depth + 1, replaced)
-                for key, item in value.items()}
     if isinstance(value, list):
         return [_storable(item, depth + 1, replaced) for item in value]
-    return value
+    copy = {}
+    for key, item in value.items():
+        name = _storable(key, depth, replaced)
+        if name != key:
+            # The replacement may spell a key the object has too; keep both.
+            name = _free_key(name, value, copy)
+        copy[name] = _storable(item, depth + 1, replaced)
+    return copy
+
+
+def _storable_text(text, replaced):
+    """text without NUL characters (PostgreSQL refuses them) or lone surrogates (UTF-8 cannot hold them)."""
+    if "\x00" in text:
+        replaced.add("NUL")
+        text = text.replace("\x00", "\ufffd")
+    if not text.isascii() and SURROGATES.search(text):
+        replaced.add("surrogate")
+        text = SURROGATES.sub("\ufffd", text)
+    return text
