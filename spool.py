@@ -34,7 +34,7 @@ class SpoolUnavailable(Exception):
 
 
 class QueueFull(Exception):
-    """A writer's queue holds LOGFLOW_MAX_QUEUE records already: nothing was queued."""
+    """A writer has LOGFLOW_MAX_QUEUE records waiting (queued or unacknowledged): nothing was queued."""
 
 
 class RateLimited(Exception):
@@ -96,7 +96,7 @@ else
     count, size = count + 1, size + #item
     records = records + (tonumber(string.match(item, '^{"count":(%d+)')) or 0)
   end
-  redis.call('DECRBY', queued, records)
+  redis.call('HSET', queued .. ':batches', id, records)
   if count == 0 then
     redis.call('DEL', flag)
     return {}
@@ -166,6 +166,20 @@ redis.call('SET', KEYS[3], '1', 'PX', math.floor(tonumber(ARGV[2]) * 1000) + 1)
 return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 """
 
+# Forget batch ARGV[1]: its list KEYS[1], the writer's failure streak KEYS[2],
+# its lease and attempts (KEYS[3], KEYS[4]); its records leave the count of
+# waiting records (KEYS[5]) only now, and only once if two consumers ack it.
+ACK_SCRIPT = """
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+if redis.call('DEL', KEYS[1]) == 1 then
+  local records = tonumber(redis.call('HGET', KEYS[5] .. ':batches', ARGV[1]) or '0')
+  redis.call('DECRBY', KEYS[5], records)
+end
+redis.call('HDEL', KEYS[5] .. ':batches', ARGV[1])
+"""
+
 # If writer's leases (KEYS[1]) hold a batch and no wake-up is reserved
 # (KEYS[2]), reserve one until that batch's lease ends; returns the delay.
 WAKEUP_SCRIPT = """
@@ -194,6 +208,7 @@ class RedisSpool:
         self._claim = self.client.register_script(CLAIM_SCRIPT)
         self._fail = self.client.register_script(FAIL_SCRIPT)
         self._wakeup = self.client.register_script(WAKEUP_SCRIPT)
+        self._ack = self.client.register_script(ACK_SCRIPT)
 
     def _key(self, writer, part):
         return "%s:%s:%s" % (self.prefix, writer, part)
@@ -231,11 +246,9 @@ class RedisSpool:
 
     def ack(self, writer, batch_id):
         """Forget a batch every record of which has been written; the writer's failure streak ends."""
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self._key(writer, "batch:" + batch_id), self._key(writer, "failures"))
-            pipe.zrem(self._key(writer, "leases"), batch_id)
-            pipe.hdel(self._key(writer, "attempts"), batch_id)
-            pipe.execute()
+        keys = [self._key(writer, part) for part in
+                ("batch:" + batch_id, "failures", "leases", "attempts", "queued")]
+        self._ack(keys=keys, args=[batch_id])
 
     def count_failure(self, writer):
         """Count one more failed write in a row for the writer; returns the streak."""
@@ -257,7 +270,7 @@ class RedisSpool:
         return None if delay is None else float(delay)
 
     def queued_records(self, writer):
-        """Records waiting for a writer in its queue (leased batches not counted)."""
+        """Records waiting for a writer: queued, or in batches not yet acknowledged."""
         return int(self.client.get(self._key(writer, "queued")) or 0)
 
     def depth(self, writer):
@@ -362,7 +375,7 @@ class SqliteSpool:
             self._buckets[limit.key] = (tokens - cost, now)
 
     def queued_records(self, writer):
-        """Records waiting for a writer in its queue (leased batches not counted)."""
+        """Records waiting for a writer: queued, or in batches not yet acknowledged."""
         try:
             return self._queued(self._connection(), writer)
         except (sqlite3.Error, OSError) as error:
@@ -391,9 +404,6 @@ class SqliteSpool:
                 connection.execute(
                     "UPDATE spool SET batch = ? WHERE writer = ? AND batch IS NULL AND id <= ?",
                     (batch_id, writer, last))
-                connection.execute(
-                    "UPDATE queued SET records = records - (SELECT total(records) FROM spool"
-                    " WHERE writer = ? AND batch = ?) WHERE writer = ?", (writer, batch_id, writer))
             connection.execute("UPDATE spool SET deadline = ? WHERE writer = ? AND batch = ?",
                                (now + self.lease_seconds, writer, batch_id))
             rows = connection.execute(
@@ -413,6 +423,9 @@ class SqliteSpool:
     def ack(self, writer, batch_id):
         """Forget a batch every record of which has been written; the writer's failure streak ends."""
         def work(connection, now):
+            connection.execute(
+                "UPDATE queued SET records = records - (SELECT total(records) FROM spool"
+                " WHERE writer = ? AND batch = ?) WHERE writer = ?", (writer, batch_id, writer))
             connection.execute("DELETE FROM spool WHERE writer = ? AND batch = ?", (writer, batch_id))
             connection.execute("DELETE FROM streaks WHERE writer = ?", (writer,))
         self._transaction(work)

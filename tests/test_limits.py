@@ -19,6 +19,12 @@ def test_a_full_queue_refuses_with_503_and_recovers_once_drained(bound, key):
     assert response.status_code == 503 and response.headers["Retry-After"] == "5"
     assert response.json["error"] == "the queue is full; nothing was accepted, retry later"
     assert tasks.runtime.spool.queued_records("db") == tasks.runtime.spool.queued_records("file") == 3
+    # Claimed but not written (the writer is down): the records still count.
+    claimed = tasks.runtime.spool.claim("db", 1 << 20)
+    assert post_logs(client, key, batch(3)).status_code == 503
+    tasks.write_batch("db", claimed)
+    tasks.runtime.spool.ack("db", claimed.id)  # a second ack (a redelivered batch) uncounts nothing
+    assert tasks.runtime.spool.queued_records("db") == 0
     drain_all()
     assert tasks.runtime.spool.queued_records("db") == 0
     assert post_logs(client, key, batch(5)).status_code == 202
