@@ -103,9 +103,12 @@ class KeyCache:
                 key = models.ApiKey.find(plaintext)
         except (peewee.PeeweeException, OSError) as error:
             if entry is not None:
-                # Keep accepting known keys through a database outage: the
-                # records wait in the queue, not in the database.
-                logger.warning("database unavailable (%s); using an expired key lookup", error)
+                # Keep accepting known keys through a database outage (the
+                # records wait in the queue, not in the database), asking the
+                # database again once per TTL rather than on every request.
+                logger.warning("database unavailable (%s); trusting a key lookup for %g s more",
+                               error, self.ttl)
+                self.entries[key_hash] = (now + self.ttl, entry[1])
                 return entry[1]
             logger.error("database unavailable, cannot check a key: %s", error)
             raise APIError(503, "the database is unavailable, so the key cannot be checked; retry later",
