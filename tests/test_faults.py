@@ -17,6 +17,7 @@ start_postgres), so the session's shared servers are never disturbed.
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 import uuid
@@ -26,7 +27,7 @@ import redis
 
 import services
 from helpers import file_records, wait_for
-from processes import DELIVERY_TIMEOUT, Sender, make_service, send, tally, unique_database_name
+from processes import DELIVERY_TIMEOUT, Sender, make_service, post, send, tally, unique_database_name
 
 # How long PostgreSQL stays down under load. The issue asks for "a minute";
 # it dominates this file's run time (LOGFLOW_TEST_PG_OUTAGE_SECONDS shortens it for a quick try).
@@ -289,3 +290,37 @@ def test_log_disk_full(request, tmp_path, postgres_server, redis_server, tiny_lo
     assert result.lost == 0 and result.db_duplicates == 0
     # A failed append is cut back whole and its batch retried: no line is written twice.
     assert result.file_duplicates == 0
+
+
+def stall(port, key):
+    """Open a connection that sends headers and the start of a body, then nothing; returns the socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"POST /logs HTTP/1.1\r\nHost: test\r\nX-API-Key: %s\r\n"
+                 b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"mess" % key.encode())
+    return sock
+
+
+def test_slow_clients_cannot_hold_the_web_workers(request, tmp_path, postgres_server, redis_server):
+    """Clients that stall mid-body get 408 within the body timeout; others are served meanwhile."""
+    service = close_after(request, make_service(
+        tmp_path, postgres_server.create_database(unique_database_name("faults")), redis_server.url,
+        LOGFLOW_BODY_TIMEOUT_SECONDS="2"))
+    service.start_web()
+    port = int(service.base_url.rsplit(":", 1)[1])
+    # More stalled clients than the 2 workers x 4 threads.
+    stalled = [stall(port, service.key) for _ in range(12)]
+    started = time.monotonic()
+    status, reply = post(service.base_url, service.key, b'{"message": "not held up"}')
+    assert status == 202, reply
+    answers = []
+    for sock in stalled:
+        with sock:
+            data = b""
+            while chunk := sock.recv(4096):  # the server closes the connection after its answer
+                data += chunk
+            answers.append(data.split(b"\r\n", 1)[0])
+    waited = time.monotonic() - started
+    assert answers == [b"HTTP/1.1 408 REQUEST TIMEOUT"] * len(stalled)
+    # Each stalled client holds a thread for at most the body timeout.
+    assert waited < 2 * (len(stalled) / 8 + 1) + 5
+    print("slow clients: %d stalled clients all got 408 within %.1f s" % (len(stalled), waited))
