@@ -14,6 +14,7 @@ from flask import Blueprint, Flask, current_app, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 import config
+import metrics
 import models
 import records
 import tasks
@@ -40,9 +41,26 @@ class APIError(Exception):
         self.body = body
 
     def response(self):
+        count_refusal(self.status)
         body = {"error": self.message}
         body.update(self.body or {})
         return json_response(body, self.status, self.headers)
+
+
+# What /metrics calls each status of a refused request.
+REFUSAL_REASONS = {400: "unreadable", 401: "unauthorized", 403: "forbidden", 408: "timeout",
+                   413: "too_large", 415: "unsupported", 422: "invalid", 429: "rate_limited",
+                   503: "unavailable"}
+
+
+def count_refusal(status):
+    """Count a refused request in the shared counters, when the store behind them answers."""
+    try:
+        tasks.runtime.spool.add_counters(
+            [(metrics.counter("requests_refused", reason=REFUSAL_REASONS.get(status, str(status))), 1)])
+    except SpoolUnavailable as error:
+        # The refusal itself was answered and logged; only its count is missing.
+        logger.debug("could not count a %d refusal: %s", status, error)
 
 
 def json_response(body, status, headers=None):
@@ -256,14 +274,18 @@ def ingest():
     summary = {"accepted": len(accepted), "rejected": len(errors), "errors": errors}
     if warnings:
         summary["warnings"] = warnings
+    rejected = [(metrics.counter("records_rejected", project=project_id, reason="invalid"),
+                 len(errors))] if errors else []
     if not accepted:
+        tasks.runtime.spool.add_counters(rejected)
         raise APIError(422, "no record in the request is valid", body=summary)
 
     payload = spool.encode(project_id, records.format_time(received_at), accepted)
     retry_after = {"Retry-After": str(settings.retry_after_seconds)}
     try:
-        woken = tasks.runtime.spool.push(payload, writers, len(accepted),
-                                         rate_limit_of(settings, project_id, rate_limit))
+        woken = tasks.runtime.spool.push(
+            payload, writers, len(accepted), rate_limit_of(settings, project_id, rate_limit),
+            [(metrics.counter("records_accepted", project=project_id), len(accepted))] + rejected)
     except SpoolUnavailable as error:
         logger.error("queue unavailable, refused %d records of project %d: %s",
                      len(accepted), project_id, error)
@@ -290,6 +312,16 @@ def ingest():
 def openapi():
     """The OpenAPI 3 description of this API."""
     return current_app.response_class(OPENAPI_PATH.read_bytes(), mimetype="application/json")
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    """Counters and gauges of every LogFlow process, in Prometheus text format."""
+    try:
+        page = metrics.render(tasks.runtime.spool, config.WRITERS)
+    except SpoolUnavailable as error:
+        raise APIError(503, "metrics are unavailable: %s" % error) from None
+    return current_app.response_class(page, mimetype="text/plain; version=0.0.4; charset=utf-8")
 
 
 @bp.get("/healthz")

@@ -15,6 +15,7 @@ Two backends with the same methods: Redis in production, SQLite in dev mode.
 """
 import collections
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -53,6 +54,12 @@ def encode(project, received_at, records):
     # The count leads so the Redis claim script can read it without a JSON parser.
     return orjson.dumps({"count": len(records), "project": project,
                          "received_at": received_at, "records": records})
+
+
+def received_at_of(payload):
+    """The received_at of a payload, read without parsing all of it."""
+    match = re.search(rb'"received_at":"([^"]+)"', payload[:200])
+    return match.group(1).decode() if match else None
 
 
 def decode(payloads):
@@ -115,13 +122,13 @@ return {id, tonumber(redis.call('HGET', attempts, id) or '0'),
 
 # Queue ARGV[1] (holding ARGV[2] records) on each writer's queue: KEYS come in
 # threes (queue, scheduled flag, queued-records counter), then the project's
-# token bucket. Refuses when a queue holds ARGV[3] records already (returns
+# token bucket, then the metrics hash, to which ARGV[7..] adds (field, amount) pairs. Refuses when a queue holds ARGV[3] records already (returns
 # {1}) or the bucket lacks the tokens (returns {2, seconds to wait}); else
 # returns {0, indexes of the writers whose flag it set}.
 PUSH_SCRIPT = """
 local payload, records, max_queue = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local flag_ttl, rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local writers = (#KEYS - 1) / 3
+local writers = (#KEYS - 2) / 3
 if max_queue > 0 then
   for i = 1, writers do
     if (tonumber(redis.call('GET', KEYS[3 * i]) or '0') + records) > max_queue then
@@ -130,7 +137,7 @@ if max_queue > 0 then
   end
 end
 if rate > 0 then
-  local bucket = KEYS[#KEYS]
+  local bucket = KEYS[#KEYS - 1]
   local clock = redis.call('TIME')
   local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
   local state = redis.call('HMGET', bucket, 'tokens', 'at')
@@ -142,6 +149,9 @@ if rate > 0 then
   end
   redis.call('HSET', bucket, 'tokens', tostring(tokens - cost), 'at', tostring(now))
   redis.call('EXPIRE', bucket, math.ceil(burst / rate) + 1)
+end
+for i = 7, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[#KEYS], ARGV[i], ARGV[i + 1])
 end
 local woken = {}
 for i = 1, writers do
@@ -213,16 +223,19 @@ class RedisSpool:
     def _key(self, writer, part):
         return "%s:%s:%s" % (self.prefix, writer, part)
 
-    def push(self, payload, writers, records, limit=None):
+    def push(self, payload, writers, records, limit=None, counters=()):
         """Queue one payload of `records` records for each writer, all or none; returns the writers to wake.
 
-        Raises QueueFull, RateLimited (when `limit`, a Limit, is spent) or SpoolUnavailable.
+        Adds the (name, amount) `counters` with it. Raises QueueFull, RateLimited
+        (when `limit`, a Limit, is spent) or SpoolUnavailable.
         """
         keys = [self._key(writer, part) for writer in writers
                 for part in ("queue", "scheduled", "queued")]
         keys.append("%s:bucket:%s" % (self.prefix, limit.key if limit else "-"))
+        keys.append(self._key("metrics", "counters"))
         args = [payload, records, self.max_queue, max(1, int(self.lease_seconds)),
                 limit.rate if limit else 0, limit.burst if limit else 0]
+        args.extend(item for pair in counters for item in pair)
         try:
             result = self._push(keys=keys, args=args)
         except redis.RedisError as error:
@@ -273,6 +286,26 @@ class RedisSpool:
         """Records waiting for a writer: queued, or in batches not yet acknowledged."""
         return int(self.client.get(self._key(writer, "queued")) or 0)
 
+    def add_counters(self, counters):
+        """Add (name, amount) pairs to the counters every process shares."""
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for name, amount in counters:
+                    pipe.hincrby(self._key("metrics", "counters"), name, amount)
+                pipe.execute()
+        except redis.RedisError as error:
+            raise SpoolUnavailable("Redis: %s" % error) from error
+
+    def counters(self):
+        """Every shared counter, by name."""
+        return {name.decode(): int(value) for name, value in
+                self.client.hgetall(self._key("metrics", "counters")).items()}
+
+    def oldest_received_at(self, writer):
+        """received_at of the request that has waited longest in a writer's queue, or None."""
+        oldest = self.client.lindex(self._key(writer, "queue"), -1)
+        return received_at_of(oldest) if oldest else None
+
     def depth(self, writer):
         """Requests waiting for a writer, queued or in leased batches."""
         return self.client.llen(self._key(writer, "queue")) + sum(
@@ -298,6 +331,7 @@ class SqliteSpool:
         "CREATE TABLE IF NOT EXISTS flags (name TEXT PRIMARY KEY, expires REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS queued (writer TEXT PRIMARY KEY, records INTEGER NOT NULL)",
         "CREATE TABLE IF NOT EXISTS streaks (writer TEXT PRIMARY KEY, failures INTEGER NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     )
 
     def __init__(self, path, lease_seconds, max_queue=0):
@@ -336,10 +370,11 @@ class SqliteSpool:
         except (sqlite3.Error, OSError) as error:
             raise SpoolUnavailable("SQLite spool: %s" % error) from error
 
-    def push(self, payload, writers, records, limit=None):
+    def push(self, payload, writers, records, limit=None, counters=()):
         """Queue one payload of `records` records for each writer, all or none; returns the writers to wake.
 
-        Raises QueueFull, RateLimited (when `limit`, a Limit, is spent) or SpoolUnavailable.
+        Adds the (name, amount) `counters` with it. Raises QueueFull, RateLimited
+        (when `limit`, a Limit, is spent) or SpoolUnavailable.
         """
         def work(connection, now):
             if self.max_queue and any(
@@ -356,8 +391,30 @@ class SqliteSpool:
                     " DO UPDATE SET records = records + excluded.records", (writer, records))
                 if self._set_flag(connection, writer + ":scheduled", now, now + self.lease_seconds):
                     woken.append(writer)
+            self._add(connection, counters)
             return woken
         return self._transaction(work)
+
+    @staticmethod
+    def _add(connection, counters):
+        connection.executemany(
+            "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name)"
+            " DO UPDATE SET value = value + excluded.value", counters)
+
+    def add_counters(self, counters):
+        """Add (name, amount) pairs to the counters every process shares."""
+        self._transaction(lambda connection, now: self._add(connection, counters))
+
+    def counters(self):
+        """Every shared counter, by name."""
+        return dict(self._connection().execute("SELECT name, value FROM counters"))
+
+    def oldest_received_at(self, writer):
+        """received_at of the request that has waited longest in a writer's queue, or None."""
+        row = self._connection().execute(
+            "SELECT payload FROM spool WHERE writer = ? AND batch IS NULL ORDER BY id LIMIT 1",
+            (writer,)).fetchone()
+        return received_at_of(row[0]) if row else None
 
     @staticmethod
     def _queued(connection, writer):

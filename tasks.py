@@ -9,6 +9,7 @@ import datetime
 import logging
 import os
 import random
+import time
 
 import orjson
 from huey import Huey, crontab
@@ -17,6 +18,7 @@ from huey.serializer import Serializer
 from huey.storage import MemoryStorage, RedisStorage, SqliteStorage
 
 import config
+import metrics
 import models
 import spool as spools
 from storage import DatabaseWriter, FileWriter
@@ -134,11 +136,13 @@ def wake_at_next_lease(writer):
 def write_batch(writer, batch):
     """Write a claimed batch and acknowledge it; on an outage give it back for a retry after a backoff."""
     items = spools.decode(batch.payloads)
+    started = time.monotonic()
     try:
         count = store(runtime.writers[writer], items)
     except Exception:
         # The backoff follows the writer's failures in a row, not one batch's:
         # during an outage every batch fails, and the writer as a whole waits.
+        runtime.spool.add_counters([(metrics.counter("write_failures", writer=writer), 1)])
         streak = runtime.spool.count_failure(writer)
         delay = retry_delay(streak - 1)
         attempts = runtime.spool.fail(writer, batch.id, delay)
@@ -147,6 +151,7 @@ def write_batch(writer, batch):
         drain.schedule(args=(writer,), delay=delay)
         return 0
     runtime.spool.ack(writer, batch.id)
+    runtime.spool.add_counters(metrics.write_observed(writer, count, time.monotonic() - started))
     logger.debug("%s writer stored %d records from batch %s", writer, count, batch.id)
     return count
 
@@ -173,6 +178,7 @@ def store(writer, items):
         except Exception as error:
             with models.database.connection_context():
                 entry = models.Quarantined.add(writer.name, item, error)
+            runtime.spool.add_counters([(metrics.counter("records_quarantined", writer=writer.name), 1)])
             logger.error("%s writer cannot store record %s of project %s (%s: %s); quarantined as %d",
                          writer.name, item[2].get("id"), item[0], type(error).__name__, error, entry.id)
     return stored

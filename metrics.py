@@ -1,0 +1,112 @@
+"""LogFlow's metrics in Prometheus text format, for GET /metrics.
+
+Counters live in the spool's store (a Redis hash; a SQLite table in dev
+mode), so every web worker and every consumer adds to the same numbers and
+any web process reports them all. A counter is stored under a name such as
+"records_written|writer=db"; gauges are read from the spool when scraped.
+"""
+import datetime
+import time
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+# Upper bounds, in seconds, of the write latency histogram's buckets.
+WRITE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+
+COUNTERS = {
+    "records_accepted": ("Records accepted (202) per project.", ("project",)),
+    "records_rejected": ("Records refused in an accepted or 422 request, per project and reason.",
+                         ("project", "reason")),
+    "requests_refused": ("Requests refused as a whole, by reason.", ("reason",)),
+    "records_written": ("Records stored by a writer.", ("writer",)),
+    "write_failures": ("Failed batch writes (the batch is retried after a backoff).", ("writer",)),
+    "records_quarantined": ("Records a writer could not store, set aside in quarantine.", ("writer",)),
+}
+
+
+def counter(name, **labels):
+    """The stored name of one counter with its labels."""
+    return name + "".join("|%s=%s" % item for item in sorted(labels.items()))
+
+
+def parse(stored):
+    """(name, {label: value}) from a stored counter name."""
+    name, *pairs = stored.split("|")
+    return name, dict(pair.split("=", 1) for pair in pairs)
+
+
+def write_observed(writer, records, seconds):
+    """The counters one successful batch write adds."""
+    bucket = next(bound for bound in WRITE_BUCKETS if seconds <= bound)
+    return [(counter("records_written", writer=writer), records),
+            (counter("write_seconds_count", writer=writer), 1),
+            # Whole microseconds, since the counters are integers.
+            (counter("write_seconds_sum_us", writer=writer), round(seconds * 1e6)),
+            (counter("write_seconds_bucket", writer=writer, le=str(bucket)), 1)]
+
+
+class Collector:
+    """Builds the metric families from the shared counters and the spool's state at scrape time."""
+
+    def __init__(self, spool, writers):
+        self.spool = spool
+        self.writers = writers
+
+    def collect(self):
+        stored = self.spool.counters()
+        families = {name: CounterMetricFamily("logflow_" + name, doc, labels=labels)
+                    for name, (doc, labels) in COUNTERS.items()}
+        histograms = {}
+        for key, value in sorted(stored.items()):
+            name, labels = parse(key)
+            if name in families:
+                families[name].add_metric([labels.get(label, "") for label in
+                                           COUNTERS[name][1]], value)
+            elif name.startswith("write_seconds_"):
+                histograms.setdefault(labels["writer"], {})[(name, labels.get("le"))] = value
+        yield from families.values()
+        yield self.write_seconds(histograms)
+        yield from self.gauges()
+
+    @staticmethod
+    def write_seconds(histograms):
+        family = HistogramMetricFamily("logflow_write_seconds", "Time to write one batch, per writer.",
+                                       labels=["writer"])
+        for writer, values in sorted(histograms.items()):
+            running, buckets = 0, []
+            for bound in WRITE_BUCKETS:
+                running += values.get(("write_seconds_bucket", str(bound)), 0)
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), running))
+            family.add_metric([writer], buckets, values.get(("write_seconds_sum_us", None), 0) / 1e6)
+        return family
+
+    def gauges(self):
+        depth = GaugeMetricFamily("logflow_queue_records",
+                                  "Records waiting for a writer: queued or written but not acknowledged.",
+                                  labels=["writer"])
+        oldest = GaugeMetricFamily("logflow_queue_oldest_seconds",
+                                   "Age of the oldest request waiting in a writer's queue.",
+                                   labels=["writer"])
+        paused = GaugeMetricFamily("logflow_writer_paused_seconds",
+                                   "Seconds a writer stays paused after a failed write (0: writing).",
+                                   labels=["writer"])
+        now = time.time()
+        for writer in self.writers:
+            depth.add_metric([writer], self.spool.queued_records(writer))
+            received_at = self.spool.oldest_received_at(writer)
+            oldest.add_metric([writer], max(0.0, now - epoch(received_at)) if received_at else 0.0)
+            paused.add_metric([writer], self.spool.paused(writer))
+        return depth, oldest, paused
+
+
+def epoch(text):
+    """Seconds since the epoch of the RFC 3339 UTC text the spool carries."""
+    return datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def render(spool, writers):
+    """The metrics page, in Prometheus text format."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector(spool, writers))
+    return generate_latest(registry)

@@ -1,0 +1,58 @@
+"""GET /metrics: values after a known sequence of requests and writes, on both backends."""
+import os
+
+from prometheus_client.parser import text_string_to_metric_families
+
+import models
+import tasks
+from helpers import drain_all, post_logs
+
+
+def scrape(client):
+    """{(sample name, sorted labels): value} of the metrics page."""
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.mimetype == "text/plain"
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.get_data(as_text=True))
+            for sample in family.samples}
+
+
+def test_metrics_after_a_known_sequence(client, key, project, bound):
+    project_label = ("project", str(project.id))
+    post_logs(client, key, [{"message": "a"}, {"message": "b"}, {"level": "info"}])
+    post_logs(client, key, [{"level": "info"}])               # 422
+    post_logs(client, "lf_" + "z" * 43, {"message": "x"})     # 401
+    before = scrape(client)
+    assert before[("logflow_records_accepted_total", (project_label,))] == 2
+    assert before[("logflow_records_rejected_total", (project_label, ("reason", "invalid")))] == 2
+    assert before[("logflow_requests_refused_total", (("reason", "invalid"),))] == 1
+    assert before[("logflow_requests_refused_total", (("reason", "unauthorized"),))] == 1
+    assert before[("logflow_queue_records", (("writer", "db"),))] == 2
+    assert before[("logflow_queue_oldest_seconds", (("writer", "file"),))] >= 0
+
+    # The file writer fails once (its folder is a file), the database writer succeeds.
+    os.makedirs(bound.log_dir)
+    blocker = os.path.join(bound.log_dir, str(project.id))
+    open(blocker, "w").close()
+    drain_all()
+    after = scrape(client)
+    assert after[("logflow_records_written_total", (("writer", "db"),))] == 2
+    assert after[("logflow_write_failures_total", (("writer", "file"),))] == 1
+    assert after[("logflow_queue_records", (("writer", "db"),))] == 0
+    assert after[("logflow_queue_records", (("writer", "file"),))] == 2
+    assert after[("logflow_writer_paused_seconds", (("writer", "file"),))] > 0
+    assert after[("logflow_write_seconds_count", (("writer", "db"),))] == 1
+    assert after[("logflow_write_seconds_bucket", (("le", "+Inf"), ("writer", "db")))] == 1
+    assert ("logflow_records_written_total", (("writer", "file"),)) not in after
+
+
+def test_quarantined_records_are_counted(bound, project, client):
+    import spool
+    payload = spool.encode(999, "2026-11-27T12:00:00.000000Z", [
+        {"id": "0e3a6a3c-5b7e-4c1b-9e3c-2d6b1a0f9c11", "level": "INFO", "message": "orphan",
+         "metadata": {}, "timestamp": "2026-11-27T12:00:00.000000Z"}])
+    tasks.runtime.spool.push(payload, ["db"], 1)
+    drain_all()
+    assert scrape(client)[("logflow_records_quarantined_total", (("writer", "db"),))] == 1
+    with models.database.connection_context():
+        assert models.Quarantined.select().count() == 1
