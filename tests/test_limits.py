@@ -1,4 +1,5 @@
 """Backpressure and rate limits: 503 past LOGFLOW_MAX_QUEUE, 429 past a project's rate, nothing half-accepted."""
+import pytest
 
 import models
 import tasks
@@ -57,8 +58,9 @@ def test_the_default_rate_applies_unless_a_project_opts_out(bound, project, key)
 
 
 def test_web_processes_share_a_projects_bucket_through_redis(bound, project, key):
+    if not bound.redis_url:
+        pytest.skip("dev mode keeps buckets per process, as documented")
     settings = bound.replace(rate_limit=10, rate_burst=10)
     first, second = create_app(settings).test_client(), create_app(settings).test_client()
     assert post_logs(first, key, batch(6)).status_code == 202
-    # With Redis the bucket is shared; dev mode keeps one per process, as documented.
-    assert post_logs(second, key, batch(6)).status_code == (429 if bound.redis_url else 202)
+    assert post_logs(second, key, batch(6)).status_code == 429
