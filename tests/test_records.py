@@ -1,5 +1,6 @@
 """The record parser: levels, timestamps, aliases, and what makes a record storable."""
 import datetime
+import uuid
 
 import pytest
 
@@ -79,6 +80,12 @@ def test_canonical_field_wins_and_the_alias_is_kept_in_metadata():
     assert record["timestamp"] == "2026-01-01T00:00:00.000000Z"
 
 
+def test_random_ids_are_version_4_uuids():
+    ids = {records.random_uuid() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(uuid.UUID(value).version == 4 and str(uuid.UUID(value)) == value for value in ids)
+
+
 def test_defaults():
     record, _ = normalize({"message": "x"})
     assert record["level"] == "INFO"
@@ -116,7 +123,7 @@ def test_nul_characters_are_made_storable():
     ({"message": 5}, "message must be a string"),
     ({"message": "x" * (64 * 1024 + 1)}, "longer than"),
     ({"message": "x", "metadata": [1]}, "metadata must be a JSON object"),
-    ({"message": "x", "metadata": {"a": nested(70)}}, "nested deeper"),
+    ({"message": "x", "metadata": {"a": nested(300)}}, "nested deeper"),
     ("just a string", "JSON object"),
 ])
 def test_invalid_records(raw, error):
