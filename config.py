@@ -40,7 +40,8 @@ class Settings:
     key_cache_seconds: float = 10.0
     # A claimed batch not acknowledged within this time is handed out again.
     lease_seconds: float = 30.0
-    batch_bytes: int = 4 * 1024 * 1024
+    # Each consumer thread holds about ten times this in Python objects while writing.
+    batch_bytes: int = 1024 * 1024
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
     retry_after_seconds: int = 5
