@@ -26,6 +26,9 @@ bp = Blueprint("logs", __name__)
 
 OPENAPI_PATH = pathlib.Path(__file__).with_name("openapi.json")
 
+# How long a key's last lookup stays usable while the database is down.
+KNOWN_KEY_SECONDS = 3600
+
 # Longer headers are not keys LogFlow issued; refuse them before hashing.
 MAX_KEY_LENGTH = 256
 
@@ -120,22 +123,25 @@ class KeyCache:
             with models.database.connection_context():
                 key = models.ApiKey.find(plaintext)
         except (peewee.PeeweeException, OSError) as error:
-            if entry is not None:
-                # Keep accepting known keys through a database outage (the
-                # records wait in the queue, not in the database), asking the
-                # database again once per TTL rather than on every request.
-                logger.warning("database unavailable (%s); trusting a key lookup for %g s more",
-                               error, self.ttl)
-                self.entries[key_hash] = (now + self.ttl, entry[1])
-                return entry[1]
-            logger.error("database unavailable, cannot check a key: %s", error)
-            raise APIError(503, "the database is unavailable, so the key cannot be checked; retry later",
-                           headers={"Retry-After": str(self.retry_after)}) from None
+            # Keep accepting known keys through a database outage (the records
+            # wait in the queue, not in the database): this process's expired
+            # entry, else the last lookup any web process shared in the queue's
+            # store. Ask the database again once per TTL, not on every request.
+            identity = entry[1] if entry is not None else self.recall(key_hash)
+            if identity is None:
+                logger.error("database unavailable, cannot check a key: %s", error)
+                raise APIError(503, "the database is unavailable, so the key cannot be checked;"
+                               " retry later", headers={"Retry-After": str(self.retry_after)}) from None
+            logger.warning("database unavailable (%s); trusting the last lookup of a key for %g s more",
+                           error, self.ttl)
+            self.entries[key_hash] = (now + self.ttl, identity)
+            return identity
         identity = None
         if key is not None:
             project = key.project
             identity = (project.id, project.is_active, project.writers(default_writers),
                         project.rate_limit)
+            self.share(key_hash, identity)
         with self.lock:
             if len(self.entries) >= self.max_entries:
                 # Unknown keys are cached too, so a flood of them cannot reach
@@ -143,6 +149,28 @@ class KeyCache:
                 self.entries.clear()
             self.entries[key_hash] = (now + self.ttl, identity)
         return identity
+
+
+    @staticmethod
+    def share(key_hash, identity):
+        """Leave a key's identity where every web process finds it during a database outage."""
+        try:
+            tasks.runtime.spool.remember(key_hash, orjson.dumps(identity), KNOWN_KEY_SECONDS)
+        except SpoolUnavailable as error:
+            # Only the outage fallback is missing; the request itself goes on.
+            logger.debug("could not share a key lookup: %s", error)
+
+    @staticmethod
+    def recall(key_hash):
+        """A key's identity as a web process last shared it, or None."""
+        try:
+            shared = tasks.runtime.spool.recall(key_hash)
+        except SpoolUnavailable:
+            return None
+        if shared is None:
+            return None
+        project_id, is_active, writers, rate_limit = orjson.loads(shared)
+        return project_id, is_active, tuple(writers), rate_limit
 
 
 def authenticate(settings):

@@ -286,6 +286,20 @@ class RedisSpool:
         """Records waiting for a writer: queued, or in batches not yet acknowledged."""
         return int(self.client.get(self._key(writer, "queued")) or 0)
 
+    def remember(self, name, value, seconds):
+        """Keep a small value under a name for `seconds`, for every process to read."""
+        try:
+            self.client.set("%s:memo:%s" % (self.prefix, name), value, ex=max(1, int(seconds)))
+        except redis.RedisError as error:
+            raise SpoolUnavailable("Redis: %s" % error) from error
+
+    def recall(self, name):
+        """The value remembered under a name, or None."""
+        try:
+            return self.client.get("%s:memo:%s" % (self.prefix, name))
+        except redis.RedisError as error:
+            raise SpoolUnavailable("Redis: %s" % error) from error
+
     def add_counters(self, counters):
         """Add (name, amount) pairs to the counters every process shares."""
         try:
@@ -332,6 +346,7 @@ class SqliteSpool:
         "CREATE TABLE IF NOT EXISTS queued (writer TEXT PRIMARY KEY, records INTEGER NOT NULL)",
         "CREATE TABLE IF NOT EXISTS streaks (writer TEXT PRIMARY KEY, failures INTEGER NOT NULL)",
         "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS memos (name TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL)",
     )
 
     def __init__(self, path, lease_seconds, max_queue=0):
@@ -400,6 +415,20 @@ class SqliteSpool:
         connection.executemany(
             "INSERT INTO counters VALUES (?, ?) ON CONFLICT (name)"
             " DO UPDATE SET value = value + excluded.value", counters)
+
+    def remember(self, name, value, seconds):
+        """Keep a small value under a name for `seconds`, for every process to read."""
+        self._transaction(lambda connection, now: connection.execute(
+            "INSERT OR REPLACE INTO memos VALUES (?, ?, ?)", (name, value, now + seconds)))
+
+    def recall(self, name):
+        """The value remembered under a name, or None."""
+        try:
+            row = self._connection().execute("SELECT value FROM memos WHERE name = ? AND expires > ?",
+                                             (name, time.time())).fetchone()
+        except (sqlite3.Error, OSError) as error:
+            raise SpoolUnavailable("SQLite spool: %s" % error) from error
+        return row[0] if row else None
 
     def add_counters(self, counters):
         """Add (name, amount) pairs to the counters every process shares."""

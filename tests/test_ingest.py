@@ -279,6 +279,12 @@ def test_a_database_outage_keeps_known_keys_working_and_answers_503_for_others(b
     unknown = post_logs(client, "lf_" + "y" * 43, {"message": "x"})
     assert unknown.status_code == 503 and unknown.headers["Retry-After"] == "5"
     assert "database is unavailable" in unknown.json["error"]
+    # Another web process, which never looked the key up itself, trusts what the first one shared.
+    other = create_app(bound.replace(key_cache_seconds=0)).test_client()
+    models.database.initialize(peewee.PostgresqlDatabase("none", host="127.0.0.1", port=1)
+                               if bound.database_url else
+                               peewee.SqliteDatabase("/nonexistent/folder/logflow.db"))
+    assert post_logs(other, key, {"message": "elsewhere"}).status_code == 202
     models.bind_database(bound)
     drain_all()
-    assert sorted(r["message"] for r in stored_logs()) == ["before", "during"]
+    assert sorted(r["message"] for r in stored_logs()) == ["before", "during", "elsewhere"]
