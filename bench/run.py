@@ -119,7 +119,7 @@ class Stack:
             sys.executable, "-m", "gunicorn", app, "--chdir", chdir, "--no-control-socket",
             "--bind", "127.0.0.1:%d" % port, "--worker-class", "gthread",
             "--workers", str(self.args.workers), "--threads", str(self.args.threads),
-            "--timeout", "30", "--graceful-timeout", "30"])
+            "--timeout", "30", "--graceful-timeout", "30"] + self.args.gunicorn_arg)
         url = "http://127.0.0.1:%d" % port
         deadline = time.monotonic() + 30
         while True:
@@ -685,6 +685,9 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (Procfile: 2)")
     parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker (Procfile: 4)")
     parser.add_argument("--consumers", type=int, default=1, help="huey_consumer processes, 4 threads each")
+    parser.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG",
+                        help="one more gunicorn argument for LogFlow and hello alike (repeatable),"
+                             " e.g. --gunicorn-arg=--worker-connections=8")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1 leaves the server more CPU)")
     parser.add_argument("--aof", action="store_true", help="Redis with AOF (appendfsync everysec), as in production")
