@@ -368,6 +368,16 @@ def throughput(stack, base_url, body, key, seconds, per_request):
     return result
 
 
+def paced(stack, base_url, body, key, seconds, rate):
+    """p50 and p99 of single-record POSTs sent at about `rate` requests/s (paced.lua), and the rate reached."""
+    pause_ms = 1000.0 * stack.args.connections / rate
+    result = wrk(base_url + "/logs", "paced.lua", [body, key, "%.2f" % pause_ms], seconds,
+                 stack.args.connections, stack.args.wrk_threads, latency=True)
+    result["req_s"] = result["requests"] / result["seconds"]
+    stack.wait_drained()
+    return result
+
+
 def end_to_end(stack, name, body, per_request, records, sampler=None):
     """Send `records` records, then poll until all are in PostgreSQL and in the files; records/s of the whole."""
     project_id, key = stack.add_project(name)
@@ -593,6 +603,10 @@ def report_ceilings(r, plan):
                                             median(ours, field) / median(ceiling, field)))
     print("(hello: a hello-world Flask app under the same gunicorn and wrk script; COPY: %d rows into a table"
           " shaped like logs, %.0f rows/s. Latency ratios above 1: LogFlow is slower.)" % (plan["copy_rows"], copy))
+    paced_run = r.get("paced")
+    if paced_run:
+        print("single POST at about half its maximum rate: %.0f requests/s reached, p50 %.1f ms, p99 %.1f ms"
+              % (paced_run["req_s"], paced_run["p50"], paced_run["p99"]))
     errors = sum(run["non2xx"] + run["socket_errors"] for key in ("single", "batch") for run in r[key])
     print("non-2xx answers or socket errors in the throughput runs: %d" % errors)
     for key in ("e2e_single", "e2e_batch"):
@@ -726,6 +740,9 @@ def main():
                                               ("batch", stack.logflow_url, stack.batch_body, 100),
                                               ("hello_batch", stack.hello_url, stack.batch_body, 100)):
                     results[name].append(throughput(stack, base, body, key, plan["seconds"], per))
+            half = median(results["single"], "req_s") / 2
+            log("single POSTs paced at %.0f requests/s" % half)
+            results["paced"] = paced(stack, stack.logflow_url, stack.single_body, key, plan["seconds"], half)
             for repeat in range(plan["repeats"]):
                 log("end-to-end run %d/%d" % (repeat + 1, plan["repeats"]))
                 results["e2e_single"].append(end_to_end(
