@@ -14,6 +14,8 @@ flag so that at most one Huey task waits for the next lease to run out.
 Two backends with the same methods: Redis in production, SQLite in dev mode.
 """
 import collections
+import functools
+import inspect
 import os
 import re
 import sqlite3
@@ -70,6 +72,29 @@ def decode(payloads):
         items.extend((request["project"], request["received_at"], record)
                      for record in request["records"])
     return items
+
+
+def reports_unavailable(errors, store):
+    """Class decorator: in every public method, the store's own errors become SpoolUnavailable.
+
+    Callers then handle one error, whichever backend is behind the spool and
+    whichever method failed.
+    """
+    def translating(method):
+        @functools.wraps(method)
+        def wrapper(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except errors as error:
+                raise SpoolUnavailable("%s: %s" % (store, error)) from error
+        return wrapper
+
+    def decorate(cls):
+        for name, method in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.isfunction(method):
+                setattr(cls, name, translating(method))
+        return cls
+    return decorate
 
 
 def open_spool(settings):
@@ -205,6 +230,7 @@ return false
 """
 
 
+@reports_unavailable(redis.RedisError, "Redis")
 class RedisSpool:
     """The spool on Redis lists: a queue, leased batch lists and a lease sorted set per writer."""
 
@@ -236,10 +262,7 @@ class RedisSpool:
         args = [payload, records, self.max_queue, max(1, int(self.lease_seconds)),
                 limit.rate if limit else 0, limit.burst if limit else 0]
         args.extend(item for pair in counters for item in pair)
-        try:
-            result = self._push(keys=keys, args=args)
-        except redis.RedisError as error:
-            raise SpoolUnavailable("Redis: %s" % error) from error
+        result = self._push(keys=keys, args=args)
         if result[0] == 1:
             raise QueueFull()
         if result[0] == 2:
@@ -288,27 +311,18 @@ class RedisSpool:
 
     def remember(self, name, value, seconds):
         """Keep a small value under a name for `seconds`, for every process to read."""
-        try:
-            self.client.set("%s:memo:%s" % (self.prefix, name), value, ex=max(1, int(seconds)))
-        except redis.RedisError as error:
-            raise SpoolUnavailable("Redis: %s" % error) from error
+        self.client.set("%s:memo:%s" % (self.prefix, name), value, ex=max(1, int(seconds)))
 
     def recall(self, name):
         """The value remembered under a name, or None."""
-        try:
-            return self.client.get("%s:memo:%s" % (self.prefix, name))
-        except redis.RedisError as error:
-            raise SpoolUnavailable("Redis: %s" % error) from error
+        return self.client.get("%s:memo:%s" % (self.prefix, name))
 
     def add_counters(self, counters):
         """Add (name, amount) pairs to the counters every process shares."""
-        try:
-            with self.client.pipeline(transaction=False) as pipe:
-                for name, amount in counters:
-                    pipe.hincrby(self._key("metrics", "counters"), name, amount)
-                pipe.execute()
-        except redis.RedisError as error:
-            raise SpoolUnavailable("Redis: %s" % error) from error
+        with self.client.pipeline(transaction=False) as pipe:
+            for name, amount in counters:
+                pipe.hincrby(self._key("metrics", "counters"), name, amount)
+            pipe.execute()
 
     def counters(self):
         """Every shared counter, by name."""
@@ -328,12 +342,10 @@ class RedisSpool:
 
     def ping(self):
         """Raise SpoolUnavailable unless Redis answers."""
-        try:
-            self.client.ping()
-        except redis.RedisError as error:
-            raise SpoolUnavailable("Redis: %s" % error) from error
+        self.client.ping()
 
 
+@reports_unavailable((sqlite3.Error, OSError), "SQLite spool")
 class SqliteSpool:
     """The spool in one SQLite table; rows with a batch id are leased until their deadline."""
 
@@ -372,18 +384,15 @@ class SqliteSpool:
         return connection
 
     def _transaction(self, work):
+        connection = self._connection()
+        connection.execute("BEGIN IMMEDIATE")
         try:
-            connection = self._connection()
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                result = work(connection, time.time())
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-            return result
-        except (sqlite3.Error, OSError) as error:
-            raise SpoolUnavailable("SQLite spool: %s" % error) from error
+            result = work(connection, time.time())
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        return result
 
     def push(self, payload, writers, records, limit=None, counters=()):
         """Queue one payload of `records` records for each writer, all or none; returns the writers to wake.
@@ -423,11 +432,8 @@ class SqliteSpool:
 
     def recall(self, name):
         """The value remembered under a name, or None."""
-        try:
-            row = self._connection().execute("SELECT value FROM memos WHERE name = ? AND expires > ?",
-                                             (name, time.time())).fetchone()
-        except (sqlite3.Error, OSError) as error:
-            raise SpoolUnavailable("SQLite spool: %s" % error) from error
+        row = self._connection().execute("SELECT value FROM memos WHERE name = ? AND expires > ?",
+                                         (name, time.time())).fetchone()
         return row[0] if row else None
 
     def add_counters(self, counters):
@@ -462,10 +468,7 @@ class SqliteSpool:
 
     def queued_records(self, writer):
         """Records waiting for a writer: queued, or in batches not yet acknowledged."""
-        try:
-            return self._queued(self._connection(), writer)
-        except (sqlite3.Error, OSError) as error:
-            raise SpoolUnavailable("SQLite spool: %s" % error) from error
+        return self._queued(self._connection(), writer)
 
     def claim(self, writer, max_bytes):
         """Lease the next batch for a writer; None when there is nothing to do."""
@@ -568,7 +571,4 @@ class SqliteSpool:
 
     def ping(self):
         """Raise SpoolUnavailable unless the SQLite file can be read."""
-        try:
-            self._connection().execute("SELECT 1 FROM spool LIMIT 1")
-        except (sqlite3.Error, OSError) as error:
-            raise SpoolUnavailable("SQLite spool: %s" % error) from error
+        self._connection().execute("SELECT 1 FROM spool LIMIT 1")

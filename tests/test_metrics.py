@@ -56,3 +56,14 @@ def test_quarantined_records_are_counted(bound, project, client):
     assert scrape(client)[("logflow_records_quarantined_total", (("writer", "db"),))] == 1
     with models.database.connection_context():
         assert models.Quarantined.select().count() == 1
+
+
+def test_metrics_answer_503_when_their_store_is_down(client, bound, tmp_path):
+    import spool
+    if bound.redis_url:
+        tasks.runtime.spool = spool.open_spool(bound.replace(redis_url="redis://127.0.0.1:1/0"))
+    else:
+        (tmp_path / "blocked").write_text("a file where the data folder should be")
+        tasks.runtime.spool = spool.open_spool(bound.replace(data_dir=str(tmp_path / "blocked")))
+    response = client.get("/metrics")
+    assert response.status_code == 503 and response.json["error"].startswith("metrics are unavailable")
