@@ -36,15 +36,19 @@ MAX_KEY_LENGTH = 256
 class APIError(Exception):
     """An error that the client is told about, as {"error": message} with its status code."""
 
-    def __init__(self, status, message, headers=None, body=None):
+    def __init__(self, status, message, headers=None, body=None, counted=True):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
         self.body = body
+        # False when the store behind the counters is what failed: counting
+        # would only wait on it a second time.
+        self.counted = counted
 
     def response(self):
-        count_refusal(self.status)
+        if self.counted:
+            count_refusal(self.status)
         body = {"error": self.message}
         body.update(self.body or {})
         return json_response(body, self.status, self.headers)
@@ -318,7 +322,7 @@ def ingest():
         logger.error("queue unavailable, refused %d records of project %d: %s",
                      len(accepted), project_id, error)
         raise APIError(503, "the queue is unavailable; nothing was accepted, retry later",
-                       headers=retry_after) from None
+                       headers=retry_after, counted=False) from None
     except QueueFull:
         logger.warning("queue full, refused %d records of project %d", len(accepted), project_id)
         raise APIError(503, "the queue is full; nothing was accepted, retry later",
@@ -348,7 +352,7 @@ def prometheus_metrics():
     try:
         page = metrics.render(tasks.runtime.spool, config.WRITERS)
     except SpoolUnavailable as error:
-        raise APIError(503, "metrics are unavailable: %s" % error) from None
+        raise APIError(503, "metrics are unavailable: %s" % error, counted=False) from None
     return current_app.response_class(page, mimetype="text/plain; version=0.0.4; charset=utf-8")
 
 
