@@ -111,7 +111,7 @@ class FileWriter:
             folder = os.path.join(self.log_dir, str(project))
             os.makedirs(folder, exist_ok=True)
             append(os.path.join(folder, day + ".log"), b"".join(lines))
-        return sum(len(lines) for lines in files.values())
+        return len(items)
 
 
 def append(path, data):
