@@ -280,13 +280,23 @@ def rate_limit_of(settings, project_id, project_rate):
 def ingest():
     """Accept a batch of log records; 202 once every accepted record is queued."""
     settings = current_app.extensions["logflow"]["settings"]
-    project_id, writers, rate_limit = authenticate(settings)
+    identity = authenticate(settings)
     try:
         raw_records = records.parse_body(read_body(settings), request.content_type)
     except records.UnsupportedMediaType as error:
         raise APIError(415, str(error)) from None
     except records.InvalidBody as error:
         raise APIError(400, str(error)) from None
+    return json_response(accept(settings, identity, raw_records), 202)
+
+
+def accept(settings, identity, raw_records):
+    """Validate raw records and queue the valid ones for the project's writers; the 202 summary.
+
+    Raises APIError when nothing can be accepted: 400/413 for the request as a
+    whole, 422 when no record is valid, 429/503 when the queue refuses.
+    """
+    project_id, writers, rate_limit = identity
     if not raw_records:
         raise APIError(400, "the body holds no records")
     if len(raw_records) > settings.max_records:
@@ -337,7 +347,7 @@ def ingest():
         except Exception:
             # The records are safe in the spool; the consumer's sweep finds them.
             logger.exception("could not wake the %s writer; its sweep will pick the records up", writer)
-    return json_response(summary, 202)
+    return summary
 
 
 @bp.get("/openapi.json")
