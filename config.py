@@ -42,6 +42,9 @@ class Settings:
     lease_seconds: float = 30.0
     # Each consumer thread holds about ten times this in Python objects while writing.
     batch_bytes: int = 1024 * 1024
+    # A consumer woken by a request waits this long before claiming, so the
+    # requests arriving meanwhile share one write instead of one each.
+    batch_wait_seconds: float = 0.1
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 60.0
     retry_after_seconds: int = 5
@@ -84,6 +87,7 @@ ENVIRONMENT = {
     "LOGFLOW_KEY_CACHE_SECONDS": ("key_cache_seconds", float),
     "LOGFLOW_LEASE_SECONDS": ("lease_seconds", float),
     "LOGFLOW_BATCH_BYTES": ("batch_bytes", int),
+    "LOGFLOW_BATCH_WAIT_SECONDS": ("batch_wait_seconds", float),
     "LOGFLOW_RETRY_BASE_SECONDS": ("retry_base_seconds", float),
     "LOGFLOW_RETRY_MAX_SECONDS": ("retry_max_seconds", float),
     "LOGFLOW_RETRY_AFTER_SECONDS": ("retry_after_seconds", int),

@@ -343,7 +343,7 @@ def accept(settings, identity, raw_records):
                        headers={"Retry-After": str(math.ceil(limited.retry_after))}) from None
     for writer in woken:
         try:
-            tasks.drain(writer)
+            tasks.drain(writer, woken=True)
         except Exception:
             # The records are safe in the spool; the consumer's sweep finds them.
             logger.exception("could not wake the %s writer; its sweep will pick the records up", writer)

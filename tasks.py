@@ -102,8 +102,16 @@ def retry_delay(attempts):
 
 
 @huey.task()
-def drain(writer):
-    """Claim one batch for a writer, write it and acknowledge it."""
+def drain(writer, woken=False):
+    """Claim one batch for a writer, write it and acknowledge it.
+
+    `woken` is set by the request that found the writer idle: waiting
+    LOGFLOW_BATCH_WAIT_SECONDS first turns a stream of single-record requests
+    into batches (one write, one transaction, one fsync each) instead of a
+    write per request. Busy writers never wait: follow-up drains do not.
+    """
+    if woken and runtime.settings.batch_wait_seconds > 0:
+        time.sleep(runtime.settings.batch_wait_seconds)
     if runtime.spool.paused(writer):
         # A failed write paused this writer; the failed batch's lease ends with the pause.
         wake_at_next_lease(writer)

@@ -2,6 +2,7 @@
 import logging
 import os
 import pickle
+import threading
 
 import orjson
 import pytest
@@ -95,3 +96,27 @@ def test_an_outage_pauses_the_whole_writer_with_growing_delays(client, key, proj
     wait_for(lambda: tasks.drain.call_local("file") == 0 and tasks.runtime.spool.depth("file") == 0,
              timeout=10, message="the file writer to catch up")
     assert len(file_records(bound.log_dir)) == 5
+
+
+def test_a_request_wakes_the_writer_to_gather_a_batch(client, key, bound):
+    tasks.huey.flush()
+    post_logs(client, key, [{"message": "first"}])
+    post_logs(client, key, [{"message": "second"}])  # the writers are awake already
+    assert sorted((task.args, task.kwargs) for task in tasks.huey.pending()) == [
+        (("db",), {"woken": True}), (("file",), {"woken": True})]
+    tasks.huey.flush()
+
+
+def test_a_woken_writer_writes_the_requests_of_its_wait_in_one_batch(client, key, bound):
+    # Generous: the 20 requests below take milliseconds, and must land within the wait.
+    tasks.configure(bound.replace(batch_wait_seconds=5))
+    post_logs(client, key, [{"message": "m0"}])
+    woken = threading.Thread(target=tasks.drain.call_local, args=("db",), kwargs={"woken": True})
+    woken.start()
+    for number in range(1, 21):
+        post_logs(client, key, [{"message": "m%d" % number}])
+    woken.join()
+    assert len(stored_logs()) == 21
+    counters = tasks.runtime.spool.counters()
+    assert counters["write_seconds_count|writer=db"] == 1
+    tasks.huey.flush()
