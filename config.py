@@ -53,6 +53,8 @@ class Settings:
     # Records per second per project (0: no limit), and the burst above it.
     rate_limit: int = 0
     rate_burst: int = 0
+    # Days of logs kept for projects without their own retention (0: keep forever).
+    retention_days: int = 30
     log_level: str = "INFO"
 
     @property
@@ -94,6 +96,7 @@ ENVIRONMENT = {
     "LOGFLOW_MAX_QUEUE": ("max_queue", int),
     "LOGFLOW_RATE_LIMIT": ("rate_limit", int),
     "LOGFLOW_RATE_BURST": ("rate_burst", int),
+    "LOGFLOW_RETENTION_DAYS": ("retention_days", int),
     "LOGFLOW_LOG_LEVEL": ("log_level", str),
 }
 
