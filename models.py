@@ -5,10 +5,11 @@ import os
 import secrets
 
 import orjson
-from peewee import (BooleanField, CharField, CompositeKey, DatabaseProxy,
+from peewee import (SQL, BooleanField, CharField, CompositeKey, DatabaseProxy,
                     DateTimeField, ForeignKeyField, IntegerField, JSONField, Model,
-                    SqliteDatabase, TextField, UUIDField)
+                    OperationalError, ProgrammingError, SqliteDatabase, TextField, UUIDField, fn)
 from playhouse import db_url
+from playhouse.migrate import SchemaMigrator, migrate
 
 from config import parse_storage
 
@@ -57,6 +58,25 @@ def create_tables():
     """Create every table and index that is missing; safe to run again."""
     with database.connection_context():
         database.create_tables(MODELS, safe=True)
+        for model in MODELS:
+            add_missing_columns(model)
+
+
+def add_missing_columns(model):
+    """Add the columns a model gained since its table was created: create_tables never alters a table."""
+    table = model._meta.table_name
+    missing = [field for field in model._meta.sorted_fields
+               if field.column_name not in {column.name for column in database.get_columns(table)}]
+    if not missing:
+        return
+    migrator = SchemaMigrator.from_database(database.obj)
+    try:
+        migrate(*[migrator.add_column(table, field.column_name, field) for field in missing])
+    except (OperationalError, ProgrammingError):
+        # Another process starting at the same time may have added them first.
+        present = {column.name for column in database.get_columns(table)}
+        if any(field.column_name not in present for field in missing):
+            raise
 
 
 class BaseModel(Model):
@@ -74,6 +94,8 @@ class Project(BaseModel):
     storage = CharField(null=True)
     # Records per second; empty means LOGFLOW_RATE_LIMIT, 0 means no limit.
     rate_limit = IntegerField(null=True)
+    # Days of logs kept; empty means LOGFLOW_RETENTION_DAYS, 0 means forever.
+    retention_days = IntegerField(null=True)
     created_at = DateTimeField(default=utcnow)
 
     @classmethod
@@ -87,6 +109,10 @@ class Project(BaseModel):
     def writers(self, default):
         """The writers this project's records go to."""
         return parse_storage(self.storage) if self.storage else default
+
+    def retention(self, default):
+        """Days of logs this project keeps; 0 means forever."""
+        return default if self.retention_days is None else self.retention_days
 
 
 class ApiKey(BaseModel):
@@ -132,6 +158,13 @@ class Log(BaseModel):
         primary_key = CompositeKey("project", "id")
         # Serves "newest logs of a project" and keyset pages on (timestamp, id).
         indexes = ((("project", "timestamp", "id"), False),)
+
+    @classmethod
+    def count_levels(cls, project_id, since):
+        """{level: rows} of a project's records timestamped at or after `since`."""
+        query = (cls.select(cls.level, fn.COUNT(SQL("*")).alias("rows"))
+                 .where(cls.project == project_id, cls.timestamp >= since).group_by(cls.level))
+        return {row.level: row.rows for row in query}
 
 
 class Quarantined(BaseModel):
