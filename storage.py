@@ -11,20 +11,27 @@ error is blamed on a record, which the consumer then sets aside in quarantine.
 """
 import collections
 import csv
+import datetime
 import errno
 import fcntl
+import gzip
 import io
 import logging
 import os
+import re
+import shutil
 
 import orjson
 import peewee
 
-from models import database
+from models import Log, database
 
 logger = logging.getLogger("logflow")
 
 COLUMNS = "id, project_id, level, message, metadata, timestamp, received_at"
+# Rows deleted per transaction when pruning, so no lock is held for long.
+PRUNE_BATCH_ROWS = 5000
+DAILY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.log(\.gz)?$")
 
 
 class DatabaseWriter:
@@ -45,6 +52,34 @@ class DatabaseWriter:
                 else:
                     insert_rows(database.cursor(), items)
         return len(items)
+
+    def prune(self, project_id, cutoff, today, dry_run=False):
+        """Delete a project's rows timestamped before the UTC day cutoff (None: keep all), a batch per transaction.
+
+        Returns {"deleted": n}, the rows that (would) go.
+        """
+        if cutoff is None:
+            return {"deleted": 0}
+        expired = Log.select().where(Log.project == project_id,
+                                     Log.timestamp < datetime.datetime.combine(cutoff, datetime.time()))
+        with database.connection_context(), peewee.__exception_wrapper__:
+            if dry_run:
+                return {"deleted": expired.count()}
+            # Batches by physical row address: each holds its locks briefly and
+            # finds its rows through the (project, timestamp) index.
+            if isinstance(database.obj, peewee.PostgresqlDatabase):
+                batch, params = expired.select(peewee.SQL("ctid")).limit(PRUNE_BATCH_ROWS).sql()
+                statement = "DELETE FROM logs WHERE ctid = ANY(ARRAY(%s))" % batch
+            else:
+                batch, params = expired.select(peewee.SQL("rowid")).limit(PRUNE_BATCH_ROWS).sql()
+                statement = "DELETE FROM logs WHERE rowid IN (%s)" % batch
+            deleted = 0
+            while True:
+                with database.atomic():
+                    count = database.execute_sql(statement, params).rowcount
+                deleted += count
+                if count < PRUNE_BATCH_ROWS:
+                    return {"deleted": deleted}
 
 
 def copy_rows(cursor, items):
@@ -113,15 +148,122 @@ class FileWriter:
             append(os.path.join(folder, day + ".log"), b"".join(lines))
         return len(items)
 
+    def prune(self, project_id, cutoff, today, dry_run=False):
+        """Delete a project's daily files dated before cutoff (None: keep all), gzip the rest older than today.
+
+        Returns {"deleted": n, "compressed": n}: the files that (would) go and be compressed.
+        """
+        folder = os.path.join(self.log_dir, str(int(project_id)))
+        done = {"deleted": 0, "compressed": 0}
+        try:
+            names = sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return done
+        for name in names:
+            match = DAILY_FILE.match(name)
+            try:
+                day = datetime.date.fromisoformat(match.group(1)) if match else None
+            except ValueError:
+                day = None
+            if day is None:
+                continue
+            path = os.path.join(folder, name)
+            if cutoff is not None and day < cutoff:
+                done["deleted"] += 1
+                if not dry_run:
+                    remove(path)
+            elif day < today and not match.group(2):
+                done["compressed"] += 1
+                if not dry_run:
+                    compress(path)
+        return done
+
+
+def remove(path):
+    """Delete a file that another pruning consumer may have deleted already."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def compress(path):
+    """Gzip a daily file into <path>.gz under the writers' lock, then remove it; False if it was gone."""
+    try:
+        descriptor = lock_file(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        compress_locked(descriptor, path)
+    finally:
+        os.close(descriptor)
+    return True
+
+
+def compress_locked(descriptor, path):
+    """compress() once the caller holds the flock of `descriptor`, which `path` names.
+
+    A late record may reopen the day's file afterwards: the next run adds it
+    to the .gz as another gzip member (concatenated members read as one
+    stream). The .gz is replaced by rename, never rewritten in place; a crash
+    between that rename and the unlink repeats the day's lines in it, as a
+    redelivery can.
+    """
+    if trim_torn_tail(descriptor, path):
+        target = path + ".gz"
+        temporary = target + ".tmp"
+        with open(temporary, "wb") as output:
+            try:
+                with open(target, "rb") as existing:
+                    shutil.copyfileobj(existing, output)
+            except FileNotFoundError:
+                pass
+            with gzip.GzipFile(filename="", mode="wb", fileobj=output, mtime=0) as member:
+                offset = 0
+                while chunk := os.pread(descriptor, 1 << 20, offset):
+                    member.write(chunk)
+                    offset += len(chunk)
+            output.flush()
+            os.fsync(output.fileno())
+        os.rename(temporary, target)
+    os.unlink(path)
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def lock_file(path, flags):
+    """Open path and take its exclusive flock, again until the lock is on the file path still names.
+
+    compress() unlinks a daily file while writers may wait for its lock; a
+    writer that then got the lock would append to a file nobody reads.
+    """
+    while True:
+        descriptor = os.open(path, flags, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            opened = os.fstat(descriptor)
+            current = os.stat(path)
+        except FileNotFoundError:
+            os.close(descriptor)
+            continue
+        except BaseException:
+            os.close(descriptor)
+            raise
+        if (opened.st_dev, opened.st_ino) == (current.st_dev, current.st_ino):
+            return descriptor
+        os.close(descriptor)
+
 
 def append(path, data):
     """Append data to a file whole or not at all, even with other processes appending."""
-    descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    # The lock keeps concurrent consumers' lines apart even when a write
+    # is split; the truncate undoes a partial write (disk full), so no
+    # torn line is ever left for a retry to append after.
+    descriptor = lock_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
-        # The lock keeps concurrent consumers' lines apart even when a write
-        # is split; the truncate undoes a partial write (disk full), so no
-        # torn line is ever left for a retry to append after.
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
         start = trim_torn_tail(descriptor, path)
         try:
             view = memoryview(data)
