@@ -13,6 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 # Upper bounds, in seconds, of the write latency histogram's buckets.
 WRITE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+# A consumer counts as alive with a heartbeat this recent: four of its beats (tasks.HEARTBEAT_SECONDS).
+CONSUMER_ALIVE_SECONDS = 60
 
 COUNTERS = {
     "records_accepted": ("Records accepted (202) per project.", ("project",)),
@@ -68,6 +70,7 @@ class Collector:
         yield from families.values()
         yield self.write_seconds(histograms)
         yield from self.gauges()
+        yield from self.liveness()
 
     @staticmethod
     def write_seconds(histograms):
@@ -98,6 +101,20 @@ class Collector:
             oldest.add_metric([writer], max(0.0, now - epoch(received_at)) if received_at else 0.0)
             paused.add_metric([writer], self.spool.paused(writer))
         return depth, oldest, paused
+
+    def liveness(self):
+        alive = GaugeMetricFamily(
+            "logflow_consumers_alive",
+            "Consumer processes with a heartbeat in the last %d seconds." % CONSUMER_ALIVE_SECONDS)
+        newest = GaugeMetricFamily("logflow_consumer_heartbeat_age_seconds",
+                                   "Seconds since the newest heartbeat of any consumer.")
+        now = time.time()
+        ages = [now - at for at in self.spool.heartbeats().values()]
+        alive.add_metric([], sum(1 for age in ages if age <= CONSUMER_ALIVE_SECONDS))
+        # No sample at all when no consumer beat within a day: absent() alerts on that.
+        if ages:
+            newest.add_metric([], max(0.0, min(ages)))
+        return alive, newest
 
 
 def epoch(text):

@@ -30,6 +30,8 @@ Batch = collections.namedtuple("Batch", "id attempts payloads more")
 
 # Claim at most this many queued requests at once, whatever their size.
 MAX_BATCH_ITEMS = 1000
+# Consumers' heartbeats older than this are forgotten (see beat()).
+HEARTBEATS_KEPT_SECONDS = 86400
 
 
 class SpoolUnavailable(Exception):
@@ -344,6 +346,19 @@ class RedisSpool:
         """Raise SpoolUnavailable unless Redis answers."""
         self.client.ping()
 
+    def beat(self, name, at):
+        """Record that consumer `name` was alive at `at` (epoch seconds); forgets beats a day old."""
+        key = self._key("consumers", "heartbeats")
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {name: at})
+            pipe.zremrangebyscore(key, "-inf", at - HEARTBEATS_KEPT_SECONDS)
+            pipe.execute()
+
+    def heartbeats(self):
+        """{consumer name: epoch seconds of its last heartbeat} over the last day."""
+        return {name.decode(): at for name, at in
+                self.client.zrange(self._key("consumers", "heartbeats"), 0, -1, withscores=True)}
+
 
 @reports_unavailable((sqlite3.Error, OSError), "SQLite spool")
 class SqliteSpool:
@@ -359,6 +374,7 @@ class SqliteSpool:
         "CREATE TABLE IF NOT EXISTS streaks (writer TEXT PRIMARY KEY, failures INTEGER NOT NULL)",
         "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "CREATE TABLE IF NOT EXISTS memos (name TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS heartbeats (name TEXT PRIMARY KEY, at REAL NOT NULL)",
     )
 
     def __init__(self, path, lease_seconds, max_queue=0):
@@ -572,3 +588,14 @@ class SqliteSpool:
     def ping(self):
         """Raise SpoolUnavailable unless the SQLite file can be read."""
         self._connection().execute("SELECT 1 FROM spool LIMIT 1")
+
+    def beat(self, name, at):
+        """Record that consumer `name` was alive at `at` (epoch seconds); forgets beats a day old."""
+        def work(connection, now):
+            connection.execute("INSERT OR REPLACE INTO heartbeats VALUES (?, ?)", (name, at))
+            connection.execute("DELETE FROM heartbeats WHERE at < ?", (at - HEARTBEATS_KEPT_SECONDS,))
+        self._transaction(work)
+
+    def heartbeats(self):
+        """{consumer name: epoch seconds of its last heartbeat} over the last day."""
+        return dict(self._connection().execute("SELECT name, at FROM heartbeats"))

@@ -1,11 +1,16 @@
 """GET /metrics: values after a known sequence of requests and writes, on both backends."""
 import os
+import time
+import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
+import metrics
 import models
+import spool
 import tasks
-from helpers import drain_all, post_logs
+from helpers import drain_all, post_logs, wait_for
+from processes import make_service, unique_database_name
 
 
 def scrape(client):
@@ -47,7 +52,6 @@ def test_metrics_after_a_known_sequence(client, key, project, bound):
 
 
 def test_quarantined_records_are_counted(bound, project, client):
-    import spool
     payload = spool.encode(999, "2026-11-27T12:00:00.000000Z", [
         {"id": "0e3a6a3c-5b7e-4c1b-9e3c-2d6b1a0f9c11", "level": "INFO", "message": "orphan",
          "metadata": {}, "timestamp": "2026-11-27T12:00:00.000000Z"}])
@@ -59,7 +63,6 @@ def test_quarantined_records_are_counted(bound, project, client):
 
 
 def test_metrics_answer_503_when_their_store_is_down(client, bound, tmp_path):
-    import spool
     if bound.redis_url:
         tasks.runtime.spool = spool.open_spool(bound.replace(redis_url="redis://127.0.0.1:1/0"))
     else:
@@ -67,3 +70,40 @@ def test_metrics_answer_503_when_their_store_is_down(client, bound, tmp_path):
         tasks.runtime.spool = spool.open_spool(bound.replace(data_dir=str(tmp_path / "blocked")))
     response = client.get("/metrics")
     assert response.status_code == 503 and response.json["error"].startswith("metrics are unavailable")
+
+
+def test_consumer_liveness(client, bound):
+    assert scrape(client)[("logflow_consumers_alive", ())] == 0
+    assert ("logflow_consumer_heartbeat_age_seconds", ()) not in scrape(client)
+    tasks.runtime.spool.beat("gone-host:4242", time.time() - 2 * metrics.CONSUMER_ALIVE_SECONDS)
+    stale = scrape(client)
+    assert stale[("logflow_consumers_alive", ())] == 0
+    assert stale[("logflow_consumer_heartbeat_age_seconds", ())] >= 2 * metrics.CONSUMER_ALIVE_SECONDS
+    tasks.beat()
+    tasks.beat()  # the same process beating again is still one consumer
+    tasks.runtime.spool.beat("other-host:7", time.time())
+    alive = scrape(client)
+    assert alive[("logflow_consumers_alive", ())] == 2
+    assert 0 <= alive[("logflow_consumer_heartbeat_age_seconds", ())] < metrics.CONSUMER_ALIVE_SECONDS
+
+
+def test_each_real_consumer_process_beats(tmp_path, postgres_server, redis_server):
+    service = make_service(tmp_path, postgres_server.create_database(unique_database_name("beat")),
+                           redis_server.url)
+    try:
+        service.start_web()
+        consumers = [service.start_consumer(), service.start_consumer()]
+
+        def alive():
+            for consumer in consumers:
+                consumer.check_alive()
+            with urllib.request.urlopen(service.base_url + "/metrics", timeout=5) as response:
+                page = response.read().decode()
+            samples = {sample.name: sample.value for family in text_string_to_metric_families(page)
+                       for sample in family.samples}
+            return samples["logflow_consumers_alive"] == 2
+        wait_for(alive, timeout=60, interval=0.2, message="both consumers' heartbeats")
+        names = spool.RedisSpool(redis_server.url, 5).heartbeats()
+        assert {name.rsplit(":", 1)[1] for name in names} == {str(consumer.pid) for consumer in consumers}
+    finally:
+        service.close()
