@@ -28,6 +28,9 @@ LEVEL_NAMES = {
 SYSLOG_LEVELS = ("CRITICAL", "CRITICAL", "CRITICAL", "ERROR", "WARN", "INFO",
                  "INFO", "DEBUG")
 
+# The top-level names normalize() reads as they are.
+CANONICAL = frozenset(("message", "level", "timestamp", "metadata", "id"))
+
 # Field → the names shippers use for it, the canonical name first.
 ALIASES = {
     "message": ("message", "msg", "@m"),
@@ -104,16 +107,40 @@ def format_time(value):
     return value.isoformat(timespec="microseconds") + "Z"
 
 
+# The last time format_received() formatted: every record of a request
+# without a timestamp of its own gets the same received_at.
+_last_received = (None, None)
+
+
+def format_received(received_at):
+    """format_time(received_at), formatted once per request rather than per record."""
+    global _last_received
+    last = _last_received
+    if last[0] is received_at:
+        return last[1]
+    text = format_time(received_at)
+    _last_received = (received_at, text)
+    return text
+
+
 def normalize(raw, received_at, limits):
     """One record in canonical form, plus a list of warnings; raises InvalidRecord."""
     if not isinstance(raw, dict):
         raise InvalidRecord("a record must be a JSON object")
     warnings = []
-    # field → the name it was sent under and its value; (None, None) if absent.
-    sent = {field: _pick(raw, names) for field, names in ALIASES.items()}
-    fields = {field: value for field, (_, value) in sent.items()}
+    if raw.keys() <= CANONICAL and None not in (raw.get("message", 0), raw.get("level", 0),
+                                                raw.get("timestamp", 0)):
+        # The common case, only canonical names and no nulls: nothing to
+        # look up under aliases, nothing to move into metadata.
+        fields = raw
+        extra = False
+    else:
+        # field → the name it was sent under and its value; (None, None) if absent.
+        sent = {field: _pick(raw, names) for field, names in ALIASES.items()}
+        fields = {field: value for field, (_, value) in sent.items()}
+        extra = True
 
-    message = fields["message"]
+    message = fields.get("message")
     if message is None:
         raise InvalidRecord("message is required")
     if not isinstance(message, str):
@@ -127,24 +154,28 @@ def normalize(raw, received_at, limits):
         metadata = {}
     elif not isinstance(metadata, dict):
         raise InvalidRecord("metadata must be a JSON object")
-    else:
+    elif extra:
         metadata = dict(metadata)
-    _keep_extra_fields(raw, metadata, {name for name, _ in sent.values()})
+    if extra:
+        _keep_extra_fields(raw, metadata, {name for name, _ in sent.values()})
 
-    timestamp = received_at
-    if fields["timestamp"] is not None:
-        timestamp = parse_timestamp(fields["timestamp"])
+    stamp = fields.get("timestamp")
+    timestamp = None
+    if stamp is not None:
+        timestamp = parse_timestamp(stamp)
         if (timestamp - received_at).total_seconds() > limits.future_window_seconds:
-            metadata[_free_key("original_timestamp", metadata)] = fields["timestamp"]
+            # A copy: the caller's metadata is left as it was sent.
+            metadata = dict(metadata)
+            metadata[_free_key("original_timestamp", metadata)] = stamp
             warnings.append("timestamp is too far in the future; replaced by the time received")
-            timestamp = received_at
+            timestamp = None
 
     record = {
         "id": parse_id(raw.get("id")),
-        "level": parse_level(fields["level"]),
+        "level": parse_level(fields.get("level")),
         "message": message,
         "metadata": metadata,
-        "timestamp": format_time(timestamp),
+        "timestamp": format_received(received_at) if timestamp is None else format_time(timestamp),
     }
     # Fast path: a record orjson writes without NUL escapes or nulls (which
     # may stand for NaN) is storable as it is; only the rest is walked.

@@ -1,4 +1,5 @@
 """The record parser: levels, timestamps, aliases, and what makes a record storable."""
+import copy
 import datetime
 import uuid
 
@@ -109,6 +110,16 @@ def test_future_timestamps_are_replaced_and_kept():
     assert warnings and "future" in warnings[0]
     near, warnings = normalize({"message": "x", "timestamp": "2026-11-27T12:30:00Z"})
     assert near["timestamp"] == "2026-11-27T12:30:00.000000Z" and not warnings
+
+
+@pytest.mark.parametrize("raw", [
+    {"message": "x", "timestamp": "2026-11-27T14:00:00Z", "metadata": {"a": 1}},
+    {"msg": "x", "service": "api", "metadata": {"a": 1}},
+])
+def test_the_callers_record_is_left_as_it_was_sent(raw):
+    sent = copy.deepcopy(raw)
+    record, _ = normalize(raw)
+    assert raw == sent and record["metadata"] != sent["metadata"]
 
 
 def test_nul_characters_are_made_storable():
