@@ -1,0 +1,239 @@
+"""OTLP/HTTP logs: export requests (protobuf or JSON) to raw records, and answers in the request's encoding.
+
+Pure functions, no I/O. Each OTLP log record becomes a dict that
+records.normalize() reads like any record sent to POST /logs, so both
+routes share validation, limits and the queue.
+"""
+import base64
+import binascii
+import datetime
+import math
+
+import orjson
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (ExportLogsServiceRequest,
+                                                                    ExportLogsServiceResponse)
+
+import records
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+# severity_number ranges of the OTLP data model (TRACE 1-4 … FATAL 21-24) → LogFlow's levels.
+SEVERITY_LEVELS = ("DEBUG", "DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")
+
+# Metadata keys of the OTLP context; a log attribute of the same name gets leading underscores.
+CONTEXT_KEYS = ("resource", "scope", "trace_id", "span_id", "severity_text", "severity_number",
+                "event_name")
+
+# A partial success names at most this many refused records; the count covers them all.
+MAX_REPORTED = 10
+
+# google.rpc.Code of each status LogFlow answers: informative only, OTLP clients go by the HTTP status.
+RPC_CODES = {400: 3, 401: 16, 403: 7, 408: 4, 413: 8, 415: 3, 429: 8, 503: 14}
+
+
+def response_type(content_type):
+    """The media type of the answer: protobuf for a protobuf request, else JSON."""
+    return PROTOBUF if _media_type(content_type) == PROTOBUF else JSON
+
+
+def decode(data, content_type):
+    """(raw records, where each one was in the request) from an ExportLogsServiceRequest body."""
+    media_type = _media_type(content_type)
+    if media_type == PROTOBUF:
+        request = ExportLogsServiceRequest()
+        try:
+            request.ParseFromString(data)
+        except DecodeError as error:
+            raise records.InvalidBody("the body is not a protobuf ExportLogsServiceRequest: %s"
+                                      % error) from None
+    elif media_type == JSON:
+        request = _parse_json(data)
+    else:
+        raise records.UnsupportedMediaType("Content-Type %s is not supported; OTLP/HTTP sends %s or %s"
+                                           % (media_type[:64], PROTOBUF, JSON))
+    raw_records, locations = [], []
+    for i, resource_logs in enumerate(request.resource_logs):
+        resource = attributes_of(resource_logs.resource.attributes)
+        for j, scope_logs in enumerate(resource_logs.scope_logs):
+            scope = scope_of(scope_logs.scope)
+            for k, log in enumerate(scope_logs.log_records):
+                raw_records.append(record_of(log, resource, scope))
+                locations.append("resourceLogs[%d].scopeLogs[%d].logRecords[%d]" % (i, j, k))
+    return raw_records, locations
+
+
+def _media_type(content_type):
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def _parse_json(data):
+    """An ExportLogsServiceRequest from OTLP/JSON: proto3 JSON, but trace and span ids in hex."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        raise records.InvalidBody("the body is not valid JSON: %s" % error) from None
+    if not isinstance(value, dict):
+        raise records.InvalidBody("the body must be a JSON object (an ExportLogsServiceRequest)")
+    for log in _json_log_records(value):
+        for name in ("traceId", "trace_id", "spanId", "span_id"):
+            if isinstance(log.get(name), str):
+                try:
+                    log[name] = base64.b64encode(bytes.fromhex(log[name])).decode()
+                except ValueError:
+                    raise records.InvalidBody("%s %r is not hex" % (name, log[name][:64])) from None
+    request = ExportLogsServiceRequest()
+    try:
+        # OTLP/JSON receivers must ignore fields they do not know.
+        json_format.ParseDict(value, request, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError) as error:
+        raise records.InvalidBody("the body is not an OTLP/JSON ExportLogsServiceRequest: %s"
+                                  % str(error)[:500]) from None
+    return request
+
+
+def _json_log_records(value):
+    """The log record objects of an OTLP/JSON request, whatever else its shape; ParseDict judges the rest."""
+    for resource_logs in _objects(value, "resourceLogs", "resource_logs"):
+        for scope_logs in _objects(resource_logs, "scopeLogs", "scope_logs"):
+            yield from _objects(scope_logs, "logRecords", "log_records")
+
+
+def _objects(parent, *names):
+    for name in names:
+        items = parent.get(name)
+        if isinstance(items, list):
+            yield from (item for item in items if isinstance(item, dict))
+
+
+def record_of(log, resource, scope):
+    """One LogRecord as a raw record: message, level, timestamp and metadata."""
+    metadata = {}
+    if resource:
+        metadata["resource"] = resource
+    if scope:
+        metadata["scope"] = scope
+    if log.trace_id:
+        metadata["trace_id"] = log.trace_id.hex()
+    if log.span_id:
+        metadata["span_id"] = log.span_id.hex()
+    if log.severity_text:
+        metadata["severity_text"] = log.severity_text
+    if log.severity_number:
+        metadata["severity_number"] = log.severity_number
+    if log.event_name:
+        metadata["event_name"] = log.event_name
+    for key, value in attributes_of(log.attributes).items():
+        while key in metadata:
+            key = "_" + key
+        metadata[key] = value
+
+    body = value_of(log.body)
+    if body is None:
+        # OTLP allows records without a body (events); they are kept with an empty message.
+        body = ""
+    elif not isinstance(body, str):
+        body = orjson.dumps(body).decode()
+    record = {"message": body, "metadata": metadata}
+    # Absent, not None: normalize() keeps a null field in metadata.
+    level = level_of(log.severity_number, log.severity_text)
+    if level:
+        record["level"] = level
+    nanoseconds = log.time_unix_nano or log.observed_time_unix_nano
+    if nanoseconds:
+        # RFC 3339 text is exact whatever the magnitude; epoch numbers are judged by it.
+        record["timestamp"] = records.format_time(
+            records.EPOCH + datetime.timedelta(microseconds=nanoseconds // 1000))
+    return record
+
+
+def level_of(severity_number, severity_text):
+    """LogFlow's level: from the severity number's range, else a level name in the text, else None (INFO)."""
+    if 1 <= severity_number <= 24:
+        return SEVERITY_LEVELS[(severity_number - 1) // 4]
+    try:
+        return records.parse_level(severity_text or None)
+    except records.InvalidRecord:
+        return None
+
+
+def scope_of(scope):
+    """The instrumentation scope as {name, version, attributes}, without its empty fields."""
+    fields = {"name": scope.name, "version": scope.version, "attributes": attributes_of(scope.attributes)}
+    return {name: value for name, value in fields.items() if value}
+
+
+def attributes_of(key_values):
+    """OTLP KeyValue list → JSON object."""
+    return {item.key: value_of(item.value) for item in key_values}
+
+
+def value_of(any_value):
+    """OTLP AnyValue → JSON value; bytes as base64 and non-finite doubles as text, as in proto3 JSON."""
+    kind = any_value.WhichOneof("value")
+    if kind == "string_value":
+        return any_value.string_value
+    if kind == "bool_value":
+        return any_value.bool_value
+    if kind == "int_value":
+        return any_value.int_value
+    if kind == "double_value":
+        number = any_value.double_value
+        if math.isfinite(number):
+            return number
+        # JSON has no such numbers; proto3 JSON spells them so.
+        return "NaN" if math.isnan(number) else "Infinity" if number > 0 else "-Infinity"
+    if kind == "array_value":
+        return [value_of(item) for item in any_value.array_value.values]
+    if kind == "kvlist_value":
+        return attributes_of(any_value.kvlist_value.values)
+    if kind == "bytes_value":
+        return base64.b64encode(any_value.bytes_value).decode()
+    # Unset, or a kind newer than this code (string_value_strindex needs a dictionary logs lack).
+    return None
+
+
+def encode_success(media_type, summary, locations):
+    """The 200 answer: an ExportLogsServiceResponse, with partial_success when records were refused or changed."""
+    response = ExportLogsServiceResponse()
+    if summary is not None and (summary["rejected"] or summary.get("warnings")):
+        response.partial_success.rejected_log_records = summary["rejected"]
+        response.partial_success.error_message = describe(summary, locations)
+    return _encode(response, media_type)
+
+
+def encode_failure(media_type, status, message, summary=None, locations=()):
+    """A 4xx/5xx answer: a google.rpc.Status, with a BadRequest naming each refused record."""
+    failure = status_pb2.Status(code=RPC_CODES.get(status, 2), message=message)
+    if summary and summary.get("errors"):
+        failure.message = "%s: %s" % (message, describe(summary, locations))
+        failure.details.add().Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=_location(locations, error["index"]),
+                                                        description=error["error"])
+            for error in summary["errors"]]))
+    return _encode(failure, media_type)
+
+
+def describe(summary, locations):
+    """One English sentence on the refused records (the first few) and the warnings."""
+    parts = []
+    for kind, items in (("error", summary["errors"]), ("warning", summary.get("warnings", []))):
+        parts.extend("%s: %s" % (_location(locations, item["index"]), item[kind])
+                     for item in items[:MAX_REPORTED])
+        if len(items) > MAX_REPORTED:
+            parts.append("and %d more %ss" % (len(items) - MAX_REPORTED, kind))
+    prefix = "%d log records rejected" % summary["rejected"] if summary["rejected"] else "accepted with warnings"
+    return "%s; %s" % (prefix, "; ".join(parts))
+
+
+def _location(locations, index):
+    return locations[index] if index < len(locations) else "logRecords[%d]" % index
+
+
+def _encode(message, media_type):
+    if media_type == PROTOBUF:
+        return message.SerializeToString()
+    return orjson.dumps(json_format.MessageToDict(message))
