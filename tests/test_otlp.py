@@ -266,10 +266,31 @@ def test_keys_are_checked_as_for_post_logs(client, key, project):
     assert response.status_code == 200
 
 
+def test_a_read_key_cannot_send(client, project):
+    with models.database.connection_context():
+        read_key = models.ApiKey.issue(project, scope="read")
+    response = post_otlp(client, read_key, export({"body": text("x")}))
+    assert response.status_code == 403 and response.json["code"] == 7
+    drain_all()
+    assert stored_logs() == []
+
+
 def test_other_content_types_are_415(client, key):
     response = post_otlp(client, key, b"{}", "text/plain")
     assert response.status_code == 415 and response.mimetype == "application/json"
     assert PROTOBUF in response.json["message"]
+
+
+def test_too_many_records_or_bytes_are_413_in_the_request_encoding(bound, project, key):
+    client = create_app(bound.replace(max_records=2)).test_client()
+    response = post_otlp(client, key, as_protobuf(export(*[{"body": text("x")}] * 3)), PROTOBUF)
+    assert response.status_code == 413
+    assert "at most 2 records" in status_pb2.Status.FromString(response.data).message
+    response = post_otlp(client, key, b"x" * (bound.max_body_bytes + 1), PROTOBUF)
+    assert response.status_code == 413 and response.mimetype == PROTOBUF
+    assert "larger than" in status_pb2.Status.FromString(response.data).message
+    drain_all()
+    assert stored_logs() == []
 
 
 def test_a_project_past_its_rate_gets_429_with_retry_after(bound, project, key):
