@@ -5,7 +5,6 @@ records.normalize() reads like any record sent to POST /logs, so both
 routes share validation, limits and the queue.
 """
 import base64
-import binascii
 import datetime
 import math
 
@@ -127,7 +126,8 @@ def record_of(log, resource, scope):
     if log.event_name:
         metadata["event_name"] = log.event_name
     for key, value in attributes_of(log.attributes).items():
-        while key in metadata:
+        # Renamed even where this record lacks the context key, so each key means one thing.
+        while key in CONTEXT_KEYS or key in metadata:
             key = "_" + key
         metadata[key] = value
 

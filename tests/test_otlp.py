@@ -182,11 +182,14 @@ def test_gzip_bodies_are_read(client, key, project, content_type):
 
 
 def test_an_attribute_named_like_a_context_key_keeps_its_value(client, key, project):
-    request = export({"body": text("x"), "traceId": TRACE_ID, "attributes": [attribute("trace_id", text("mine"))]})
+    request = export({"body": text("in a span"), "traceId": TRACE_ID,
+                      "attributes": [attribute("trace_id", text("mine"))]},
+                     {"body": text("outside"), "attributes": [attribute("scope", text("mine"))]})
     assert post_otlp(client, key, request).status_code == 200
     drain_all()
-    [row] = stored_logs(project.id)
-    assert row["metadata"] == {"trace_id": TRACE_ID, "_trace_id": "mine"}
+    metadata = {row["message"]: row["metadata"] for row in stored_logs(project.id)}
+    assert metadata["in a span"] == {"trace_id": TRACE_ID, "_trace_id": "mine"}
+    assert metadata["outside"] == {"_scope": "mine"}
 
 
 @pytest.mark.parametrize("encoding", ["protobuf", "json"])
