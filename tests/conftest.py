@@ -92,3 +92,10 @@ def project(bound):
 def key(project):
     with models.database.connection_context():
         return ApiKey.issue(project)
+
+
+@pytest.fixture
+def read_key(project):
+    """A key of the same project with scope read (GET /logs), which cannot send logs."""
+    with models.database.connection_context():
+        return ApiKey.issue(project, scope="read")

@@ -1,0 +1,266 @@
+"""Reading stored logs: request parameters → a LogFilter → a Peewee query, keyset cursors, rows as JSON.
+
+One code path serves both backends; only the SQL for case-insensitive text
+search and for metadata lookups differs between PostgreSQL and SQLite.
+"""
+import base64
+import binascii
+import dataclasses
+import datetime
+import re
+import uuid
+
+import orjson
+import peewee
+from peewee import SQL, EnclosedNodeList, NodeList, Tuple, Value, fn
+
+import models
+import records
+from models import Log
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_TEXT_LENGTH = 1000
+ORDERS = ("desc", "asc")
+SINGLE_PARAMETERS = ("min_level", "since", "until", "q", "limit", "order", "cursor")
+# A JSON number, and only that: Python's float() also reads "nan", "1_000" and " 42".
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+# Integers a SQLite parameter can carry.
+INT64 = (-2**63, 2**63 - 1)
+
+
+class InvalidQuery(ValueError):
+    """A request parameter that cannot be read; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LogFilter:
+    """What a reader asked for: filters, page size, order, and where the previous page ended."""
+
+    levels: frozenset = frozenset(records.LEVELS)
+    since: datetime.datetime = None
+    until: datetime.datetime = None
+    text: str = ""
+    # ((key, ...), (value the key may equal, ...)) pairs, all of which must match.
+    metadata: tuple = ()
+    limit: int = DEFAULT_LIMIT
+    order: str = "desc"
+    # (timestamp, id) of the last log of the previous page.
+    after: tuple = None
+
+    def replace(self, **changes):
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def parse_filter(pairs):
+    """A LogFilter from (name, value) query parameters; raises InvalidQuery naming the bad one."""
+    values = {}
+    for name, value in pairs:
+        # NUL cannot be stored (ingestion replaced it), and PostgreSQL refuses it in a parameter.
+        values.setdefault(name, []).append(value.replace("\x00", "\ufffd"))
+    changes, metadata = {}, []
+    for name, given in values.items():
+        if name in SINGLE_PARAMETERS and len(given) > 1:
+            raise InvalidQuery("%s is given %d times; give it once" % (name, len(given)))
+        if name.startswith("meta."):
+            metadata.append((parse_meta_path(name), tuple(meta_candidates(given))))
+        elif name not in SINGLE_PARAMETERS + ("level",):
+            raise InvalidQuery("unknown parameter %r; see /openapi.json" % name[:64])
+    levels = set(records.LEVELS)
+    if "level" in values:
+        levels = {parse_level("level", name) for value in values["level"] for name in value.split(",")}
+    if "min_level" in values:
+        lowest = records.LEVELS.index(parse_level("min_level", values["min_level"][0]))
+        levels &= set(records.LEVELS[lowest:])
+    changes["levels"] = frozenset(levels)
+    for name in ("since", "until"):
+        if name in values:
+            try:
+                changes[name] = records.parse_timestamp(values[name][0])
+            except records.InvalidRecord as error:
+                raise InvalidQuery("%s: %s" % (name, error)) from None
+    if "q" in values:
+        changes["text"] = values["q"][0]
+        if len(changes["text"]) > MAX_TEXT_LENGTH:
+            raise InvalidQuery("q is longer than %d characters" % MAX_TEXT_LENGTH)
+    if "limit" in values:
+        text = values["limit"][0]
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_LIMIT):
+            raise InvalidQuery("limit must be a whole number from 1 to %d, not %r" % (MAX_LIMIT, text[:32]))
+        changes["limit"] = int(text)
+    order = values.get("order", ["desc"])[0]
+    if order not in ORDERS:
+        raise InvalidQuery("order must be asc or desc, not %r" % order[:32])
+    changes["order"] = order
+    if "cursor" in values:
+        changes["after"] = decode_cursor(values["cursor"][0], order)
+    return LogFilter(metadata=tuple(metadata), **changes)
+
+
+def parse_level(parameter, value):
+    """One of records.LEVELS, read as ingestion reads levels (names, aliases, numbers)."""
+    try:
+        return records.parse_level(value.strip())
+    except records.InvalidRecord as error:
+        raise InvalidQuery("%s: %s" % (parameter, error)) from None
+
+
+def parse_meta_path(name):
+    """The metadata keys a meta.a.b parameter names."""
+    path = tuple(name[len("meta."):].split("."))
+    if not all(path):
+        raise InvalidQuery("%s: a metadata filter is meta.<key>[.<key>...], with no empty key" % name[:64])
+    if any('"' in key for key in path):
+        # SQLite's JSON paths cannot quote a double quote.
+        raise InvalidQuery("%s: metadata keys with a double quote cannot be filtered on" % name[:64])
+    return path
+
+
+def meta_candidates(given):
+    """The JSON values a metadata filter matches: each text as a string, and as a number if it reads as one."""
+    for text in given:
+        yield text
+        if JSON_NUMBER.fullmatch(text):
+            number = int(text) if text.lstrip("-").isdigit() else float(text)
+            if isinstance(number, int) and not INT64[0] <= number <= INT64[1]:
+                number = float(text)
+            if number not in (float("inf"), float("-inf")):
+                yield number
+
+
+def encode_cursor(log, order):
+    """An opaque cursor pointing just past this log in this order."""
+    data = orjson.dumps([records.format_time(log.timestamp), str(log.id), order])
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def decode_cursor(text, order):
+    """The (timestamp, id) a cursor points past; raises InvalidQuery for garbage or another order."""
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        timestamp, log_id, cursor_order = orjson.loads(data)
+        position = (datetime.datetime.fromisoformat(timestamp.removesuffix("Z")), uuid.UUID(log_id))
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError, AttributeError):
+        raise InvalidQuery("cursor is not one this API returned") from None
+    if cursor_order != order:
+        raise InvalidQuery("cursor belongs to order=%s, not order=%s" % (cursor_order, order))
+    return position
+
+
+def postgres():
+    return isinstance(models.database.obj, peewee.PostgresqlDatabase)
+
+
+def stored_time(value):
+    """A datetime as the timestamp column compares: SQLite holds text with microseconds always."""
+    return value if postgres() else value.isoformat(" ", timespec="microseconds")
+
+
+def stored_id(value):
+    """A UUID as the id column compares: PostgreSQL uuid, SQLite 32 hex digits."""
+    return str(value) if postgres() else value.hex
+
+
+def text_match(text):
+    """Messages containing text, ignoring the case of ASCII letters only, as SQLite's LIKE does."""
+    # Peewee escapes % and _; the C collation keeps PostgreSQL's ILIKE from folding other letters.
+    message = Log.message.collate('"C"') if postgres() else Log.message
+    return message.contains(text)
+
+
+def metadata_match(path, candidates):
+    """Logs whose metadata holds one of candidates at path: strings as strings, numbers as numbers."""
+    if postgres():
+        # -> with text keys reads object members only, as SQLite's quoted path labels do.
+        target = Log.metadata
+        for key in path:
+            target = NodeList((target, SQL("->"), Value(key, converter=False)), parens=True)
+        values = [NodeList((Value(orjson.dumps(value).decode(), converter=False), SQL("::jsonb")))
+                  for value in candidates]
+        return NodeList((target, SQL("IN"), EnclosedNodeList(values)))
+    # json_extract returns 1 for true and the JSON text of an object: check the type as well.
+    json_path = "$" + "".join('."%s"' % key for key in path)
+    kind, value = fn.json_type(Log.metadata, json_path), fn.json_extract(Log.metadata, json_path)
+    strings = [text for text in candidates if isinstance(text, str)]
+    numbers = [number for number in candidates if not isinstance(number, str)]
+    match = (kind == "text") & value.in_(strings)
+    if numbers:
+        match |= kind.in_(["integer", "real"]) & value.in_(numbers)
+    return match
+
+
+def select_logs(project_id, log_filter):
+    """The query for one page of the project's logs (one more than the page, to tell if another follows)."""
+    query = Log.select().where(Log.project == project_id)
+    if log_filter.levels != frozenset(records.LEVELS):
+        query = query.where(Log.level.in_(sorted(log_filter.levels)))
+    if log_filter.since is not None:
+        query = query.where(Log.timestamp >= stored_time(log_filter.since))
+    if log_filter.until is not None:
+        query = query.where(Log.timestamp < stored_time(log_filter.until))
+    if log_filter.text:
+        query = query.where(text_match(log_filter.text))
+    for path, candidates in log_filter.metadata:
+        query = query.where(metadata_match(path, candidates))
+    key = Tuple(Log.timestamp, Log.id)
+    if log_filter.after is not None:
+        timestamp, log_id = log_filter.after
+        position = Tuple(stored_time(timestamp), stored_id(log_id))
+        query = query.where(key < position if log_filter.order == "desc" else key > position)
+    if log_filter.order == "desc":
+        query = query.order_by(Log.timestamp.desc(), Log.id.desc())
+    else:
+        query = query.order_by(Log.timestamp, Log.id)
+    return query.limit(log_filter.limit + 1)
+
+
+def fetch(project_id, log_filter):
+    """One page of the project's Log rows, and whether more rows follow it."""
+    rows = list(select_logs(project_id, log_filter))
+    return rows[:log_filter.limit], len(rows) > log_filter.limit
+
+
+def page(project_id, log_filter):
+    """One page of the project's logs as JSON-ready dicts, and the cursor of the next page or None."""
+    rows, more = fetch(project_id, log_filter)
+    return [render(row) for row in rows], encode_cursor(rows[-1], log_filter.order) if more else None
+
+
+def logs_since(project_id, log_filter, floor, seen):
+    """Yield the filter's logs timestamped at or after floor, oldest first, skipping ids in seen.
+
+    seen maps the id of each log yielded to its timestamp; ids older than floor
+    are dropped from it, so it holds one window's worth. Repeated with a
+    moving floor, this shows every log once, including logs written late.
+    """
+    for log_id in [log_id for log_id, timestamp in seen.items() if timestamp < floor]:
+        del seen[log_id]
+    since = max(floor, log_filter.since or floor)
+    log_filter = log_filter.replace(since=since, order="asc", after=None, limit=MAX_LIMIT)
+    while True:
+        rows, more = fetch(project_id, log_filter)
+        for row in rows:
+            if row.id not in seen:
+                seen[row.id] = row.timestamp
+                yield row
+        if not more:
+            return
+        log_filter = log_filter.replace(after=(rows[-1].timestamp, rows[-1].id))
+
+
+def find_log(project_id, text):
+    """The project's log with this id (any UUID spelling) as JSON-ready dict, or None."""
+    try:
+        log_id = uuid.UUID(text)
+    except ValueError:
+        raise InvalidQuery("id must be a UUID, not %r" % text[:64]) from None
+    log = Log.get_or_none(Log.project == project_id, Log.id == stored_id(log_id))
+    return render(log) if log is not None else None
+
+
+def render(log):
+    """A Log row as the API shows it: canonical id, RFC 3339 UTC times with Z, metadata as an object."""
+    return {"id": str(log.id), "timestamp": records.format_time(log.timestamp), "level": log.level,
+            "message": log.message, "metadata": log.metadata,
+            "received_at": records.format_time(log.received_at)}

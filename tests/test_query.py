@@ -1,0 +1,252 @@
+"""GET /logs and GET /logs/<id> on both backends: scopes, filters, keyset pages, plans."""
+import base64
+import datetime
+import uuid
+
+import orjson
+import peewee
+import pytest
+
+import models
+import query
+import storage
+import tasks
+from helpers import drain_all, post_logs
+from logflow import KeyCache, create_app
+from models import ApiKey, Project
+
+# One data set for every filter case: (message, level, timestamp, metadata).
+SAMPLES = [
+    ("disk full on /var", "ERROR", "2026-11-27T10:00:00Z", {"host": "a", "http": {"status": 500}}),
+    ("Disk almost full", "WARN", "2026-11-27T10:00:01Z", {"host": "b", "user_id": 42}),
+    ("user 42 signed in", "INFO", "2026-11-27T10:00:02Z", {"user_id": "42"}),
+    ("cache hit ratio 100%", "DEBUG", "2026-11-27T10:00:03Z", {"user_id": 420, "ok": True}),
+    ("cache hit ratio 1000", "DEBUG", "2026-11-27T10:00:04Z", {"ok": 1, "http": {"status": "500"}}),
+    ("Über-Fehler in a_b", "CRITICAL", "2026-11-27T10:00:05Z", {"http": {"status": 500.0}, "a.b": 1}),
+    ("über-fehler in axb", "ERROR", "2026-11-27T10:00:06Z", {"nested": {"user_id": 42}, "user_id": 42.5}),
+]
+
+
+@pytest.fixture
+def samples(client, key):
+    """SAMPLES stored for the project, through the API and a drain."""
+    body = [{"message": message, "level": level, "timestamp": timestamp, "metadata": metadata}
+            for message, level, timestamp, metadata in SAMPLES]
+    assert post_logs(client, key, body).status_code == 202
+    drain_all()
+
+
+def get(client, read_key, path="/logs", **params):
+    """GET a read route with the read key; returns the response."""
+    return client.get(path, query_string=params, headers={"Authorization": "Bearer " + read_key})
+
+
+def messages(response):
+    assert response.status_code == 200, response.json
+    return [log["message"] for log in response.json["logs"]]
+
+
+def test_scopes_ingest_keys_write_and_read_keys_read(client, key, read_key, samples):
+    refused = client.get("/logs", headers={"X-API-Key": key})
+    assert refused.status_code == 403 and "scope" in refused.json["error"]
+    assert client.get("/logs").status_code == 401
+    assert client.get("/logs", headers={"X-API-Key": "lf_" + "x" * 43}).status_code == 401
+    written = post_logs(client, read_key, {"message": "from a read key"})
+    assert written.status_code == 403 and "scope ingest" in written.json["error"]
+    drain_all()
+    assert len(messages(get(client, read_key))) == len(SAMPLES)
+
+
+def test_a_read_key_sees_only_its_own_project(client, key, read_key, samples, bound):
+    with models.database.connection_context():
+        other = Project.create(name="other")
+        other_ingest, other_read = ApiKey.issue(other), ApiKey.issue(other, scope="read")
+    post_logs(client, other_ingest, {"message": "secret of other"})
+    drain_all()
+    assert "secret of other" not in messages(get(client, read_key, limit=1000))
+    [theirs] = get(client, other_read).json["logs"]
+    assert theirs["message"] == "secret of other"
+    missing = get(client, read_key, "/logs/" + theirs["id"])
+    assert missing.status_code == 404 and missing.json == {
+        "error": "this project has no stored log with id %s" % theirs["id"]}
+    assert get(client, other_read, "/logs/" + theirs["id"]).status_code == 200
+
+
+def test_a_deactivated_project_cannot_read(client, project, read_key):
+    with models.database.connection_context():
+        Project.update(is_active=False).where(Project.id == project.id).execute()
+    assert get(client, read_key).status_code == 403
+
+
+def test_newest_first_by_default_oldest_first_on_request_and_the_shape_of_a_log(client, read_key, samples):
+    newest = get(client, read_key)
+    assert messages(newest) == [sample[0] for sample in reversed(SAMPLES)]
+    assert newest.json["next_cursor"] is None
+    assert messages(get(client, read_key, order="asc")) == [sample[0] for sample in SAMPLES]
+    log = newest.json["logs"][-1]
+    assert set(log) == {"id", "timestamp", "level", "message", "metadata", "received_at"}
+    assert str(uuid.UUID(log["id"])) == log["id"]
+    assert log["timestamp"] == "2026-11-27T10:00:00.000000Z" and log["received_at"].endswith("Z")
+    assert (log["level"], log["metadata"]) == ("ERROR", {"host": "a", "http": {"status": 500}})
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"level": "ERROR"}, ["über-fehler in axb", "disk full on /var"]),
+    ({"level": "error,warning"}, ["über-fehler in axb", "Disk almost full", "disk full on /var"]),
+    ({"level": ["CRITICAL", "debug"]}, ["Über-Fehler in a_b", "cache hit ratio 1000", "cache hit ratio 100%"]),
+    ({"min_level": "WARN"}, ["über-fehler in axb", "Über-Fehler in a_b", "Disk almost full", "disk full on /var"]),
+    ({"min_level": "ERROR", "level": "INFO,ERROR"}, ["über-fehler in axb", "disk full on /var"]),
+    # since is inclusive, until exclusive; the formats are ingestion's.
+    ({"since": "2026-11-27T10:00:05Z"}, ["über-fehler in axb", "Über-Fehler in a_b"]),
+    ({"until": "2026-11-27T11:00:01+01:00"}, ["disk full on /var"]),
+    ({"since": "1795773602", "until": "1795773604000"}, ["cache hit ratio 100%", "user 42 signed in"]),
+    # q: a substring, case-insensitive for ASCII letters only, wildcards taken literally.
+    ({"q": "DISK"}, ["Disk almost full", "disk full on /var"]),
+    ({"q": "ratio 100"}, ["cache hit ratio 1000", "cache hit ratio 100%"]),
+    ({"q": "100%"}, ["cache hit ratio 100%"]),
+    ({"q": "a_b"}, ["Über-Fehler in a_b"]),
+    ({"q": "über"}, ["über-fehler in axb"]),
+    ({"q": "FEHLER"}, ["über-fehler in axb", "Über-Fehler in a_b"]),
+    # Metadata: a number matches the number (42 and 42.0 alike) and the string; nothing else.
+    ({"meta.user_id": "42"}, ["user 42 signed in", "Disk almost full"]),
+    ({"meta.user_id": "42.5"}, ["über-fehler in axb"]),
+    ({"meta.http.status": "500"}, ["Über-Fehler in a_b", "cache hit ratio 1000", "disk full on /var"]),
+    ({"meta.http.status": "500", "level": "ERROR"}, ["disk full on /var"]),
+    ({"meta.ok": "1"}, ["cache hit ratio 1000"]),
+    ({"meta.ok": "true"}, []),
+    ({"meta.host": ["a", "b"]}, ["Disk almost full", "disk full on /var"]),
+    ({"meta.nested.user_id": "42", "meta.user_id": "42.5"}, ["über-fehler in axb"]),
+    ({"meta.a": "1"}, []),
+    ({"meta.http": "500"}, []),
+    ({"q": "cache", "min_level": "DEBUG", "since": "2026-11-27T10:00:04Z", "meta.ok": "1"}, ["cache hit ratio 1000"]),
+])
+def test_filters(client, read_key, samples, params, expected):
+    assert messages(get(client, read_key, **params)) == expected
+
+
+@pytest.mark.parametrize("params, named", [
+    ({"limit": "0"}, "limit"), ({"limit": "1001"}, "limit"), ({"limit": "ten"}, "limit"),
+    ({"limit": ["1", "2"]}, "limit"), ({"order": "up"}, "order"), ({"level": "loud"}, "level"),
+    ({"level": "ERROR,"}, "level"), ({"min_level": "x"}, "min_level"), ({"since": "yesterday"}, "since"),
+    ({"until": "2026-13-01"}, "until"), ({"q": "x" * 1001}, "q"), ({"cursor": "garbage"}, "cursor"),
+    ({"cursor": base64.urlsafe_b64encode(b'["x", 1, "desc"]').decode()}, "cursor"),
+    ({"meta.": "1"}, "meta."), ({"meta.a..b": "1"}, "meta.a..b"), ({"meta.a\"b": "1"}, "meta.a\"b"),
+    ({"levle": "ERROR"}, "levle"),
+])
+def test_bad_parameters_are_400_naming_the_parameter(client, read_key, params, named):
+    response = get(client, read_key, **params)
+    assert response.status_code == 400 and named in response.json["error"], response.json
+
+
+def test_a_cursor_of_the_other_order_is_400(client, read_key, samples):
+    cursor = get(client, read_key, limit=2).json["next_cursor"]
+    response = get(client, read_key, limit=2, order="asc", cursor=cursor)
+    assert response.status_code == 400 and "cursor" in response.json["error"]
+
+
+def test_awkward_text_in_parameters_matches_what_ingestion_stored(client, key, read_key):
+    post_logs(client, key, [{"message": "a\x00b", "metadata": {"k": "x\x00"}},
+                            {"message": "C:\\temp\\x", "metadata": {"k": "\\"}}])
+    drain_all()
+    # NUL, which no store holds, was replaced by U+FFFD on the way in; so it is in a parameter.
+    assert messages(get(client, read_key, q="a\x00b")) == ["a\ufffdb"]
+    assert messages(get(client, read_key, **{"meta.k": "x\x00"})) == ["a\ufffdb"]
+    assert messages(get(client, read_key, q="\\temp\\")) == ["C:\\temp\\x"]
+    assert messages(get(client, read_key, **{"meta.k": "\\"})) == ["C:\\temp\\x"]
+
+
+def test_one_log_by_id_in_any_uuid_spelling(client, read_key, samples):
+    log = get(client, read_key, limit=1).json["logs"][0]
+    canonical = uuid.UUID(log["id"])
+    for spelling in (log["id"], log["id"].upper(), canonical.hex, "{%s}" % log["id"], canonical.urn):
+        response = get(client, read_key, "/logs/" + spelling)
+        assert response.status_code == 200 and response.json == log
+    unknown = get(client, read_key, "/logs/" + str(uuid.uuid4()))
+    assert unknown.status_code == 404 and unknown.json["error"]
+    bad = get(client, read_key, "/logs/not-a-uuid")
+    assert bad.status_code == 400 and "id" in bad.json["error"]
+
+
+def record(number, timestamp):
+    return {"message": "m%04d" % number, "timestamp": timestamp}
+
+
+@pytest.mark.parametrize("order", ["desc", "asc"])
+def test_walking_every_page_while_logs_arrive_repeats_nothing_and_skips_nothing(client, key, read_key, order):
+    # Ties on the timestamp are broken by id, so three records share each second.
+    start = datetime.datetime(2026, 11, 27, 10, 0, 0)
+    stamps = [(start + datetime.timedelta(seconds=n // 3)).isoformat() + "Z" for n in range(150)]
+    post_logs(client, key, [record(n, stamp) for n, stamp in enumerate(stamps)])
+    drain_all()
+    before = messages(get(client, read_key, limit=1000, order=order))
+    walked, cursor, arrivals = [], None, 1000
+    while True:
+        params = {"limit": 7, "order": order}
+        if cursor:
+            params["cursor"] = cursor
+        response = get(client, read_key, **params)
+        walked.extend(messages(response))
+        # Between pages: newer, older and equal timestamps (the cursor's own among them) arrive.
+        page_stamp = response.json["logs"][-1]["timestamp"] if response.json["logs"] else stamps[0]
+        late = [record(arrivals, page_stamp), record(arrivals + 1, stamps[0]),
+                record(arrivals + 2, "2027-01-01T00:00:00Z"), record(arrivals + 3, stamps[75])]
+        arrivals += len(late)
+        post_logs(client, key, late)
+        drain_all()
+        cursor = response.json["next_cursor"]
+        if cursor is None:
+            break
+    assert len(walked) == len(set(walked)), "a log was returned twice"
+    assert [log for log in walked if log in before] == before, "a log that existed was skipped"
+
+
+def test_a_database_outage_is_503(bound, read_key):
+    client = create_app(bound).test_client()
+    assert get(client, read_key).status_code == 200  # the key lookup is cached and shared
+    models.database.initialize(peewee.PostgresqlDatabase("none", host="127.0.0.1", port=1)
+                               if bound.database_url else
+                               peewee.SqliteDatabase("/nonexistent/folder/logflow.db"))
+    try:
+        response = get(client, read_key)
+    finally:
+        models.bind_database(bound)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    assert response.json == {"error": "the database is unavailable; retry later"}
+
+
+def test_lookups_shared_before_keys_had_scopes_are_ingest_keys(bound, key):
+    key_hash = models.hash_key(key)
+    tasks.runtime.spool.remember(key_hash, orjson.dumps([1, True, ["db"], None]), 60)
+    assert KeyCache.recall(key_hash) == (1, True, ("db",), None, "ingest")
+
+
+def store_directly(project_ids, count):
+    """count records per project, written as the consumer writes them, spread over days."""
+    start = datetime.datetime(2026, 1, 1)
+    items = [(project_id, "2026-11-27T10:00:00.000000Z",
+              {"id": str(uuid.uuid4()), "level": ("INFO", "DEBUG", "WARN", "ERROR")[n % 4],
+               "message": "m%d" % n, "metadata": {"n": n},
+               "timestamp": (start + datetime.timedelta(seconds=37 * n)).isoformat(timespec="microseconds") + "Z"})
+             for project_id in project_ids for n in range(count)]
+    storage.DatabaseWriter().write(items)
+
+
+@pytest.mark.parametrize("params", [{}, {"level": "ERROR"}, {"min_level": "WARN"}])
+def test_the_newest_logs_of_a_project_come_from_the_index(bound, project, params):
+    with models.database.connection_context():
+        other = Project.create(name="other")
+    store_directly([project.id, other.id], 5000)
+    log_filter = query.parse_filter(params.items())
+    with models.database.connection_context():
+        models.database.execute_sql("ANALYZE")
+        sql, values = query.select_logs(project.id, log_filter).sql()
+        if bound.database_url:
+            plan = "\n".join(row[0] for row in models.database.execute_sql("EXPLAIN " + sql, values))
+            assert "Index Scan Backward using log_project_id_timestamp_id" in plan, plan
+            assert "Sort" not in plan and "Seq Scan" not in plan, plan
+        else:
+            plan = "\n".join(row[-1] for row in models.database.execute_sql("EXPLAIN QUERY PLAN " + sql, values))
+            assert "USING INDEX log_project_id_timestamp_id (project_id=?)" in plan, plan
+            assert "TEMP B-TREE" not in plan, plan
+        rows = list(query.select_logs(project.id, log_filter))
+    assert len(rows) == 101 and all(row.project_id == project.id for row in rows)
