@@ -1,0 +1,130 @@
+"""manage.py tail on both backends: what it prints, its filters, and --follow with logs written late."""
+import datetime
+import os
+import signal
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import manage
+import models
+import query
+from helpers import drain_all, post_logs, wait_for
+from processes import Process
+
+
+@pytest.fixture
+def environment(bound):
+    """The variables that point manage.py at the test's backend."""
+    return {"DATABASE_URL": bound.database_url, "REDIS_URL": bound.redis_url,
+            "LOGFLOW_DATA_DIR": bound.data_dir, "LOGFLOW_LOG_DIR": bound.log_dir}
+
+
+@pytest.fixture
+def tail(environment, project):
+    """Run `manage.py tail acme ARGS...` to completion; returns the click Result."""
+    def tail(*arguments, color=False):
+        return CliRunner().invoke(manage.cli, ["tail", "acme", *arguments], env=environment, color=color)
+    return tail
+
+
+@pytest.fixture
+def stored(client, key):
+    """30 logs a second apart: every third an ERROR about a disk, the others INFO."""
+    post_logs(client, key, [
+        {"message": "disk %d full" % n if n % 3 == 0 else "request %d" % n,
+         "level": "error" if n % 3 == 0 else "info", "timestamp": "2026-11-27T10:00:%02dZ" % n,
+         "metadata": {"n": n} if n % 2 else {}} for n in range(30)])
+    drain_all()
+
+
+def test_prints_the_newest_logs_oldest_first_one_per_line(tail, stored):
+    result = tail("-n", "3")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        '2026-11-27T10:00:27.000000Z ERROR    disk 27 full  {"n":27}',
+        "2026-11-27T10:00:28.000000Z INFO     request 28",
+        '2026-11-27T10:00:29.000000Z INFO     request 29  {"n":29}',
+    ]
+    assert len(tail().stdout.splitlines()) == 20
+
+
+def test_the_level_is_coloured_on_a_terminal(tail, stored):
+    line = tail("-n", "1", "--level", "ERROR", color=True).stdout
+    assert "\x1b[31mERROR   \x1b[0m disk 27 full" in line
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["--level", "ERROR", "-n", "2"], ["disk 24 full", "disk 27 full"]),
+    (["--level", "warn,error", "--level", "critical", "-n", "1"], ["disk 27 full"]),
+    (["--min-level", "ERROR", "--grep", "DISK 2"], ["disk 21 full", "disk 24 full", "disk 27 full"]),
+    (["--grep", "request 1", "-n", "100"], ["request 1"] + ["request %d" % n for n in range(10, 20) if n % 3]),
+    (["--since", "2026-11-27T10:00:05Z", "--level", "error"],
+     ["disk %d full" % n for n in range(6, 30, 3)]),
+])
+def test_filters(tail, stored, arguments, expected):
+    result = tail(*arguments)
+    assert result.exit_code == 0, result.output
+    assert [line.split(None, 2)[2].split("  ")[0] for line in result.stdout.splitlines()] == expected
+
+
+def test_since_prints_every_log_from_then_on_not_only_the_last_lines(tail, stored):
+    result = tail("--since", "1795773600")  # 2026-11-27T10:00:00Z as epoch seconds
+    assert len(result.stdout.splitlines()) == 30
+
+
+@pytest.mark.parametrize("arguments, error", [
+    (["--since", "yesterday"], "since"), (["--level", "loud"], "level"), (["--min-level", "x"], "min_level"),
+])
+def test_bad_options_fail_naming_them(tail, arguments, error):
+    result = tail(*arguments)
+    assert result.exit_code == 1 and error in result.stderr and result.stdout == ""
+
+
+def test_an_unknown_project_fails(environment, bound):
+    result = CliRunner().invoke(manage.cli, ["tail", "nope"], env=environment)
+    assert result.exit_code == 1 and "no project" in result.stderr
+
+
+def timestamp(seconds_ago):
+    return (models.utcnow() - datetime.timedelta(seconds=seconds_ago)).isoformat() + "Z"
+
+
+def test_following_shows_each_log_once_including_logs_written_late(client, key, project):
+    post_logs(client, key, [{"message": "recent", "timestamp": timestamp(5)},
+                            {"message": "old", "timestamp": timestamp(600)}])
+    drain_all()
+    seen = {}
+    everything = query.parse_filter([])
+
+    def poll():
+        with models.database.connection_context():
+            floor = models.utcnow() - datetime.timedelta(seconds=60)
+            return [log.message for log in query.logs_since(project.id, everything, floor, seen)]
+    assert poll() == ["recent"]
+    assert poll() == []
+    # A log written after a newer one, timestamped before it, still inside the lookback.
+    post_logs(client, key, [{"message": "late", "timestamp": timestamp(30)},
+                            {"message": "backfilled", "timestamp": timestamp(3600)},
+                            {"message": "new", "timestamp": timestamp(0)}])
+    drain_all()
+    assert poll() == ["late", "new"]
+    assert poll() == []
+
+
+def test_follow_prints_new_logs_until_interrupted(client, key, environment, tmp_path):
+    post_logs(client, key, {"message": "before"})
+    drain_all()
+    process = Process("tail", [sys.executable, "manage.py", "tail", "acme", "--follow"],
+                      dict(os.environ, **environment), str(tmp_path / "tail.out"))
+    try:
+        wait_for(lambda: "before" in process.text(), message="the existing log")
+        post_logs(client, key, [{"message": "during %d" % n} for n in range(3)])
+        drain_all()
+        wait_for(lambda: process.count("during") == 3, message="the new logs")
+        process.popen.send_signal(signal.SIGINT)
+        assert process.popen.wait(timeout=30) == 0
+    finally:
+        process.stop()
+    assert process.count("before") == 1 and "Traceback" not in process.text()
