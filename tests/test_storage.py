@@ -35,6 +35,15 @@ def test_database_writer_skips_ids_it_already_holds(bound, project):
     assert rows[0]["received_at"].isoformat() == "2026-11-27T12:00:00"
 
 
+def test_database_writer_stores_the_new_records_of_a_partly_stored_batch(bound, project):
+    first, second = payload(project.id, ["a", "b"]), payload(project.id, ["c"])
+    writer = storage.DatabaseWriter()
+    writer.write(items(first))
+    # A batch merged from a redelivered request and a new one.
+    assert writer.write(items(first, second)) == 3
+    assert sorted(row["message"] for row in stored_logs(project.id)) == ["a", "b", "c"]
+
+
 def test_database_writer_is_all_or_nothing(bound, project):
     good = payload(project.id, ["fine"])
     unknown_project = payload(project.id + 1000, ["orphan"])
