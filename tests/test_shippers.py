@@ -15,7 +15,7 @@ import pytest
 from werkzeug.serving import make_server
 
 from conftest import base_settings
-from helpers import drain_all, stored_logs, wait_for
+from helpers import drain_all, post_logs, stored_logs, wait_for
 from processes import ROOT, Process, free_port
 
 DOCUMENT = os.path.join(ROOT, "docs", "shippers.md")
@@ -41,20 +41,41 @@ def require(program):
 
 
 @pytest.fixture
-def settings(tmp_path):
-    """Dev mode only: the shippers are under test here, not the backends."""
-    return base_settings(tmp_path)
+def settings(request, tmp_path):
+    """Dev mode only, as the shippers are under test here, not the backends; a test may override fields."""
+    return base_settings(tmp_path).replace(**getattr(request, "param", {}))
+
+
+class StatusLog:
+    """WSGI middleware noting the status of every response, to see the refusals a shipper got."""
+
+    def __init__(self, app):
+        self.app, self.statuses = app, []
+
+    def __call__(self, environ, start_response):
+        def note(status, headers, exc_info=None):
+            self.statuses.append(int(status.split()[0]))
+            return start_response(status, headers, exc_info)
+        return self.app(environ, note)
 
 
 @pytest.fixture
-def logflow(app, key):
-    """LogFlow served over HTTP on 127.0.0.1 from a thread; yields the environment the recipes read."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+def served(app):
+    """LogFlow's app served over HTTP on 127.0.0.1 from a thread; yields its StatusLog."""
+    status_log = StatusLog(app)
+    server = make_server("127.0.0.1", 0, status_log, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield dict(os.environ, LOGFLOW_URL="http://127.0.0.1:%d" % server.server_port, LOGFLOW_KEY=key)
+    status_log.url = "http://127.0.0.1:%d" % server.server_port
+    yield status_log
     server.shutdown()
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def logflow(served, key):
+    """The environment the recipes read: LOGFLOW_URL of the served LogFlow and a project's LOGFLOW_KEY."""
+    return dict(os.environ, LOGFLOW_URL=served.url, LOGFLOW_KEY=key)
 
 
 @pytest.fixture
@@ -87,6 +108,12 @@ def wait_stored(count, sender, shipper=None):
                     message="%d records from %s" % (count, sender))
     assert len(rows) == count, [row["message"] for row in rows]
     return {row["message"]: row for row in rows}
+
+
+def fill_queue(client, key):
+    """Queue three records, which fills a queue of max_queue=3: the next request gets 503 until a drain."""
+    queued = [{"message": "queued %d" % number} for number in range(3)]
+    assert post_logs(client, key, queued).status_code == 202
 
 
 def send_lines(port, lines, timeout=30):
@@ -158,6 +185,20 @@ def test_docker_syslog_format_into_syslog_ng(logflow, processes, tmp_path):
                                    "facility": "daemon"}
 
 
+@pytest.mark.parametrize("settings", [{"max_queue": 3}], indirect=True)
+def test_syslog_ng_retries_while_the_queue_is_full(logflow, served, processes, client, key, tmp_path):
+    """A batch refused with 503 (queue full) is sent again and stored once the queue has room."""
+    fill_queue(client, key)
+    port = free_port()
+    shipper = start_syslog_ng(processes, logflow, tmp_path, port, [recipe("syslog-ng")])
+    send_lines(port, ["<11>2026-11-28T01:00:00+00:00 web1 billing[4242]: payment failed"])
+    wait_for(lambda: shipper.check_alive() or 503 in served.statuses, timeout=DELIVERY_TIMEOUT,
+             message="LogFlow to refuse syslog-ng's batch")
+    rows = wait_stored(3 + 1, "syslog-ng", shipper)
+    assert rows["payment failed"]["level"] == "ERROR"
+    assert served.statuses[-1] == 202 and served.statuses.count(202) == 1, served.statuses
+
+
 def node_environment(environment, *packages):
     """The environment with NODE_PATH where the packages are (npm's global folder by default), or skip."""
     node = require("node")
@@ -173,24 +214,32 @@ def node_environment(environment, *packages):
     return environment
 
 
-def run_node_app(environment, tmp_path, logger, app):
-    """Run app (JavaScript that requires ./logger) with node until it ends on its own."""
+def node_app(tmp_path, logger, app):
+    """Write logger.js (a recipe) and app.js (JavaScript that requires it); the command that runs the app."""
     (tmp_path / "logger.js").write_text(logger)
     (tmp_path / "app.js").write_text(app)
-    finished = subprocess.run(["node", "app.js"], cwd=tmp_path, env=environment, capture_output=True,
-                              text=True, timeout=DELIVERY_TIMEOUT)
+    return [require("node"), str(tmp_path / "app.js")]
+
+
+def run_to_end(command, environment):
+    """Run a command until it ends on its own, which must be with success."""
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True,
+                              timeout=DELIVERY_TIMEOUT)
     assert finished.returncode == 0, finished.stdout + finished.stderr
+
+
+PINO_APP = """
+const logger = require('./logger');
+logger.info({ order: 7 }, 'order placed');
+logger.warn('stock low');
+logger.error({ card: 'declined' }, 'payment failed');
+"""
 
 
 def test_pino_http_send(logflow, tmp_path):
     """pino through pino-http-send: an NDJSON batch, sent before the process ends; numeric levels map."""
     environment = node_environment(logflow, "pino", "pino-http-send")
-    run_node_app(environment, tmp_path, recipe("pino"), """
-const logger = require('./logger');
-logger.info({ order: 7 }, 'order placed');
-logger.warn('stock low');
-logger.error({ card: 'declined' }, 'payment failed');
-""")
+    run_to_end(node_app(tmp_path, recipe("pino"), PINO_APP), environment)
     rows = wait_stored(3, "pino")
     assert {message: row["level"] for message, row in rows.items()} == {
         "order placed": "INFO", "stock low": "WARN", "payment failed": "ERROR"}
@@ -199,15 +248,29 @@ logger.error({ card: 'declined' }, 'payment failed');
     assert rows["payment failed"]["metadata"]["card"] == "declined"
 
 
+@pytest.mark.parametrize("settings", [{"max_queue": 3}], indirect=True)
+def test_pino_http_send_retries_while_the_queue_is_full(logflow, served, processes, client, key, tmp_path):
+    """pino-http-send sends a batch refused with 503 again, and the process ends once it is accepted."""
+    environment = node_environment(logflow, "pino", "pino-http-send")
+    fill_queue(client, key)
+    app = processes("node", node_app(tmp_path, recipe("pino"), PINO_APP), environment,
+                    tmp_path / "node.log")
+    wait_for(lambda: 503 in served.statuses, timeout=DELIVERY_TIMEOUT,
+             message="LogFlow to refuse pino's batch")
+    rows = wait_stored(3 + 3, "pino")
+    assert rows["payment failed"]["level"] == "ERROR"
+    assert app.popen.wait(timeout=DELIVERY_TIMEOUT) == 0, app.tail()
+
+
 def test_winston_http_transport(logflow, tmp_path):
     """winston's Http transport: a JSON array, sent before the process ends; syslog level names map."""
     environment = node_environment(logflow, "winston")
-    run_node_app(environment, tmp_path, recipe("winston"), """
+    run_to_end(node_app(tmp_path, recipe("winston"), """
 const logger = require('./logger');
 logger.info('order placed', { order: 7 });
 logger.warning('stock low');
 logger.crit('payment failed');
-""")
+"""), environment)
     rows = wait_stored(3, "winston")
     assert {message: row["level"] for message, row in rows.items()} == {
         "order placed": "INFO", "stock low": "WARN", "payment failed": "CRITICAL"}
