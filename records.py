@@ -8,6 +8,7 @@ import datetime
 import math
 import os
 import re
+import threading
 import uuid
 
 import orjson
@@ -223,13 +224,24 @@ def _free_key(name, *taken):
     return name
 
 
+# Random hex digits from os.urandom, drawn 4 KiB at a time per thread: a
+# system call per id released and re-took the GIL for every record.
+_entropy = threading.local()
+# A forked child must not hand out the ids left in its parent's pool.
+os.register_at_fork(after_in_child=lambda: _entropy.__dict__.clear())
+VARIANT_DIGITS = "89ab" * 4
+
+
 def random_uuid():
-    """A random (version 4) UUID as text; twice as fast as str(uuid.uuid4())."""
-    octets = bytearray(os.urandom(16))
-    octets[6] = octets[6] & 0x0F | 0x40
-    octets[8] = octets[8] & 0x3F | 0x80
-    text = octets.hex()
-    return "%s-%s-%s-%s-%s" % (text[:8], text[8:12], text[12:16], text[16:20], text[20:])
+    """A random (version 4) UUID as text, from os.urandom; twice as fast as str(uuid.uuid4())."""
+    offset = getattr(_entropy, "offset", 8192)
+    if offset == 8192:
+        _entropy.pool, offset = os.urandom(4096).hex(), 0
+    _entropy.offset = offset + 32
+    text = _entropy.pool[offset:offset + 32]
+    # The version digit is 4; the variant digit's two high bits are 10.
+    return "%s-%s-4%s-%s%s-%s" % (text[:8], text[8:12], text[13:16], VARIANT_DIGITS[int(text[16], 16)],
+                                   text[17:20], text[20:])
 
 
 def parse_id(value):

@@ -1,6 +1,7 @@
 """The record parser: levels, timestamps, aliases, and what makes a record storable."""
 import copy
 import datetime
+import os
 import uuid
 
 import pytest
@@ -171,3 +172,14 @@ def test_unreadable_bodies(body, content_type):
 def test_unsupported_content_type():
     with pytest.raises(UnsupportedMediaType):
         records.parse_body(b"<log/>", "application/xml")
+
+
+def test_a_forked_process_draws_ids_of_its_own():
+    records.random_uuid()  # fills this thread's pool
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.write(writer, records.random_uuid().encode())
+        os._exit(0)
+    os.waitpid(child, 0)
+    assert os.read(reader, 64).decode() != records.random_uuid()
