@@ -1,12 +1,19 @@
 """The ceiling for POST /logs: a Flask app that parses the body as LogFlow does and answers 202.
 
 Served by gunicorn with LogFlow's own flags (`--chdir bench 'hello:app'`), so
-the gap between the two is what LogFlow's work per request costs.
+the gap between the two is what LogFlow's work per request costs. POST
+/queued/logs adds one Redis LPUSH of the body: the ceiling for any service
+that answers 202 only once a request is queued outside its own process.
 """
+import os
+
 import orjson
+import redis
 from flask import Flask, request
 
 app = Flask(__name__)
+# The durable ceiling's queue: the benchmark's Redis (REDIS_URL), as LogFlow uses it.
+queue = redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
 
 
 @app.post("/logs")
@@ -14,6 +21,17 @@ def logs():
     """Parse the JSON body with orjson, as LogFlow does, and say how many records it held."""
     body = orjson.loads(request.get_data())
     count = len(body) if isinstance(body, list) else 1
+    return app.response_class(orjson.dumps({"accepted": count, "rejected": 0, "errors": []}),
+                              status=202, mimetype="application/json")
+
+
+@app.post("/queued/logs")
+def queued_logs():
+    """The same, plus the least any durable 202 needs: one round trip that queues the body in Redis."""
+    body = request.get_data()
+    parsed = orjson.loads(body)
+    queue.lpush("hello:queue", body)
+    count = len(parsed) if isinstance(parsed, list) else 1
     return app.response_class(orjson.dumps({"accepted": count, "rejected": 0, "errors": []}),
                               status=202, mimetype="application/json")
 

@@ -365,6 +365,7 @@ def throughput(stack, base_url, body, key, seconds, per_request):
                   records_s=accepted * per_request / result["seconds"])
     # LogFlow's backlog would take CPU from the next measurement.
     stack.wait_drained()
+    stack.spool.client.delete("hello:queue")
     return result
 
 
@@ -584,6 +585,7 @@ def report_ceilings(r, plan):
     copy = median(r["copy"], "records_s")
     rows = [
         ("single POST: requests/s", r["single"], r["hello_single"], "req_s", "%.0f"),
+        ("single POST: requests/s vs hello + LPUSH", r["single"], r["queued_single"], "req_s", "%.0f"),
         ("single POST: p50 latency ms", r["single"], r["hello_single"], "p50", "%.1f"),
         ("single POST: p99 latency ms", r["single"], r["hello_single"], "p99", "%.1f"),
         ("100-record batches: records/s accepted", r["batch"], r["hello_batch"], "records_s", "%.0f"),
@@ -598,11 +600,13 @@ def report_ceilings(r, plan):
     width = max(len(row[0]) for row in rows)
     print("%-*s  %-22s  %-26s  %s" % (width, "measurement", "LogFlow", "ceiling", "LogFlow/ceiling"))
     for name, ours, ceiling, field, fmt in rows:
-        label = spread(ceiling, field, fmt) + (" COPY" if ceiling is r["copy"] else " hello")
+        label = spread(ceiling, field, fmt) + {id(r["copy"]): " COPY", id(r["queued_single"]): " queued"}.get(
+            id(ceiling), " hello")
         print("%-*s  %-22s  %-26s  %.3g" % (width, name, spread(ours, field, fmt), label,
                                             median(ours, field) / median(ceiling, field)))
-    print("(hello: a hello-world Flask app under the same gunicorn and wrk script; COPY: %d rows into a table"
-          " shaped like logs, %.0f rows/s. Latency ratios above 1: LogFlow is slower.)" % (plan["copy_rows"], copy))
+    print("(hello: a hello-world Flask app under the same gunicorn and wrk script; queued: hello plus one Redis"
+          " LPUSH of the body, the least a durable 202 costs; COPY: %d rows into a table shaped like logs,"
+          " %.0f rows/s. Latency ratios above 1: LogFlow is slower.)" % (plan["copy_rows"], copy))
     paced_run = r.get("paced")
     if paced_run:
         print("single POST at about half its maximum rate: %.0f requests/s reached, p50 %.1f ms, p99 %.1f ms"
@@ -638,7 +642,8 @@ def report_burst(b):
 def report_cpu(r, plan):
     b = r["burst"]
     print()
-    columns = [("single", r["single"]), ("hello 1", r["hello_single"]), ("batch", r["batch"]),
+    columns = [("single", r["single"]), ("hello 1", r["hello_single"]), ("hello+LPUSH 1", r["queued_single"]),
+               ("batch", r["batch"]),
                ("hello 100", r["hello_batch"]), ("e2e 1", r["e2e_single"]), ("e2e 100", r["e2e_batch"]),
                ("burst", [b])]
     print("CPU seconds per phase (% of one core)   " + "".join("%-18s" % name for name, _ in columns))
@@ -658,8 +663,10 @@ def report_cpu(r, plan):
     print("%-38s %s" % ("busiest web worker's share, % per run", "".join(
         "%-18s" % ",".join(busiest_worker(run) for run in runs) for _, runs in columns)))
     per_request = lambda runs, group: 1000 * cpu_median(runs, group) / median(runs, "requests")
-    print("web CPU per request: single %.2f ms (hello %.2f ms), 100-record batch %.2f ms (hello %.2f ms)"
+    print("web CPU per request: single %.2f ms (hello %.2f ms, hello + LPUSH %.2f ms plus Redis %.2f ms),"
+          " 100-record batch %.2f ms (hello %.2f ms)"
           % (per_request(r["single"], "logflow web"), per_request(r["hello_single"], "hello web"),
+             per_request(r["queued_single"], "hello web"), per_request(r["queued_single"], "redis"),
              per_request(r["batch"], "logflow web"), per_request(r["hello_batch"], "hello web")))
     store = sum(b["cpu"]["groups"][g] for g in ("consumers", "redis", "postgres"))
     print("CPU per 1000 records in the burst: web %.0f ms, consumers %.0f ms, redis %.0f ms, postgres %.0f ms"
@@ -688,7 +695,7 @@ def busiest_worker(run):
     return "%.0f" % (100 * max(shares) / max(sum(shares), 1e-9))
 
 
-PHASES = ("single", "hello_single", "batch", "hello_batch", "e2e_single", "e2e_batch", "burst")
+PHASES = ("single", "hello_single", "queued_single", "batch", "hello_batch", "e2e_single", "e2e_batch", "burst")
 
 
 # ---------------------------------------------------------------- main
@@ -725,7 +732,7 @@ def main():
     info.update(command=shlex.join(["python3", *sys.argv]), load_start=os.getloadavg()[0],
                 busy_start=other_load())
     workdir = tempfile.mkdtemp(prefix="logflow-bench-")
-    results = {key: [] for key in ("single", "hello_single", "batch", "hello_batch",
+    results = {key: [] for key in ("single", "hello_single", "queued_single", "batch", "hello_batch",
                                    "e2e_single", "e2e_batch", "copy")}
     try:
         with Stack(args, workdir) as stack:
@@ -737,6 +744,8 @@ def main():
                 log("throughput run %d/%d" % (repeat + 1, plan["repeats"]))
                 for name, base, body, per in (("single", stack.logflow_url, stack.single_body, 1),
                                               ("hello_single", stack.hello_url, stack.single_body, 1),
+                                              ("queued_single", stack.hello_url + "/queued",
+                                               stack.single_body, 1),
                                               ("batch", stack.logflow_url, stack.batch_body, 100),
                                               ("hello_batch", stack.hello_url, stack.batch_body, 100)):
                     results[name].append(throughput(stack, base, body, key, plan["seconds"], per))
