@@ -4,6 +4,7 @@ Each test reads its recipe from the document (the code block after the
 `<!-- recipe: NAME -->` marker), so the text a reader copies is the text tested.
 A test skips when its shipper is not installed; what to install is in the document.
 """
+import json
 import os
 import re
 import shutil
@@ -50,7 +51,7 @@ class StatusLog:
     """WSGI middleware noting the status of every response, to see the refusals a shipper got."""
 
     def __init__(self, app):
-        self.app, self.statuses = app, []
+        self.app, self.statuses, self.url = app, [], None
 
     def __call__(self, environ, start_response):
         def note(status, headers, exc_info=None):
@@ -197,6 +198,38 @@ def test_syslog_ng_retries_while_the_queue_is_full(logflow, served, processes, c
     rows = wait_stored(3 + 1, "syslog-ng", shipper)
     assert rows["payment failed"]["level"] == "ERROR"
     assert served.statuses[-1] == 202 and served.statuses.count(202) == 1, served.statuses
+
+
+def test_rsyslog_recipe_with_omfile(logflow, processes, client, key, tmp_path):
+    """rsyslog's template and rulesets, with omfile for omhttp (Debian has none): LogFlow stores what it renders."""
+    rsyslogd = require("rsyslogd")
+    port, rendered = free_port(), tmp_path / "rendered.json"
+
+    def to_file(action):
+        template = re.search(r'template="(\w+)"', action.group(0)).group(1)
+        return 'action(type="omfile" file="%s" template="%s")' % (rendered, template)
+    configuration, swapped = re.subn(r'action\(type="omhttp".*?\)\n', to_file,
+                                     recipe("rsyslog").replace('module(load="omhttp")\n', ""), flags=re.S)
+    assert swapped == 2, configuration
+    (tmp_path / "rsyslog.conf").write_text(
+        'global(workDirectory="%s")\nmodule(load="imtcp")\n'
+        'input(type="imtcp" address="127.0.0.1" port="%d")\n%s' % (tmp_path, port, configuration))
+    shipper = processes("rsyslogd", [rsyslogd, "-n", "-f", str(tmp_path / "rsyslog.conf"),
+                                     "-i", str(tmp_path / "rsyslogd.pid")], logflow, tmp_path / "rsyslogd.log")
+    send_lines(port, ["<11>2026-11-28T01:00:00.250+00:00 web1 billing[4242]: payment failed",
+                      "<12>2026-11-28T03:00:02+02:00 web2 cron: disk at 91%"])
+
+    def rendered_records():
+        shipper.check_alive()
+        lines = rendered.read_text().splitlines() if rendered.exists() else []
+        return [json.loads(line) for line in lines] if len(lines) == 2 else None
+    batch = wait_for(rendered_records, timeout=DELIVERY_TIMEOUT, message="rsyslog to write two records")
+    assert post_logs(client, key, batch).json == {"accepted": 2, "rejected": 0, "errors": []}
+    rows = wait_stored(2, "rsyslog")
+    assert rows["payment failed"]["level"] == "ERROR" and rows["disk at 91%"]["level"] == "WARN"
+    assert rows["payment failed"]["timestamp"].isoformat() == "2026-11-28T01:00:00.250000"
+    assert rows["disk at 91%"]["timestamp"].isoformat() == "2026-11-28T01:00:02"
+    assert rows["payment failed"]["metadata"] == {"host": "web1", "program": "billing"}
 
 
 def node_environment(environment, *packages):
