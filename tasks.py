@@ -9,6 +9,8 @@ import datetime
 import logging
 import os
 import random
+import socket
+import threading
 import time
 
 import orjson
@@ -159,6 +161,7 @@ def write_batch(writer, batch):
         drain.schedule(args=(writer,), delay=delay)
         return 0
     runtime.spool.ack(writer, batch.id)
+    runtime.spool.remember("last_write:" + writer, repr(time.time()), LAST_WRITE_KEPT_SECONDS)
     runtime.spool.add_counters(metrics.write_observed(writer, count, time.monotonic() - started))
     logger.debug("%s writer stored %d records from batch %s", writer, count, batch.id)
     return count
@@ -215,3 +218,96 @@ def start_worker():
 def stop_worker():
     """Say so when a worker stops: after a graceful signal, its last batch is written."""
     logger.info("consumer worker stopped")
+
+
+# How long `manage.py stats` can tell when a writer last wrote.
+LAST_WRITE_KEPT_SECONDS = 30 * 86400
+# Each consumer process records a heartbeat this often; /metrics counts the live ones.
+HEARTBEAT_SECONDS = 15
+
+
+def last_write(writer):
+    """Epoch seconds of the writer's last acknowledged batch (any consumer), or None."""
+    value = runtime.spool.recall("last_write:" + writer)
+    return float(value) if value else None
+
+
+def retention_cutoff(days, today):
+    """The first UTC day kept by a retention of `days` days (0: None, keep everything)."""
+    return today - datetime.timedelta(days=days) if days else None
+
+
+def prune(dry_run=False, today=None):
+    """Apply every project's retention now, through each writer; returns what was (or would be) removed.
+
+    Rows go by their record's timestamp, files by the date in their name; both
+    are kept from midnight UTC `retention_days` days before today. Daily files
+    older than today are gzipped. Returns one dict per project: project,
+    days, cutoff, and each writer's counts (or its error, when its store is down).
+    """
+    today = today or models.utcnow().date()
+    default = runtime.settings.retention_days
+    with models.database.connection_context():
+        projects = list(models.Project.select().order_by(models.Project.id))
+    report = []
+    for project in projects:
+        days = project.retention(default)
+        cutoff = retention_cutoff(days, today)
+        done = {"project": project.name, "id": project.id, "days": days, "cutoff": cutoff}
+        for writer in runtime.writers.values():
+            try:
+                done[writer.name] = writer.prune(project.id, cutoff, today, dry_run)
+            except writer.outage_errors as error:
+                # The other writer's store may well be up: prune it anyway, retry this one next time.
+                logger.error("%s writer could not prune project %s: %s", writer.name, project.id, error)
+                done[writer.name] = {"error": str(error)}
+        report.append(done)
+    return report
+
+
+@huey.periodic_task(crontab(minute="17"))
+def prune_hourly():
+    """Every hour, apply the retention and gzip past days' files.
+
+    Each consumer's scheduler enqueues this, so with several consumers it runs
+    several times an hour; every run after the first finds nothing to do.
+    """
+    for done in prune():
+        logger.info("pruned project %s (%s days): %s", done["id"], done["days"],
+                    {name: counts for name, counts in done.items() if name in runtime.writers})
+
+
+def beat():
+    """Record this consumer process's heartbeat in the spool's store."""
+    runtime.spool.beat("%s:%d" % (socket.gethostname(), os.getpid()), time.time())
+
+
+class Heartbeat:
+    """The pid whose heartbeat thread runs: one per process, however many workers start."""
+
+    pid = None
+    lock = threading.Lock()
+
+
+@huey.on_startup()
+def start_heartbeat():
+    """Start this process's heartbeat thread, once.
+
+    Not a periodic task: any consumer may run the task another consumer's
+    scheduler enqueued, so a task would not say which consumers are alive.
+    """
+    with Heartbeat.lock:
+        if Heartbeat.pid == os.getpid():
+            return
+        Heartbeat.pid = os.getpid()
+    threading.Thread(target=beat_forever, name="logflow-heartbeat", daemon=True).start()
+
+
+def beat_forever():
+    """Beat every HEARTBEAT_SECONDS until the process ends."""
+    while True:
+        try:
+            beat()
+        except spools.SpoolUnavailable as error:
+            logger.warning("cannot record this consumer's heartbeat: %s", error)
+        time.sleep(HEARTBEAT_SECONDS)
