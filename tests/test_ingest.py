@@ -222,7 +222,7 @@ def _app_with_blocked_spool(bound, broken):
 
 def test_errors_are_json(client):
     assert client.get("/nope").status_code == 404 and client.get("/nope").is_json
-    response = client.get("/logs")
+    response = client.delete("/logs")
     assert response.status_code == 405 and response.json["error"]
     assert client.get("/healthz").json == {"status": "ok"}
 
