@@ -86,6 +86,7 @@ def create_app(settings=None):
     if not settings.database_url:
         # Dev mode needs no set-up step; PostgreSQL gets `manage.py init-db`.
         models.create_tables()
+    tasks.collect_garbage_rarely()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["logflow"] = {"settings": settings, "keys": KeyCache(settings.key_cache_seconds,

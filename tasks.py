@@ -6,6 +6,7 @@ spool (spool.py), which hands them out with leases so that a consumer killed
 mid-write loses nothing.
 """
 import datetime
+import gc
 import logging
 import os
 import random
@@ -202,9 +203,22 @@ def sweep():
         drain(writer)
 
 
+def collect_garbage_rarely():
+    """Run Python's cycle collector every 50,000 allocations instead of every 700.
+
+    Records are small dicts that reference counting frees; at the default
+    threshold the collector ran several times per 100-record request and per
+    decoded batch, each time scanning the young objects: 12 % of the web's CPU
+    per batch, 60 % of spool.decode's. Reference cycles are rare here, so
+    memory is not at stake.
+    """
+    gc.set_threshold(50_000, 20, 100)
+
+
 @huey.on_startup()
 def start_worker():
     """Set up the logflow logger in the consumer and resume what a dead consumer left behind."""
+    collect_garbage_rarely()
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s"))
