@@ -177,6 +177,8 @@ class LogFlowHandler(logging.Handler):
 
     def give_up(self):
         """Count what is still buffered as failed (caller holds the condition)."""
+        if self.buffer:
+            self.report("gave up", "gave up sending %d records at close" % len(self.buffer))
         self.stats["failed"] += len(self.buffer)
         self.finished += len(self.buffer)
         self.buffer.clear()

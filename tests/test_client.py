@@ -175,11 +175,15 @@ def test_batches_leave_when_full_by_count_or_by_size(url, key, ship):
     assert len(stored(45)) == 45
 
 
-def test_close_gives_up_on_an_unreachable_server_within_its_timeout(ship):
+def unreachable_url():
+    """A URL on a port of 127.0.0.1 where nothing listens."""
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    logger, handler = ship("http://127.0.0.1:%d/logs" % port, "lf_unused", close_timeout=1,
+        return "http://127.0.0.1:%d/logs" % unused.getsockname()[1]
+
+
+def test_close_gives_up_on_an_unreachable_server_within_its_timeout(ship):
+    logger, handler = ship(unreachable_url(), "lf_unused", close_timeout=1,
                            backoff_base=0.05)
     logger.error("nobody listens")
     handler.close()
@@ -194,16 +198,28 @@ import logging, os, sys
 sys.path.insert(0, %r)
 import client
 logging.getLogger().addHandler(client.LogFlowHandler(sys.argv[1], os.environ["LOGFLOW_KEY"],
-                                                     flush_interval=3600))
+                                                     flush_interval=3600, close_timeout=1))
 logging.getLogger().setLevel(logging.INFO)
 for n in range(int(sys.argv[2])):
     logging.info("exiting %%d", n)
 """ % ROOT
 
 
-def test_a_process_exiting_right_after_logging_sends_everything(url, key):
+def run_exiting_script(url, key, count):
+    """Run a script that logs `count` records through a LogFlowHandler and exits at once."""
     # -S leaves site-packages out: the client must import with the standard library alone.
-    done = subprocess.run([sys.executable, "-S", "-c", EXITING_SCRIPT, url, "300"], capture_output=True,
+    return subprocess.run([sys.executable, "-S", "-c", EXITING_SCRIPT, url, str(count)], capture_output=True,
                           text=True, timeout=120, env=dict(os.environ, LOGFLOW_KEY=key))
+
+
+def test_a_process_exiting_right_after_logging_sends_everything(url, key):
+    done = run_exiting_script(url, key, 300)
     assert (done.returncode, done.stderr) == (0, "")
     assert sorted(row["message"] for row in stored(300)) == sorted("exiting %d" % n for n in range(300))
+
+
+def test_a_process_exits_despite_an_unreachable_server():
+    # The subprocess timeout is the bound: close() must give up after its close_timeout of 1 s.
+    done = run_exiting_script(unreachable_url(), "lf_unused", 5)
+    assert done.returncode == 0
+    assert done.stderr.count("LogFlowHandler: gave up sending 5 records at close") == 1
