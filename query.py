@@ -215,9 +215,9 @@ def select_logs(project_id, log_filter):
     return query.limit(log_filter.limit + 1)
 
 
-def fetch(project_id, log_filter):
-    """One page of the project's Log rows, and whether more rows follow it."""
-    rows = list(select_logs(project_id, log_filter))
+def fetch(project_id, log_filter, columns=()):
+    """One page of the project's Log rows (only these columns, if given), and whether more rows follow it."""
+    rows = list(select_logs(project_id, log_filter).select(*columns))
     return rows[:log_filter.limit], len(rows) > log_filter.limit
 
 
@@ -239,14 +239,17 @@ def logs_since(project_id, log_filter, floor, seen):
     since = max(floor, log_filter.since or floor)
     log_filter = log_filter.replace(since=since, order="asc", after=None, limit=MAX_LIMIT)
     while True:
-        rows, more = fetch(project_id, log_filter)
-        for row in rows:
-            if row.id not in seen:
+        # Mostly logs already shown: read their keys only, then the new ones in full.
+        keys, more = fetch(project_id, log_filter, (Log.timestamp, Log.id))
+        new = [stored_id(key.id) for key in keys if key.id not in seen]
+        if new:
+            for row in (Log.select().where(Log.project == project_id, Log.id.in_(new))
+                        .order_by(Log.timestamp, Log.id)):
                 seen[row.id] = row.timestamp
                 yield row
         if not more:
             return
-        log_filter = log_filter.replace(after=(rows[-1].timestamp, rows[-1].id))
+        log_filter = log_filter.replace(after=(keys[-1].timestamp, keys[-1].id))
 
 
 def find_log(project_id, text):

@@ -113,6 +113,18 @@ def test_following_shows_each_log_once_including_logs_written_late(client, key, 
     assert poll() == []
 
 
+def test_following_reads_windows_larger_than_a_page(client, key, project):
+    for start in (0, 600):
+        post_logs(client, key, [{"message": "n%04d" % n, "timestamp": timestamp(20 - n / 100)}
+                                for n in range(start, start + 600)])
+    drain_all()
+    seen = {}
+    with models.database.connection_context():
+        floor = models.utcnow() - datetime.timedelta(seconds=60)
+        shown = [log.message for log in query.logs_since(project.id, query.parse_filter([]), floor, seen)]
+    assert shown == ["n%04d" % n for n in range(1200)] and len(seen) == 1200
+
+
 def test_follow_prints_new_logs_until_interrupted(client, key, environment, tmp_path):
     post_logs(client, key, {"message": "before"})
     drain_all()
