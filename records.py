@@ -273,8 +273,9 @@ def parse_level(value):
             raise InvalidRecord("level %r... is not a known severity" % value[:32]) from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidRecord("level must be a name or a number")
-    if not math.isfinite(value) or value < 0:
-        raise InvalidRecord("level %r is not a known severity" % value)
+    # isfinite() of an int too large for a float raises; ints are finite anyway.
+    if isinstance(value, float) and not math.isfinite(value) or value < 0:
+        raise InvalidRecord("level %.32r is not a known severity" % value)
     if value < 8:
         return SYSLOG_LEVELS[int(value)]
     # pino and bunyan: 10 trace, 20 debug, 30 info, 40 warn, 50 error, 60 fatal.
@@ -307,8 +308,8 @@ def parse_timestamp(value):
 
 
 def _from_epoch(value):
-    if not math.isfinite(value) or value < 0:
-        raise InvalidRecord("timestamp %r is out of range" % value)
+    if isinstance(value, float) and not math.isfinite(value) or value < 0:
+        raise InvalidRecord("timestamp %.64r is out of range" % value)
     # Judge the unit by magnitude: seconds reach 1e11 only in the year 5138.
     for limit, per_second in ((1e11, 1), (1e14, 10**3), (1e17, 10**6)):
         if value < limit:
@@ -323,7 +324,7 @@ def _from_epoch(value):
             microseconds = round(value * 10**6 / per_second)
         return EPOCH + datetime.timedelta(microseconds=microseconds)
     except OverflowError:
-        raise InvalidRecord("timestamp %r is out of range" % value) from None
+        raise InvalidRecord("timestamp %.64r is out of range" % value) from None
 
 
 def _storable(value, depth, replaced):

@@ -113,6 +113,15 @@ def test_future_timestamps_are_replaced_and_kept():
     assert near["timestamp"] == "2026-11-27T12:30:00.000000Z" and not warnings
 
 
+def test_numbers_too_large_for_a_float_are_judged_not_crashed_on():
+    # int("9" * 400) is a valid int that math.isfinite() cannot convert.
+    assert records.parse_level("9" * 400) == "CRITICAL"
+    with pytest.raises(InvalidRecord, match="out of range"):
+        records.parse_timestamp("9" * 400)
+    with pytest.raises(InvalidRecord, match="out of range"):
+        records.parse_timestamp(-10**400)
+
+
 @pytest.mark.parametrize("raw", [
     {"message": "x", "timestamp": "2026-11-27T14:00:00Z", "metadata": {"a": 1}},
     {"msg": "x", "service": "api", "metadata": {"a": 1}},
