@@ -16,6 +16,8 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 import config
 import metrics
 import models
+import otlp
+import query
 import records
 import tasks
 import spool
@@ -55,7 +57,7 @@ class APIError(Exception):
 
 
 # What /metrics calls each status of a refused request.
-REFUSAL_REASONS = {400: "unreadable", 401: "unauthorized", 403: "forbidden", 408: "timeout",
+REFUSAL_REASONS = {400: "unreadable", 401: "unauthorized", 403: "forbidden", 404: "not_found", 408: "timeout",
                    413: "too_large", 415: "unsupported", 422: "invalid", 429: "rate_limited",
                    503: "unavailable"}
 
@@ -107,7 +109,7 @@ def internal_error(error):
 
 
 class KeyCache:
-    """Key hash → (project id, active, writers), trusted for `ttl` seconds so known keys skip the database."""
+    """Key hash → (project id, active, writers, rate limit, scope), trusted for `ttl` seconds so known keys skip the database."""
 
     max_entries = 10000
 
@@ -145,7 +147,7 @@ class KeyCache:
         if key is not None:
             project = key.project
             identity = (project.id, project.is_active, project.writers(default_writers),
-                        project.rate_limit)
+                        project.rate_limit, key.scope)
             self.share(key_hash, identity)
         with self.lock:
             if len(self.entries) >= self.max_entries:
@@ -174,12 +176,13 @@ class KeyCache:
             return None
         if shared is None:
             return None
-        project_id, is_active, writers, rate_limit = orjson.loads(shared)
-        return project_id, is_active, tuple(writers), rate_limit
+        # Lookups shared before keys had scopes were all ingest keys.
+        project_id, is_active, writers, rate_limit, scope = (orjson.loads(shared) + ["ingest"])[:5]
+        return project_id, is_active, tuple(writers), rate_limit, scope
 
 
-def authenticate(settings):
-    """The (project id, writers, rate limit or None) of the request's key; raises 401 or 403."""
+def authenticate(settings, scope="ingest"):
+    """The (project id, writers, rate limit or None) of the request's key; 401, or 403 if it lacks the scope."""
     plaintext = request.headers.get("X-API-Key", "")
     if not plaintext:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -192,9 +195,12 @@ def authenticate(settings):
         identity = current_app.extensions["logflow"]["keys"].identify(plaintext, settings.storage)
     if identity is None:
         raise APIError(401, "the API key is not valid")
-    project_id, is_active, writers, rate_limit = identity
+    project_id, is_active, writers, rate_limit, key_scope = identity
     if not is_active:
         raise APIError(403, "this project is deactivated")
+    if key_scope != scope:
+        raise APIError(403, "this key's scope is %s; %s %s needs a key with scope %s (manage.py"
+                       " create-key --scope %s)" % (key_scope, request.method, request.path, scope, scope))
     return project_id, writers, rate_limit
 
 
@@ -291,6 +297,36 @@ def ingest():
     return json_response(accept(settings, identity, raw_records), 202)
 
 
+@bp.post("/v1/logs")
+def ingest_otlp():
+    """Accept an OTLP/HTTP logs export, protobuf or JSON; 200 once queued, answered in the request's encoding."""
+    settings = current_app.extensions["logflow"]["settings"]
+    media_type = otlp.response_type(request.content_type)
+    locations = []
+    try:
+        identity = authenticate(settings)
+        raw_records, locations = otlp.decode(read_body(settings), request.content_type)
+        # OTLP counts an empty export as a success; accept() refuses an empty request.
+        summary = accept(settings, identity, raw_records) if raw_records else None
+    except records.UnsupportedMediaType as error:
+        failure = APIError(415, str(error))
+    except records.InvalidBody as error:
+        failure = APIError(400, str(error))
+    except RequestEntityTooLarge:
+        failure = APIError(413, "the body is larger than %d bytes" % settings.max_body_bytes)
+    except APIError as error:
+        failure = error
+    else:
+        return current_app.response_class(otlp.encode_success(media_type, summary, locations),
+                                          mimetype=media_type)
+    if failure.counted:
+        count_refusal(failure.status)
+    # No valid record is a request that can never succeed: OTLP's 400, which clients do not retry.
+    status = 400 if failure.status == 422 else failure.status
+    body = otlp.encode_failure(media_type, status, failure.message, failure.body, locations)
+    return current_app.response_class(body, status=status, headers=failure.headers, mimetype=media_type)
+
+
 def accept(settings, identity, raw_records):
     """Validate raw records and queue the valid ones for the project's writers; the 202 summary.
 
@@ -349,6 +385,40 @@ def accept(settings, identity, raw_records):
             # The records are safe in the spool; the consumer's sweep finds them.
             logger.exception("could not wake the %s writer; its sweep will pick the records up", writer)
     return summary
+
+
+@bp.get("/logs")
+def list_logs():
+    """A page of the project's stored logs, newest first, filtered by the query parameters."""
+    project_id = authenticate(current_app.extensions["logflow"]["settings"], scope="read")[0]
+    with reading():
+        logs, next_cursor = query.page(project_id, query.parse_filter(request.args.items(multi=True)))
+    return json_response({"logs": logs, "next_cursor": next_cursor}, 200)
+
+
+@bp.get("/logs/<log_id>")
+def get_log(log_id):
+    """One stored log of the project, by id."""
+    project_id = authenticate(current_app.extensions["logflow"]["settings"], scope="read")[0]
+    with reading():
+        log = query.find_log(project_id, log_id)
+    if log is None:
+        raise APIError(404, "this project has no stored log with id %s" % log_id[:64])
+    return json_response(log, 200)
+
+
+@contextlib.contextmanager
+def reading():
+    """A database connection for a read; 400 for a bad parameter, 503 when the database is down."""
+    try:
+        with models.database.connection_context():
+            yield
+    except query.InvalidQuery as error:
+        raise APIError(400, str(error)) from None
+    except (peewee.OperationalError, peewee.InterfaceError) as error:
+        logger.error("database unavailable for a read: %s", error)
+        raise APIError(503, "the database is unavailable; retry later", headers={
+            "Retry-After": str(current_app.extensions["logflow"]["settings"].retry_after_seconds)}) from None
 
 
 @bp.get("/openapi.json")
