@@ -1,14 +1,19 @@
 """LogFlow's command line: projects, their API keys, and quarantined records."""
+import datetime
 import sys
+import time
 
 import click
 import orjson
+import peewee
 
 import config
 import models
+import query
+import records
 import spool
 import tasks
-from models import ApiKey, Project, Quarantined
+from models import ApiKey, Log, Project, Quarantined
 
 
 def fail(message):
@@ -74,12 +79,30 @@ def set_rate_limit(project, records_per_second):
                                    if records_per_second else "no rate limit"))
 
 
+@cli.command("set-retention")
+@click.argument("project")
+@click.argument("days")
+def set_retention(project, days):
+    """Keep a project's logs DAYS days (0: forever; "default": LOGFLOW_RETENTION_DAYS); applied at the next prune."""
+    if days == "default":
+        days = None
+    elif not days.isdigit():
+        raise click.BadParameter("a number of days, 0 or \"default\"", param_hint="DAYS")
+    project = find_project(project)
+    project.retention_days = None if days is None else int(days)
+    project.save()
+    kept = project.retention(tasks.runtime.settings.retention_days)
+    click.echo("project %s: %s%s" % (project.name, "%d days" % kept if kept else "kept forever",
+                                     " (the default)" if days is None else ""))
+
+
 @cli.command("list-projects")
 def list_projects():
     """List projects: id, name, active, storage, rate limit, and the prefixes of their live keys."""
     click.echo("%-4s %-24s %-7s %-8s %-8s %s" % ("id", "name", "active", "storage", "rate/s", "keys"))
     for project in Project.select().order_by(Project.id):
-        prefixes = [key.prefix + "…" for key in project.keys.where(ApiKey.revoked_at.is_null())]
+        prefixes = [key.prefix + "…" + ("(read)" if key.scope == "read" else "")
+                    for key in project.keys.where(ApiKey.revoked_at.is_null())]
         rate = "default" if project.rate_limit is None else str(project.rate_limit or "none")
         click.echo("%-4d %-24s %-7s %-8s %-8s %s" % (
             project.id, project.name, "yes" if project.is_active else "no",
@@ -88,9 +111,11 @@ def list_projects():
 
 @cli.command("create-key")
 @click.argument("project")
-def create_key(project):
-    """Create another API key for a project (for rotation) and print it once."""
-    key = ApiKey.issue(find_project(project))
+@click.option("--scope", type=click.Choice(["ingest", "read"]), default="ingest", show_default=True,
+              help="ingest: may only POST logs; read: may only read the project's logs (GET /logs).")
+def create_key(project, scope):
+    """Create another API key for a project (for rotation, or to read its logs) and print it once."""
+    key = ApiKey.issue(find_project(project), scope=scope)
     click.echo("API key (shown once, store it now):", err=True)
     click.echo(key)
 
@@ -195,6 +220,115 @@ def quarantine_purge(entry_id, everything):
     entries = quarantined(entry_id, everything)
     Quarantined.delete().where(Quarantined.id.in_([entry.id for entry in entries])).execute()
     click.echo("purged %d record%s" % (len(entries), "" if len(entries) == 1 else "s"))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Say what would be removed and compressed; change nothing.")
+def prune(dry_run):
+    """Apply every project's retention now (as the consumers do hourly): expired rows and files go, past days' files are gzipped."""
+    delete, compress = ("would delete", "would compress") if dry_run else ("deleted", "compressed")
+    failed = False
+    for done in tasks.prune(dry_run=dry_run):
+        kept = "keeps %d days, from %s" % (done["days"], done["cutoff"]) if done["days"] else "keeps all"
+        parts = []
+        for writer in tasks.runtime.writers:
+            counts = done[writer]
+            if "error" in counts:
+                failed = True
+                parts.append("%s: failed: %s" % (writer, counts["error"]))
+            elif writer == "db":
+                parts.append("db: %s %d rows" % (delete, counts["deleted"]))
+            else:
+                parts.append("file: %s %d files, %s %d" % (
+                    delete, counts["deleted"], compress, counts["compressed"]))
+        click.echo("%s (id %d, %s): %s" % (done["project"], done["id"], kept, "; ".join(parts)))
+    if failed:
+        fail("some writers could not prune; see above")
+
+
+@cli.command()
+@click.argument("project", required=False)
+def stats(project):
+    """Records per level over the last hour and day (database rows, by record timestamp), then each writer's queue and last write."""
+    projects = [find_project(project)] if project else list(Project.select().order_by(Project.id))
+    now = models.utcnow()
+    click.echo("%-4s %-24s %-8s %9s %9s" % ("id", "project", "level", "last hour", "last day"))
+    for each in projects:
+        hour = Log.count_levels(each.id, now - datetime.timedelta(hours=1))
+        day = Log.count_levels(each.id, now - datetime.timedelta(days=1))
+        for level in records.LEVELS:
+            click.echo("%-4d %-24s %-8s %9d %9d" % (each.id, each.name, level, hour.get(level, 0),
+                                                    day.get(level, 0)))
+    click.echo()
+    click.echo("%-6s %9s  %s" % ("writer", "queued", "last write"))
+    for writer in tasks.runtime.writers:
+        written = tasks.last_write(writer)
+        when = ("%s (%.0f s ago)" % (
+            datetime.datetime.fromtimestamp(written, datetime.timezone.utc).isoformat(timespec="seconds"),
+            time.time() - written) if written else "none in the last %d days" % (
+            tasks.LAST_WRITE_KEPT_SECONDS // 86400))
+        click.echo("%-6s %9d  %s" % (writer, tasks.runtime.spool.queued_records(writer), when))
+
+
+LEVEL_COLOURS = {"DEBUG": "blue", "INFO": "green", "WARN": "yellow", "ERROR": "red", "CRITICAL": "magenta"}
+# How often tail --follow asks the database for new logs.
+FOLLOW_INTERVAL_SECONDS = 1.0
+
+
+def echo_log(log):
+    """Print one log as a line: time, level (coloured on a terminal), message, compact metadata."""
+    shown = query.render(log)
+    metadata = "  " + orjson.dumps(shown["metadata"]).decode() if shown["metadata"] else ""
+    click.echo("%s %s %s%s" % (shown["timestamp"], click.style(shown["level"].ljust(8),
+                                                               fg=LEVEL_COLOURS[shown["level"]]),
+                               shown["message"], metadata))
+
+
+@cli.command()
+@click.argument("project")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new logs until interrupted (Ctrl-C).")
+@click.option("--level", multiple=True, help="Only these levels (repeat it, or separate with commas).")
+@click.option("--min-level", help="Only this level and those above it.")
+@click.option("--grep", help="Only messages containing TEXT (case-insensitive for ASCII letters).")
+@click.option("--since", help="Print every log from this time on (RFC 3339 or epoch), instead of the last --lines.")
+@click.option("--lines", "-n", type=click.IntRange(1, query.MAX_LIMIT), default=20, show_default=True,
+              help="Without --since, how many of the newest logs to print first.")
+@click.option("--lookback", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="With --follow, also show logs written late if timestamped within this many seconds"
+                   " of now.")
+def tail(project, follow, level, min_level, grep, since, lines, lookback):
+    """Print a project's stored logs, oldest first; with --follow, then new ones as they are written."""
+    project = find_project(project)
+    given = [("level", value) for value in level] + [
+        (name, value) for name, value in (("min_level", min_level), ("q", grep), ("since", since))
+        if value is not None]
+    try:
+        log_filter = query.parse_filter(given)
+    except query.InvalidQuery as error:
+        fail(str(error))
+    # id → timestamp of the logs printed within the lookback window.
+    seen = {}
+    if since is None:
+        newest, _ = query.fetch(project.id, log_filter.replace(limit=lines))
+        for log in reversed(newest):
+            seen[log.id] = log.timestamp
+            echo_log(log)
+    else:
+        for log in query.logs_since(project.id, log_filter, log_filter.since, seen):
+            echo_log(log)
+    try:
+        while follow:
+            time.sleep(FOLLOW_INTERVAL_SECONDS)
+            floor = models.utcnow() - datetime.timedelta(seconds=lookback)
+            try:
+                with models.database.connection_context():
+                    for log in query.logs_since(project.id, log_filter, floor, seen):
+                        echo_log(log)
+            except (peewee.OperationalError, peewee.InterfaceError) as error:
+                click.echo("database unavailable (%s); retrying" % str(error).strip(), err=True)
+    except KeyboardInterrupt:
+        # Ctrl-C is how --follow ends.
+        pass
 
 
 if __name__ == "__main__":
