@@ -64,12 +64,21 @@ REFUSAL_REASONS = {400: "unreadable", 401: "unauthorized", 403: "forbidden", 404
 
 def count_refusal(status):
     """Count a refused request in the shared counters, when the store behind them answers."""
+    count([(metrics.counter("requests_refused", reason=REFUSAL_REASONS.get(status, str(status))), 1)])
+
+
+def count(counters):
+    """Add (name, amount) pairs to the shared counters, when the store behind them answers."""
     try:
-        tasks.runtime.spool.add_counters(
-            [(metrics.counter("requests_refused", reason=REFUSAL_REASONS.get(status, str(status))), 1)])
+        tasks.runtime.spool.add_counters(counters)
     except SpoolUnavailable as error:
-        # The refusal itself was answered and logged; only its count is missing.
-        logger.debug("could not count a %d refusal: %s", status, error)
+        # What was counted is answered and logged anyway; only its count is missing.
+        logger.debug("could not count %s: %s", [name for name, _ in counters], error)
+
+
+def rejected_records(project_id, reason, amount):
+    """The counter of a project's records refused for one reason, as a (name, amount) list."""
+    return [(metrics.counter("records_rejected", project=project_id, reason=reason), amount)] if amount else []
 
 
 def json_response(body, status, headers=None):
@@ -337,6 +346,7 @@ def accept(settings, identity, raw_records):
     if not raw_records:
         raise APIError(400, "the body holds no records")
     if len(raw_records) > settings.max_records:
+        count(rejected_records(project_id, "too_many", len(raw_records)))
         raise APIError(413, "a request may hold at most %d records, not %d"
                        % (settings.max_records, len(raw_records)))
 
@@ -353,10 +363,9 @@ def accept(settings, identity, raw_records):
     summary = {"accepted": len(accepted), "rejected": len(errors), "errors": errors}
     if warnings:
         summary["warnings"] = warnings
-    rejected = [(metrics.counter("records_rejected", project=project_id, reason="invalid"),
-                 len(errors))] if errors else []
+    rejected = rejected_records(project_id, "invalid", len(errors))
     if not accepted:
-        tasks.runtime.spool.add_counters(rejected)
+        count(rejected)
         raise APIError(422, "no record in the request is valid", body=summary)
 
     payload = spool.encode(project_id, records.format_time(received_at), accepted)
@@ -372,9 +381,11 @@ def accept(settings, identity, raw_records):
                        headers=retry_after, counted=False) from None
     except QueueFull:
         logger.warning("queue full, refused %d records of project %d", len(accepted), project_id)
+        count(rejected + rejected_records(project_id, "queue_full", len(accepted)))
         raise APIError(503, "the queue is full; nothing was accepted, retry later",
                        headers=retry_after) from None
     except RateLimited as limited:
+        count(rejected + rejected_records(project_id, "rate_limited", len(accepted)))
         raise APIError(429, "this project sends more than its %d records per second; nothing was"
                        " accepted, retry later" % limited_rate(settings, rate_limit),
                        headers={"Retry-After": str(math.ceil(limited.retry_after))}) from None

@@ -18,7 +18,7 @@ CONSUMER_ALIVE_SECONDS = 60
 
 COUNTERS = {
     "records_accepted": ("Records accepted (202) per project.", ("project",)),
-    "records_rejected": ("Records refused in an accepted or 422 request, per project and reason.",
+    "records_rejected": ("Records of a project not accepted, by reason: invalid, too_many, rate_limited, queue_full.",
                          ("project", "reason")),
     "requests_refused": ("Requests refused as a whole, by reason.", ("reason",)),
     "records_written": ("Records stored by a writer.", ("writer",)),

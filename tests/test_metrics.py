@@ -10,6 +10,7 @@ import models
 import spool
 import tasks
 from helpers import drain_all, post_logs, wait_for
+from logflow import create_app
 from processes import make_service, unique_database_name
 
 
@@ -49,6 +50,34 @@ def test_metrics_after_a_known_sequence(client, key, project, bound):
     assert after[("logflow_write_seconds_count", (("writer", "db"),))] == 1
     assert after[("logflow_write_seconds_bucket", (("le", "+Inf"), ("writer", "db")))] == 1
     assert ("logflow_records_written_total", (("writer", "file"),)) not in after
+
+
+def test_records_refused_whole_are_counted_per_project_and_reason(key, project, bound):
+    project_label = ("project", str(project.id))
+    client = create_app(bound.replace(max_records=3, max_queue=4)).test_client()
+    assert post_logs(client, key, [{"message": "m"}] * 4).status_code == 413
+    assert post_logs(client, key, [{"message": "m"}] * 3).status_code == 202
+    assert post_logs(client, key, [{"message": "m"}, {"message": "m"}, {}]).status_code == 503
+    with models.database.connection_context():
+        models.Project.update(rate_limit=1).where(models.Project.id == project.id).execute()
+    client = create_app(bound.replace(max_records=3)).test_client()
+    assert post_logs(client, key, [{"message": "m"}]).status_code == 202  # within the burst of 3
+    assert post_logs(client, key, [{"message": "m"}] * 3).status_code == 429
+    counted = scrape(client)
+    rejected = {labels[1][1]: value for (name, labels), value in counted.items()
+                if name == "logflow_records_rejected_total" and labels[0] == project_label}
+    assert rejected == {"too_many": 4, "queue_full": 2, "invalid": 1, "rate_limited": 3}
+    assert counted[("logflow_records_accepted_total", (project_label,))] == 4
+
+
+def test_refusals_are_answered_while_the_counters_store_is_down(client, key, bound, tmp_path):
+    if bound.redis_url:
+        tasks.runtime.spool = spool.open_spool(bound.replace(redis_url="redis://127.0.0.1:1/0"))
+    else:
+        (tmp_path / "blocked").write_text("a file where the data folder should be")
+        tasks.runtime.spool = spool.open_spool(bound.replace(data_dir=str(tmp_path / "blocked")))
+    assert post_logs(client, key, [{"level": "info"}]).status_code == 422
+    assert post_logs(client, key, [{"message": "m"}] * 1001).status_code == 413
 
 
 def test_quarantined_records_are_counted(bound, project, client):
