@@ -16,7 +16,8 @@ import orjson
 LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")
 
 LEVEL_NAMES = {
-    "trace": "DEBUG", "verbose": "DEBUG", "debug": "DEBUG",
+    # silly and http: npm's (and winston's) levels, below debug and below info.
+    "trace": "DEBUG", "verbose": "DEBUG", "debug": "DEBUG", "silly": "DEBUG", "http": "DEBUG",
     "info": "INFO", "information": "INFO", "notice": "INFO",
     "warn": "WARN", "warning": "WARN",
     "error": "ERROR", "err": "ERROR",

@@ -28,7 +28,7 @@ def normalize(raw):
 @pytest.mark.parametrize("given, level", [
     ("debug", "DEBUG"), ("Info", "INFO"), ("WARNING", "WARN"), ("warn", "WARN"),
     ("error", "ERROR"), ("FATAL", "CRITICAL"), ("critical", "CRITICAL"), ("trace", "DEBUG"),
-    ("Information", "INFO"), ("notice", "INFO"), (None, "INFO"),
+    ("Information", "INFO"), ("notice", "INFO"), (None, "INFO"), ("silly", "DEBUG"), ("http", "DEBUG"),
     (0, "CRITICAL"), (3, "ERROR"), (4, "WARN"), (6, "INFO"), (7, "DEBUG"), ("4", "WARN"),
     (10, "DEBUG"), (20, "DEBUG"), (30, "INFO"), (40, "WARN"), (50, "ERROR"), (60, "CRITICAL"),
 ])
