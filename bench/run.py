@@ -120,7 +120,7 @@ class Stack:
             "--bind", "127.0.0.1:%d" % port, "--worker-class", "gthread",
             "--workers", str(self.args.workers), "--threads", str(self.args.threads),
             "--timeout", "30", "--graceful-timeout", "30"]
-            + (self.balance_args() if name == "hello" else []) + self.args.gunicorn_arg)
+            + self.balance_args() + self.args.gunicorn_arg)
         url = "http://127.0.0.1:%d" % port
         deadline = time.monotonic() + 30
         while True:
@@ -134,15 +134,15 @@ class Stack:
             time.sleep(0.1)
 
     def balance_args(self):
-        """For the hello ceiling: --worker-connections so that wrk's connections split evenly over its workers.
+        """--worker-connections so that wrk's connections split evenly over the workers, unless --unbalanced.
 
         gthread workers keep the keep-alive connections they accept, and wrk
         opens all of them at once: one worker often took them all and ran on
-        one core, so the ceiling measured luck (3,532 against 8,701 requests/s
-        in one full run). LogFlow runs with the Procfile's flags, which keep
-        gunicorn's default: split evenly it was no faster (docs/benchmarks.md),
-        its consumer and PostgreSQL needing a core anyway. The ratios err on
-        LogFlow's side of modest. --unbalanced runs hello unsplit too.
+        one core, so a run measured luck. In two full runs at 17696a2 and
+        df89c81, hello's single POSTs: 3,532 against 8,701 requests/s;
+        LogFlow's 1,980 against 4,069, its batches 76,190-82,066 against
+        105,104-121,632 records/s. Both apps get the same flag; the Procfile
+        keeps gunicorn's default (docs/benchmarks.md says when to set it).
         """
         if self.args.unbalanced or any("worker-connections" in arg for arg in self.args.gunicorn_arg):
             return []
@@ -581,9 +581,9 @@ def report_header(info, r, args, plan):
     print("machine:   %d cores, %s; commit %s" % (info["nproc"], info["memory"], info["commit"]))
     print("versions:  Python %s; %s" % (info["python"], info["packages"]))
     print("servers:   %s" % info["servers"])
-    print("set-up:    gunicorn gthread, %d workers x %d threads (LogFlow and hello alike%s); %d consumer(s) x 4"
+    print("set-up:    gunicorn gthread, %d workers x %d threads%s (LogFlow and hello alike); %d consumer(s) x 4"
           " threads; wrk -t%d -c%d" % (args.workers, args.threads, "" if args.unbalanced else
-                                       ", hello with --worker-connections %d" % -(-args.connections // args.workers),
+                                       ", --worker-connections %d" % -(-args.connections // args.workers),
                                        args.consumers, args.wrk_threads, args.connections))
     print("           Redis AOF %s; PostgreSQL fsync=off, synchronous_commit=off, full_page_writes=off"
           " (tests/services.py)" % ("on, everysec" if args.aof else "off"))
@@ -728,7 +728,7 @@ def main():
                              " e.g. --gunicorn-arg=--worker-connections=8")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--unbalanced", action="store_true",
-                        help="run hello, too, with gunicorn's default --worker-connections (one worker may take every connection)")
+                        help="keep gunicorn's default --worker-connections (one worker may take every connection)")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1 leaves the server more CPU)")
     parser.add_argument("--aof", action="store_true", help="Redis with AOF (appendfsync everysec), as in production")
     parser.add_argument("--burst", type=int, help="records in the burst (default 1,000,000; --quick 200,000)")
