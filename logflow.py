@@ -106,8 +106,8 @@ def create_app(settings=None):
     app.register_error_handler(APIError, APIError.response)
     app.register_error_handler(HTTPException, lambda error: json_response(
         {"error": error.description}, error.code))
-    app.register_error_handler(RequestEntityTooLarge, lambda error: json_response(
-        {"error": "the body is larger than %d bytes" % settings.max_body_bytes}, 413))
+    app.register_error_handler(RequestEntityTooLarge, lambda error: APIError(
+        413, "the body is larger than %d bytes" % settings.max_body_bytes).response())
     app.register_error_handler(Exception, internal_error)
     return app
 
@@ -445,7 +445,8 @@ def prometheus_metrics():
         page = metrics.render(tasks.runtime.spool, config.WRITERS)
     except SpoolUnavailable as error:
         raise APIError(503, "metrics are unavailable: %s" % error, counted=False) from None
-    return current_app.response_class(page, mimetype="text/plain; version=0.0.4; charset=utf-8")
+    # content_type, not mimetype: Flask would add a second "; charset=utf-8".
+    return current_app.response_class(page, content_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @bp.get("/healthz")

@@ -69,14 +69,21 @@ def add_project(name, storage):
 
 @cli.command("set-rate-limit")
 @click.argument("project")
-@click.argument("records_per_second", type=click.IntRange(min=0))
+@click.argument("records_per_second")
 def set_rate_limit(project, records_per_second):
-    """Limit a project to RECORDS_PER_SECOND (0: no limit); web processes apply it within LOGFLOW_KEY_CACHE_SECONDS."""
+    """Limit a project to RECORDS_PER_SECOND (0: no limit; "default": LOGFLOW_RATE_LIMIT); applied within LOGFLOW_KEY_CACHE_SECONDS."""
+    if records_per_second == "default":
+        rate = None
+    elif records_per_second.isdigit():
+        rate = int(records_per_second)
+    else:
+        raise click.BadParameter("a number of records per second, 0 or \"default\"", param_hint="RECORDS_PER_SECOND")
     project = find_project(project)
-    project.rate_limit = records_per_second
+    project.rate_limit = rate
     project.save()
-    click.echo("project %s: %s" % (project.name, "%d records per second" % records_per_second
-                                   if records_per_second else "no rate limit"))
+    effective = tasks.runtime.settings.rate_limit if rate is None else rate
+    click.echo("project %s: %s%s" % (project.name, "%d records per second" % effective if effective
+                                     else "no rate limit", " (the default)" if rate is None else ""))
 
 
 @cli.command("set-retention")

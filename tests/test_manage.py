@@ -69,6 +69,9 @@ def test_set_rate_limit(run):
         assert models.Project.get(name="shop").rate_limit == 500
     assert "500" in run("list-projects").stdout
     assert run("set-rate-limit", "shop", "-1").exit_code == 2
+    assert run("set-rate-limit", "shop", "default").stdout.strip() == "project shop: no rate limit (the default)"
+    with models.database.connection_context():
+        assert models.Project.get(name="shop").rate_limit is None
 
 
 def test_errors_go_to_stderr_with_a_nonzero_exit(run):

@@ -17,7 +17,8 @@ from processes import make_service, unique_database_name
 def scrape(client):
     """{(sample name, sorted labels): value} of the metrics page."""
     response = client.get("/metrics")
-    assert response.status_code == 200 and response.mimetype == "text/plain"
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
             for family in text_string_to_metric_families(response.get_data(as_text=True))
             for sample in family.samples}
@@ -68,6 +69,12 @@ def test_records_refused_whole_are_counted_per_project_and_reason(key, project, 
                 if name == "logflow_records_rejected_total" and labels[0] == project_label}
     assert rejected == {"too_many": 4, "queue_full": 2, "invalid": 1, "rate_limited": 3}
     assert counted[("logflow_records_accepted_total", (project_label,))] == 4
+
+
+def test_a_body_over_the_limit_is_counted_as_too_large(client, key):
+    response = post_logs(client, key, b"[" + b" " * (1024 * 1024) + b"]")
+    assert response.status_code == 413 and response.is_json
+    assert scrape(client)[("logflow_requests_refused_total", (("reason", "too_large"),))] == 1
 
 
 def test_refusals_are_answered_while_the_counters_store_is_down(client, key, bound, tmp_path):
