@@ -16,6 +16,14 @@ def parse_storage(value):
     return tuple(name for name in WRITERS if name in names)
 
 
+def parse_days(value):
+    """A number of days kept, 0 (forever) or more: a negative one would put the cutoff after today."""
+    days = int(value)
+    if days < 0:
+        raise ValueError("days must be 0 (keep forever) or more, not %d" % days)
+    return days
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """The service's configuration; every field has a default that gives dev mode."""
@@ -96,7 +104,7 @@ ENVIRONMENT = {
     "LOGFLOW_MAX_QUEUE": ("max_queue", int),
     "LOGFLOW_RATE_LIMIT": ("rate_limit", int),
     "LOGFLOW_RATE_BURST": ("rate_burst", int),
-    "LOGFLOW_RETENTION_DAYS": ("retention_days", int),
+    "LOGFLOW_RETENTION_DAYS": ("retention_days", parse_days),
     "LOGFLOW_LOG_LEVEL": ("log_level", str),
 }
 

@@ -31,3 +31,10 @@ def test_values_are_converted_and_checked():
         config.load({"LOGFLOW_STORAGE": "tape"})
     with pytest.raises(ValueError, match="LOGFLOW_MAX_RECORDS"):
         config.load({"LOGFLOW_MAX_RECORDS": "many"})
+
+
+def test_retention_days_cannot_be_negative():
+    assert config.load({"LOGFLOW_RETENTION_DAYS": "0"}).retention_days == 0
+    # -1 would put the cutoff tomorrow, and the next prune would delete today's logs.
+    with pytest.raises(ValueError, match="LOGFLOW_RETENTION_DAYS"):
+        config.load({"LOGFLOW_RETENTION_DAYS": "-1"})
