@@ -65,8 +65,8 @@ def create_tables():
 def add_missing_columns(model):
     """Add the columns a model gained since its table was created: create_tables never alters a table."""
     table = model._meta.table_name
-    missing = [field for field in model._meta.sorted_fields
-               if field.column_name not in {column.name for column in database.get_columns(table)}]
+    existing = {column.name for column in database.get_columns(table)}
+    missing = [field for field in model._meta.sorted_fields if field.column_name not in existing]
     if not missing:
         return
     migrator = SchemaMigrator.from_database(database.obj)

@@ -192,12 +192,21 @@ class OldProject(peewee.Model):
         table_name = "projects"
 
 
-def test_create_tables_adds_missing_columns_to_an_existing_table(bound):
+def test_create_tables_adds_missing_columns_to_an_existing_table(bound, monkeypatch):
     with models.database.connection_context():
         models.database.drop_tables(models.MODELS)
         OldProject.create_table()
         OldProject.create(name="before")
+    # A spy on the real catalogue query: each start-up reads a table's columns once, not once per field.
+    tables_read = []
+    get_columns = models.database.obj.get_columns
+
+    def reading(table, *args):
+        tables_read.append(table)
+        return get_columns(table, *args)
+    monkeypatch.setattr(models.database.obj, "get_columns", reading)
     models.create_tables()
+    assert tables_read.count("projects") == 1
     models.create_tables()
     with models.database.connection_context():
         assert "retention_days" in {column.name for column in models.database.get_columns("projects")}
