@@ -90,7 +90,11 @@ class LogFlowHandler(logging.Handler):
                 return  # something logged while sending: shipping it could loop forever
             data = json.dumps(self.to_record(record), allow_nan=False).encode()
             if self.pid != os.getpid():
-                self.start()
+                # handle() holds this lock but emit() is public: racing first callers would each
+                # start a sender and swap the buffer. logging re-creates the lock in a forked child.
+                with self.lock:
+                    if self.pid != os.getpid():
+                        self.start()
             with self.condition:
                 if self.deadline is not None:
                     self.stats["dropped"] += 1

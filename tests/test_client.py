@@ -175,6 +175,32 @@ def test_batches_leave_when_full_by_count_or_by_size(url, key, ship):
     assert len(stored(45)) == 45
 
 
+def test_racing_first_emits_start_one_sender_and_lose_nothing(url, key, ship):
+    # logger calls go through handle(), whose lock serialises emit(); code calling emit() itself does not.
+    handlers = []
+    for attempt in range(5):
+        before = set(threading.enumerate())
+        logger, handler = ship(url, key, flush_interval=3600)
+        handlers.append(handler)
+        barrier = threading.Barrier(8)
+
+        def emit(n):
+            barrier.wait()
+            handler.emit(logger.makeRecord(logger.name, logging.INFO, __file__, 0, "racing %d %d",
+                                           (attempt, n), None))
+        threads = [threading.Thread(target=emit, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        senders = [thread for thread in set(threading.enumerate()) - before if thread.name == "LogFlowHandler"]
+        assert len(senders) == 1
+        assert handler.flush(timeout=30)
+    assert [handler.stats["sent"] for handler in handlers] == [8] * 5
+    assert sorted(row["message"] for row in stored(40)) == sorted(
+        "racing %d %d" % (attempt, n) for attempt in range(5) for n in range(8))
+
+
 def unreachable_url():
     """A URL on a port of 127.0.0.1 where nothing listens."""
     with socket.socket() as unused:
