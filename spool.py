@@ -356,8 +356,10 @@ class RedisSpool:
 
     def heartbeats(self):
         """{consumer name: epoch seconds of its last heartbeat} over the last day."""
+        # beat() forgets old beats only while some consumer still beats.
         return {name.decode(): at for name, at in
-                self.client.zrange(self._key("consumers", "heartbeats"), 0, -1, withscores=True)}
+                self.client.zrangebyscore(self._key("consumers", "heartbeats"),
+                                          time.time() - HEARTBEATS_KEPT_SECONDS, "+inf", withscores=True)}
 
 
 @reports_unavailable((sqlite3.Error, OSError), "SQLite spool")
@@ -598,4 +600,6 @@ class SqliteSpool:
 
     def heartbeats(self):
         """{consumer name: epoch seconds of its last heartbeat} over the last day."""
-        return dict(self._connection().execute("SELECT name, at FROM heartbeats"))
+        # beat() forgets old beats only while some consumer still beats.
+        return dict(self._connection().execute("SELECT name, at FROM heartbeats WHERE at >= ?",
+                                               (time.time() - HEARTBEATS_KEPT_SECONDS,)))

@@ -123,6 +123,16 @@ def test_consumer_liveness(client, bound):
     assert 0 <= alive[("logflow_consumer_heartbeat_age_seconds", ())] < metrics.CONSUMER_ALIVE_SECONDS
 
 
+def test_the_heartbeat_age_disappears_a_day_after_the_last_consumer_died(client, bound):
+    # The last beats of consumers long dead: no consumer beats to forget them.
+    tasks.runtime.spool.beat("dead-host:1", time.time() - spool.HEARTBEATS_KEPT_SECONDS - 60)
+    tasks.runtime.spool.beat("dead-host:2", time.time() - spool.HEARTBEATS_KEPT_SECONDS - 30)
+    assert tasks.runtime.spool.heartbeats() == {}
+    page = scrape(client)
+    assert page[("logflow_consumers_alive", ())] == 0
+    assert ("logflow_consumer_heartbeat_age_seconds", ()) not in page
+
+
 def test_each_real_consumer_process_beats(tmp_path, postgres_server, redis_server):
     service = make_service(tmp_path, postgres_server.create_database(unique_database_name("beat")),
                            redis_server.url)
