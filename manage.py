@@ -338,5 +338,16 @@ def tail(project, follow, level, min_level, grep, since, lines, lookback):
         pass
 
 
+@cli.command("search-index")
+@click.option("--drop", is_flag=True, help="Drop the index instead.")
+def search_index(drop):
+    """PostgreSQL: build a trigram index that serves GET /logs?q= and tail --grep; every insert then pays for it."""
+    try:
+        models.set_search_index(not drop)
+    except ValueError as error:
+        fail(str(error))
+    click.echo("trigram index %s %s" % (models.SEARCH_INDEX, "dropped" if drop else "ready"))
+
+
 if __name__ == "__main__":
     cli()

@@ -6,7 +6,8 @@ from click.testing import CliRunner
 
 import manage
 import models
-from helpers import post_logs
+import query
+from helpers import drain_all, post_logs
 
 
 @pytest.fixture
@@ -72,6 +73,31 @@ def test_set_rate_limit(run):
     assert run("set-rate-limit", "shop", "default").stdout.strip() == "project shop: no rate limit (the default)"
     with models.database.connection_context():
         assert models.Project.get(name="shop").rate_limit is None
+
+
+def test_the_trigram_index_serves_text_search(run, bound, key, client, project):
+    if not bound.database_url:
+        assert "only PostgreSQL" in run("search-index").stderr
+        return
+    post_logs(client, key, [{"message": "needle %d" % number if number % 500 == 0 else "hay %d" % number}
+                            for number in range(1000)])
+    drain_all()
+    assert run("search-index").exit_code == 0
+    assert run("search-index").exit_code == 0  # again: nothing to do
+    with models.database.connection_context():
+        names = [row[0] for row in models.database.execute_sql(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'logs'")]
+        assert models.SEARCH_INDEX in names
+        models.database.execute_sql("ANALYZE logs")
+        with models.database.atomic():
+            # Few rows: without this the planner rightly prefers reading them all.
+            models.database.execute_sql("SET LOCAL enable_seqscan = off")
+            sql, params = query.select_logs(project.id, query.parse_filter([("q", "NEEDLE")])).sql()
+            plan = "\n".join(row[0] for row in models.database.execute_sql("EXPLAIN " + sql, params))
+    assert models.SEARCH_INDEX in plan
+    assert sorted(log["message"] for log in query.page(project.id, query.parse_filter([("q", "needle")]))[0]) == [
+        "needle 0", "needle 500"]
+    assert run("search-index", "--drop").exit_code == 0
 
 
 def test_errors_go_to_stderr_with_a_nonzero_exit(run):
