@@ -72,6 +72,7 @@ class LogFlowHandler(logging.Handler):
         self.stats = {"sent": 0, "dropped": 0, "failed": 0, "retries": 0}
         self.deadline = None  # set by close(): after it, unsendable records are given up
         self.reported = set()
+        self.undelivered_seen = 0  # dropped + failed when flush() last looked
         self.thread, self.pid = None, None
         self.reset()
 
@@ -276,18 +277,22 @@ class LogFlowHandler(logging.Handler):
             pass  # stderr itself is gone (closed at exit): nowhere is left to tell
 
     def flush(self, timeout=None):
-        """Send everything buffered now; waits at most timeout (default close_timeout) seconds; True if done."""
+        """Send what is buffered within timeout (default close_timeout) s; True if all since the last flush was accepted."""
         with self.condition:
             target = self.queued
-            if self.finished >= target or self.thread is None or not self.thread.is_alive():
-                return self.finished >= target
-            self.waiting_flushes += 1
-            self.condition.notify_all()
-            try:
-                return self.condition.wait_for(lambda: self.finished >= target,
-                                               self.close_timeout if timeout is None else timeout)
-            finally:
-                self.waiting_flushes -= 1
+            if self.finished < target and self.thread is not None and self.thread.is_alive():
+                self.waiting_flushes += 1
+                self.condition.notify_all()
+                try:
+                    self.condition.wait_for(lambda: self.finished >= target,
+                                            self.close_timeout if timeout is None else timeout)
+                finally:
+                    self.waiting_flushes -= 1
+            # "Done" is not "delivered": a record dropped or refused makes the flush that first sees it False.
+            undelivered = self.stats["dropped"] + self.stats["failed"]
+            delivered = self.finished >= target and undelivered == self.undelivered_seen
+            self.undelivered_seen = undelivered
+            return delivered
 
     def close(self):
         """Send what is buffered within close_timeout seconds, then stop; what is left counts as failed."""

@@ -128,9 +128,11 @@ def test_a_bad_key_is_not_retried_and_reported_once(url, ship, capsys):
     logger, handler = ship(url, "lf_" + "x" * 43, flush_interval=3600)
     logger.info("one")
     logger.info("two")
-    assert handler.flush(timeout=30)
+    # False: nothing was delivered, though nothing is left to send either.
+    assert not handler.flush(timeout=30)
+    assert handler.stats == {"sent": 0, "dropped": 0, "failed": 2, "retries": 0}
     logger.info("three")
-    assert handler.flush(timeout=30)
+    assert not handler.flush(timeout=30)
     assert handler.stats == {"sent": 0, "dropped": 0, "failed": 3, "retries": 0}
     errors = capsys.readouterr().err
     assert errors.count("LogFlowHandler: LogFlow refused 2 records with 401") == 1
@@ -143,7 +145,7 @@ def test_records_the_server_rejects_are_counted_as_failed_not_retried(url, key, 
     logger, handler = ship(url, key, flush_interval=3600)
     logger.info("x" * 70000)
     logger.info("short enough")
-    assert handler.flush(timeout=30)
+    assert not handler.flush(timeout=30)
     assert handler.stats == {"sent": 1, "dropped": 0, "failed": 1, "retries": 0}
     assert "LogFlowHandler: LogFlow rejected 1 of 2 records" in capsys.readouterr().err
     assert [row["message"] for row in stored(1)] == ["short enough"]
@@ -154,9 +156,13 @@ def test_a_full_buffer_drops_the_oldest_records(url, key, ship):
     for n in range(20):
         logger.info("record %d", n)
     assert handler.stats["dropped"] == 15
-    assert handler.flush(timeout=30)
+    assert not handler.flush(timeout=30)
     assert sorted(row["message"] for row in stored(5)) == ["record %d" % n for n in range(15, 20)]
     assert handler.stats["sent"] == 5
+    # Each loss makes one flush False: the next one answers for what was logged since.
+    logger.info("record 20")
+    assert handler.flush(timeout=30)
+    assert handler.stats == {"sent": 6, "dropped": 15, "failed": 0, "retries": 0}
 
 
 def test_batches_leave_when_full_by_count_or_by_size(url, key, ship):
