@@ -111,6 +111,9 @@ def parse_meta_path(name):
     path = tuple(name[len("meta."):].split("."))
     if not all(path):
         raise InvalidQuery("%s: a metadata filter is meta.<key>[.<key>...], with no empty key" % name[:64])
+    if any("\x00" in key for key in path):
+        # PostgreSQL refuses NUL in a parameter, and no stored key holds one: ingestion replaced it.
+        raise InvalidQuery("%r: metadata keys cannot contain NUL" % name[:64])
     if any('"' in key for key in path):
         # SQLite's JSON paths cannot quote a double quote.
         raise InvalidQuery("%s: metadata keys with a double quote cannot be filtered on" % name[:64])

@@ -131,6 +131,7 @@ def test_filters(client, read_key, samples, params, expected):
     ({"until": "2026-13-01"}, "until"), ({"q": "x" * 1001}, "q"), ({"cursor": "garbage"}, "cursor"),
     ({"cursor": base64.urlsafe_b64encode(b'["x", 1, "desc"]').decode()}, "cursor"),
     ({"meta.": "1"}, "meta."), ({"meta.a..b": "1"}, "meta.a..b"), ({"meta.a\"b": "1"}, "meta.a\"b"),
+    ({"meta.a\x00b": "1"}, "'meta.a\\x00b'"),
     ({"levle": "ERROR"}, "levle"),
 ])
 def test_bad_parameters_are_400_naming_the_parameter(client, read_key, params, named):
