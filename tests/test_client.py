@@ -255,3 +255,19 @@ def test_a_process_exits_despite_an_unreachable_server():
     done = run_exiting_script(unreachable_url(), "lf_unused", 5)
     assert done.returncode == 0
     assert done.stderr.count("LogFlowHandler: gave up sending 5 records at close") == 1
+
+
+def section(path, heading):
+    """The text under a `## heading` of a Markdown file of this repository, without backticks."""
+    with open(os.path.join(ROOT, path)) as handle:
+        text = handle.read()
+    return text.split(heading + "\n", 1)[1].split("\n## ", 1)[0].replace("`", "")
+
+
+def test_the_docs_name_what_the_client_retries():
+    # Three places describe the retries; docs/shippers.md once said 429/503 only.
+    assert client.RETRY_STATUSES == {408, 429, 500, 502, 503, 504}
+    claim = "retries 408, 429, 5xx and network errors"
+    assert claim in " ".join(client.__doc__.split())
+    assert claim in section("README.md", "## From Python's logging")
+    assert claim in section("docs/shippers.md", "## Python")
