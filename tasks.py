@@ -251,8 +251,8 @@ def retention_cutoff(days, today):
     return today - datetime.timedelta(days=days) if days else None
 
 
-def prune(dry_run=False, today=None):
-    """Apply every project's retention now, through each writer; returns what was (or would be) removed.
+def prune(dry_run=False, today=None, writers=config.WRITERS):
+    """Apply every project's retention now, through the named writers; returns what was (or would be) removed.
 
     Rows go by their record's timestamp, files by the date in their name; both
     are kept from midnight UTC `retention_days` days before today. Daily files
@@ -268,7 +268,8 @@ def prune(dry_run=False, today=None):
         days = project.retention(default)
         cutoff = retention_cutoff(days, today)
         done = {"project": project.name, "id": project.id, "days": days, "cutoff": cutoff}
-        for writer in runtime.writers.values():
+        for name in writers:
+            writer = runtime.writers[name]
             try:
                 done[writer.name] = writer.prune(project.id, cutoff, today, dry_run)
             except writer.outage_errors as error:
@@ -279,16 +280,49 @@ def prune(dry_run=False, today=None):
     return report
 
 
-@huey.periodic_task(crontab(minute="17"))
+def log_pruned(report):
+    """Log what prune() did, a line per project."""
+    for done in report:
+        logger.info("pruned project %s (%s days): %s", done["id"], done["days"],
+                    {name: counts for name, counts in done.items() if name in runtime.writers})
+
+
+# Consumers prune at this minute of every hour: the database by a periodic
+# task, each host's daily files by a thread in each consumer process.
+PRUNE_MINUTE = 17
+
+
+@huey.periodic_task(crontab(minute=str(PRUNE_MINUTE)))
 def prune_hourly():
-    """Every hour, apply the retention and gzip past days' files.
+    """Every hour, apply the retention to the database.
 
     Each consumer's scheduler enqueues this, so with several consumers it runs
     several times an hour; every run after the first finds nothing to do.
+    Daily files are not pruned here: whichever consumer dequeues the task runs
+    it, and each host has its own LOGFLOW_LOG_DIR (see start_file_pruning).
     """
-    for done in prune():
-        logger.info("pruned project %s (%s days): %s", done["id"], done["days"],
-                    {name: counts for name, counts in done.items() if name in runtime.writers})
+    log_pruned(prune(writers=("db",)))
+
+
+def prune_files(today=None):
+    """Apply every project's retention to this host's daily files and gzip past days'."""
+    log_pruned(prune(today=today, writers=("file",)))
+
+
+def seconds_until_minute(minute, now):
+    """Seconds from `now` (epoch seconds) to the next start of that minute of an hour."""
+    return (minute * 60 - now) % 3600 or 3600
+
+
+def prune_files_hourly():
+    """At minute PRUNE_MINUTE of every hour, prune this host's daily files, until the process ends."""
+    while True:
+        time.sleep(seconds_until_minute(PRUNE_MINUTE, time.time()))
+        try:
+            prune_files()
+        except DatabaseWriter.outage_errors as error:
+            # The projects' retentions come from the database; the files wait for the next hour.
+            logger.error("cannot prune this host's daily files: %s", error)
 
 
 def beat():
@@ -296,11 +330,20 @@ def beat():
     runtime.spool.beat("%s:%d" % (socket.gethostname(), os.getpid()), time.time())
 
 
-class Heartbeat:
-    """The pid whose heartbeat thread runs: one per process, however many workers start."""
+class ProcessThreads:
+    """The pid that started each of this module's threads: one per process, however many workers start."""
 
-    pid = None
+    started = {}
     lock = threading.Lock()
+
+
+def start_once(name, target):
+    """Start a daemon thread running target, unless this process started it already."""
+    with ProcessThreads.lock:
+        if ProcessThreads.started.get(name) == os.getpid():
+            return
+        ProcessThreads.started[name] = os.getpid()
+    threading.Thread(target=target, name=name, daemon=True).start()
 
 
 @huey.on_startup()
@@ -310,11 +353,18 @@ def start_heartbeat():
     Not a periodic task: any consumer may run the task another consumer's
     scheduler enqueued, so a task would not say which consumers are alive.
     """
-    with Heartbeat.lock:
-        if Heartbeat.pid == os.getpid():
-            return
-        Heartbeat.pid = os.getpid()
-    threading.Thread(target=beat_forever, name="logflow-heartbeat", daemon=True).start()
+    start_once("logflow-heartbeat", beat_forever)
+
+
+@huey.on_startup()
+def start_file_pruning():
+    """Start this process's thread that prunes its host's daily files hourly, once.
+
+    Not a periodic task, for the heartbeat's reason: the files to prune are
+    this host's. Consumers on one host prune the same files safely: compress()
+    takes the lock the writers take.
+    """
+    start_once("logflow-file-pruning", prune_files_hourly)
 
 
 def beat_forever():

@@ -110,13 +110,42 @@ def test_zero_days_keeps_everything_but_still_compresses(history, bound):
     assert len(stored_logs(project.id)) == 9
 
 
-def test_the_hourly_task_prunes(history, bound):
+def test_the_hourly_task_prunes_the_database_only(history, bound):
     project, archive, moments = history
+    files = day_files(bound, project.id)
     due = tasks.prune_hourly.task_class().validate_datetime
     assert due(datetime.datetime(2026, 11, 28, 3, 17)) and not due(datetime.datetime(2026, 11, 28, 3, 18))
     tasks.prune_hourly.call_local()
     assert len(stored_logs(project.id)) == 3
-    assert file_name(moments["old"]) not in day_files(bound, project.id)
+    # Any consumer, on any host, may run the task: the files are left to each host's own thread.
+    assert day_files(bound, project.id) == files
+
+
+def test_each_consumer_process_prunes_its_own_files(history, bound):
+    project, archive, moments = history
+    tasks.prune_files(today=TODAY)
+    assert day_files(bound, project.id) == sorted([
+        file_name(moments["first kept"], ".log.gz"), file_name(moments["yesterday"], ".log.gz"),
+        file_name(moments["today"])])
+    assert day_files(bound, archive.id) == [file_name(moments["old"], ".log.gz")]
+    assert len(stored_logs(project.id)) == 9
+
+
+def test_the_file_pruning_thread_starts_once_per_process_and_runs_at_minute_17(monkeypatch):
+    started = []
+    monkeypatch.setattr(tasks.ProcessThreads, "started", {})
+    monkeypatch.setattr(tasks, "prune_files_hourly", lambda: started.append(threading.get_ident()))
+    workers = [threading.Thread(target=tasks.start_file_pruning) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    wait_for(lambda: started, timeout=10, message="the file-pruning thread")
+    assert len(started) == 1 and tasks.huey._startup["start_file_pruning"] is tasks.start_file_pruning
+    at = datetime.datetime(2026, 11, 28, 3, 0, tzinfo=datetime.timezone.utc).timestamp()
+    assert tasks.seconds_until_minute(17, at) == 17 * 60
+    assert tasks.seconds_until_minute(17, at + 17 * 60) == 3600
+    assert tasks.seconds_until_minute(17, at + 17 * 60 + 1.5) == 3600 - 1.5
 
 
 def test_manage_prune_and_set_retention(history, run):
