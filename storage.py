@@ -13,12 +13,11 @@ import collections
 import datetime
 import errno
 import fcntl
-import gzip
 import io
 import logging
 import os
 import re
-import shutil
+import zlib
 
 import orjson
 import peewee
@@ -225,30 +224,72 @@ def compress(path):
 def compress_locked(descriptor, path):
     """compress() once the caller holds the flock of `descriptor`, which `path` names.
 
-    A late record may reopen the day's file afterwards: the next run adds it
+    A late record may reopen the day's file afterwards: the next run appends it
     to the .gz as another gzip member (concatenated members read as one
-    stream). The .gz is replaced by rename, never rewritten in place; a crash
-    between that rename and the unlink repeats the day's lines in it, as a
-    redelivery can.
+    stream), in place, so the I/O is the late lines', not the whole day's. A
+    crash between the append and the unlink repeats those lines in the .gz,
+    as a redelivery can.
     """
     if trim_torn_tail(descriptor, path):
-        target = path + ".gz"
-        temporary = target + ".tmp"
-        with open(temporary, "wb") as output:
-            try:
-                with open(target, "rb") as existing:
-                    shutil.copyfileobj(existing, output)
-            except FileNotFoundError:
-                pass
-            with gzip.GzipFile(filename="", mode="wb", fileobj=output, mtime=0) as member:
-                offset = 0
-                while chunk := os.pread(descriptor, 1 << 20, offset):
-                    member.write(chunk)
-                    offset += len(chunk)
-            output.flush()
-            os.fsync(output.fileno())
-        os.rename(temporary, target)
+        append_member(descriptor, path + ".gz")
     os.unlink(path)
+    fsync_folder(path)
+
+
+def append_member(descriptor, target):
+    """Append the whole file of `descriptor` to target as one gzip member, whole or not at all.
+
+    `<target>.size` holds target's size while the member is written, so that
+    after a crash mid-write the next run cuts the torn member off first; a
+    failure short of a crash cuts it off at once, as append() does.
+    """
+    marker = target + ".size"
+    output = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(output).st_size
+        start = appending_from(marker)
+        if start is None:
+            start = size
+            with open(marker, "w") as handle:
+                handle.write(str(start))
+                handle.flush()
+                os.fsync(handle.fileno())
+            fsync_folder(marker)
+        else:
+            # Never beyond the end: retention may have deleted the .gz since.
+            start = min(start, size)
+            os.ftruncate(output, start)
+        try:
+            # wbits 31: a whole gzip member, header and trailer included.
+            compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+            offset = 0
+            while chunk := os.pread(descriptor, 1 << 20, offset):
+                write_all(output, compressor.compress(chunk), target)
+                offset += len(chunk)
+            write_all(output, compressor.flush(), target)
+            os.fsync(output)
+        except OSError:
+            os.ftruncate(output, start)
+            raise
+    finally:
+        os.close(output)
+    # Gone for good before the daily file goes: else a later late file's run would cut this member off.
+    os.unlink(marker)
+    fsync_folder(marker)
+
+
+def appending_from(marker):
+    """The size of a .gz before an append that did not finish, or None if none was under way."""
+    try:
+        with open(marker) as handle:
+            return int(handle.read())
+    except (FileNotFoundError, ValueError):
+        # A marker written only partly means its append had not begun.
+        return None
+
+
+def fsync_folder(path):
+    """Make the creation, rename or removal of path durable."""
     folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
         os.fsync(folder)
@@ -288,18 +329,23 @@ def append(path, data):
     try:
         start = trim_torn_tail(descriptor, path)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(descriptor, view)
-                if written == 0:
-                    raise OSError(errno.ENOSPC, "no space written", path)
-                view = view[written:]
+            write_all(descriptor, data, path)
             os.fsync(descriptor)
         except OSError:
             os.ftruncate(descriptor, start)
             raise
     finally:
         os.close(descriptor)
+
+
+def write_all(descriptor, data, path):
+    """Write all of data, however many writes it takes; raise if the disk takes none of it."""
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        if written == 0:
+            raise OSError(errno.ENOSPC, "no space written", path)
+        view = view[written:]
 
 
 def trim_torn_tail(descriptor, path):

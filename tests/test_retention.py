@@ -2,6 +2,9 @@
 import datetime
 import gzip
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import uuid
 
@@ -178,6 +181,62 @@ def test_a_late_record_adds_a_gzip_member(tmp_path):
     assert not os.path.exists(path) and not storage.compress(path)
     with gzip.open(path + ".gz", "rb") as handle:
         assert handle.read() == b'{"n":1}\n{"n":2}\n'
+
+
+def test_a_late_record_is_appended_to_the_gz_in_place(tmp_path):
+    path = str(tmp_path / "2026-11-01.log")
+    storage.append(path, b'{"n":1}\n')
+    assert storage.compress(path)
+    before = os.stat(path + ".gz")
+    storage.append(path, b'{"n":2}\n')
+    assert storage.compress(path)
+    # The same file grown, not a copy of the whole day renamed over it.
+    after = os.stat(path + ".gz")
+    assert after.st_ino == before.st_ino and after.st_size > before.st_size
+    assert os.listdir(tmp_path) == ["2026-11-01.log.gz"]
+
+
+def test_a_member_torn_by_a_crash_is_cut_off_by_the_next_run(tmp_path):
+    path = str(tmp_path / "2026-11-01.log")
+    storage.append(path, b'{"n":1}\n')
+    assert storage.compress(path)
+    # What a consumer killed while appending the late file leaves: its marker and half a member.
+    size = os.path.getsize(path + ".gz")
+    (tmp_path / "2026-11-01.log.gz.size").write_text(str(size))
+    with open(path + ".gz", "ab") as torn:
+        torn.write(gzip.compress(b'{"n":2}\n')[:12])
+    storage.append(path, b'{"n":2}\n')
+    assert storage.compress(path)
+    with gzip.open(path + ".gz", "rb") as handle:
+        assert handle.read() == b'{"n":1}\n{"n":2}\n'
+    assert os.listdir(tmp_path) == ["2026-11-01.log.gz"]
+
+
+def test_a_failed_append_leaves_the_gz_as_it_was(tmp_path):
+    path = str(tmp_path / "2026-11-01.log")
+    storage.append(path, b'{"n":1}\n')
+    assert storage.compress(path)
+    with open(path + ".gz", "rb") as handle:
+        archived = handle.read()
+    storage.append(path, os.urandom(1 << 20).hex().encode() + b"\n")
+    # A real write failure: the child may not grow any file past 64 KiB (EFBIG, like a full disk).
+    compressing = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import resource, signal, sys, storage
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+        try:
+            storage.compress(sys.argv[1])
+        except OSError as error:
+            sys.exit(error.strerror)
+        """), path], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        capture_output=True, text=True, timeout=60)
+    assert compressing.returncode == 1 and "too large" in compressing.stderr, compressing.stderr
+    with open(path + ".gz", "rb") as handle:
+        assert handle.read() == archived
+    assert os.path.exists(path)
+    assert storage.compress(path)
+    with gzip.open(path + ".gz", "rb") as handle:
+        assert handle.read().startswith(b'{"n":1}\n')
 
 
 def waiting_for_flock(path):
