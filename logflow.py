@@ -427,6 +427,10 @@ def reading():
     except query.InvalidQuery as error:
         raise APIError(400, str(error)) from None
     except (peewee.OperationalError, peewee.InterfaceError) as error:
+        if not query.unreachable(error):
+            # The database answered: the statement failed and would fail again, so a 500, logged with the request.
+            error.add_note("while reading %s" % request.full_path[:1000])
+            raise
         logger.error("database unavailable for a read: %s", error)
         raise APIError(503, "the database is unavailable; retry later", headers={
             "Retry-After": str(current_app.extensions["logflow"]["settings"].retry_after_seconds)}) from None

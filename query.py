@@ -21,6 +21,10 @@ from models import Log
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_TEXT_LENGTH = 1000
+# Each filter nests the SQL deeper: about 100 overflow SQLite's parser stack.
+MAX_METADATA_FILTERS = 20
+# Values of one level or meta.* parameter; more only add SQL parameters.
+MAX_VALUES = 100
 ORDERS = ("desc", "asc")
 SINGLE_PARAMETERS = ("min_level", "since", "until", "q", "limit", "order", "cursor")
 # A JSON number, and only that: Python's float() also reads "nan", "1_000" and " 42".
@@ -64,12 +68,19 @@ def parse_filter(pairs):
         if name in SINGLE_PARAMETERS and len(given) > 1:
             raise InvalidQuery("%s is given %d times; give it once" % (name, len(given)))
         if name.startswith("meta."):
+            if len(given) > MAX_VALUES:
+                raise InvalidQuery("%s is given %d values; give at most %d" % (name[:64], len(given), MAX_VALUES))
             metadata.append((parse_meta_path(name), tuple(meta_candidates(given))))
         elif name not in SINGLE_PARAMETERS + ("level",):
             raise InvalidQuery("unknown parameter %r; see /openapi.json" % name[:64])
+    if len(metadata) > MAX_METADATA_FILTERS:
+        raise InvalidQuery("%d meta.* parameters are given; give at most %d" % (len(metadata), MAX_METADATA_FILTERS))
     levels = set(records.LEVELS)
     if "level" in values:
-        levels = {parse_level("level", name) for value in values["level"] for name in value.split(",")}
+        names = [name for value in values["level"] for name in value.split(",")]
+        if len(names) > MAX_VALUES:
+            raise InvalidQuery("level is given %d values; give at most %d" % (len(names), MAX_VALUES))
+        levels = {parse_level("level", name) for name in names}
     if "min_level" in values:
         lowest = records.LEVELS.index(parse_level("min_level", values["min_level"][0]))
         levels &= set(records.LEVELS[lowest:])
@@ -111,6 +122,9 @@ def parse_meta_path(name):
     path = tuple(name[len("meta."):].split("."))
     if not all(path):
         raise InvalidQuery("%s: a metadata filter is meta.<key>[.<key>...], with no empty key" % name[:64])
+    if len(path) > records.MAX_DEPTH:
+        # Deeper than stored metadata can nest, so it matches nothing.
+        raise InvalidQuery("%s: a metadata path has at most %d keys" % (name[:64], records.MAX_DEPTH))
     if any("\x00" in key for key in path):
         # PostgreSQL refuses NUL in a parameter, and no stored key holds one: ingestion replaced it.
         raise InvalidQuery("%r: metadata keys cannot contain NUL" % name[:64])
@@ -153,6 +167,24 @@ def decode_cursor(text, order):
 
 def postgres():
     return isinstance(models.database.obj, peewee.PostgresqlDatabase)
+
+
+def unreachable(error):
+    """True when a Peewee database error means the database cannot be reached, not that the statement failed."""
+    if isinstance(error, peewee.InterfaceError):
+        return True
+    cause = error
+    while getattr(cause, "orig", None) is not None:
+        # The driver's error, which Peewee wrapped.
+        cause = cause.orig
+    if hasattr(cause, "sqlite_errorname"):
+        # SQLITE_ERROR is the statement's (parser stack overflow, too many
+        # variables); the others are the file's: locked, unopenable, I/O, full.
+        return cause.sqlite_errorname != "SQLITE_ERROR"
+    # psycopg2: no SQLSTATE means the client lost or never had the server;
+    # classes 08, 53, 57P and 58 are connection, resource and shutdown trouble.
+    code = getattr(cause, "pgcode", None)
+    return code is None or code[:2] in ("08", "53", "58") or code[:3] == "57P"
 
 
 def stored_time(value):

@@ -9,6 +9,7 @@ import pytest
 
 import models
 import query
+import records
 import storage
 import tasks
 from helpers import drain_all, post_logs
@@ -132,6 +133,8 @@ def test_filters(client, read_key, samples, params, expected):
     ({"cursor": base64.urlsafe_b64encode(b'["x", 1, "desc"]').decode()}, "cursor"),
     ({"meta.": "1"}, "meta."), ({"meta.a..b": "1"}, "meta.a..b"), ({"meta.a\"b": "1"}, "meta.a\"b"),
     ({"meta.a\x00b": "1"}, "'meta.a\\x00b'"),
+    ({"meta.k%d" % n: "1" for n in range(100)}, "meta.*"), ({"meta.host": ["a"] * 101}, "meta.host"),
+    ({"level": ["ERROR,WARN"] * 51}, "level"), ({"meta.a" + ".a" * 250: "1"}, "meta.a.a"),
     ({"levle": "ERROR"}, "levle"),
 ])
 def test_bad_parameters_are_400_naming_the_parameter(client, read_key, params, named):
@@ -213,6 +216,42 @@ def test_a_database_outage_is_503(bound, read_key):
         models.bind_database(bound)
     assert response.status_code == 503 and response.headers["Retry-After"] == "5"
     assert response.json == {"error": "the database is unavailable; retry later"}
+
+
+def test_the_most_filters_a_read_may_carry_are_answered(client, read_key, samples):
+    cursor = get(client, read_key, order="asc", limit=1).json["next_cursor"]
+    params = {"meta.k%d" % n: ["1", "x"] for n in range(query.MAX_METADATA_FILTERS - 1)}
+    params["meta." + ".".join(["a"] * records.MAX_DEPTH)] = [str(n) for n in range(query.MAX_VALUES)]
+    params.update(level=["WARN"] * query.MAX_VALUES, min_level="DEBUG", since="2026-01-01T00:00:00Z",
+                  until="2027-01-01T00:00:00Z", q="disk", limit=10, order="asc", cursor=cursor)
+    assert messages(get(client, read_key, **params)) == []
+
+
+def test_only_connection_trouble_counts_as_the_database_being_unreachable(bound):
+    nowhere = (peewee.PostgresqlDatabase("none", host="127.0.0.1", port=1) if bound.database_url else
+               peewee.SqliteDatabase("/nonexistent/folder/logflow.db"))
+    with pytest.raises(peewee.OperationalError) as down:
+        nowhere.connect()
+    assert query.unreachable(down.value)
+    # Errors of a statement the database refused: a timeout on PostgreSQL, SQLite's parser stack overflow.
+    statement = ("SET LOCAL statement_timeout = 1; SELECT pg_sleep(1)" if bound.database_url else
+                 "SELECT " + "(" * 1000 + "1" + ")" * 1000)
+    with models.database.connection_context(), pytest.raises(peewee.OperationalError) as refused:
+        with models.database.atomic():
+            models.database.execute_sql(statement)
+    assert not query.unreachable(refused.value)
+
+
+def test_a_read_the_database_refuses_is_logged_with_the_request_not_called_an_outage(
+        client, read_key, bound, monkeypatch, caplog):
+    # Past the cap, SQLite's parser overflows (PostgreSQL's goes deeper): the database is up.
+    monkeypatch.setattr(query, "MAX_METADATA_FILTERS", 1000)
+    response = get(client, read_key, **{"meta.k%d" % n: "1" for n in range(100)})
+    if bound.database_url:
+        assert messages(response) == []
+    else:
+        assert response.status_code == 500 and "Retry-After" not in response.headers
+        assert "parser stack overflow" in caplog.text and "while reading /logs?meta.k0=1" in caplog.text
 
 
 def test_lookups_shared_before_keys_had_scopes_are_ingest_keys(bound, key):
