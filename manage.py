@@ -93,7 +93,7 @@ def set_retention(project, days):
     """Keep a project's logs DAYS days (0: forever; "default": LOGFLOW_RETENTION_DAYS); applied at the next prune."""
     if days == "default":
         days = None
-    elif not days.isdigit():
+    elif not (days.isascii() and days.isdigit()):  # "²" is a digit too, but not a number int() reads
         raise click.BadParameter("a number of days, 0 or \"default\"", param_hint="DAYS")
     project = find_project(project)
     project.retention_days = None if days is None else int(days)

@@ -169,7 +169,9 @@ def test_manage_prune_and_set_retention(history, run):
         archive.id) in done.stdout
     assert sorted(row["message"] for row in stored_logs(project.id)) == ["today", "yesterday"]
     assert run("set-retention", "acme", "default").stdout == "project acme: 30 days (the default)\n"
-    assert run("set-retention", "acme", "-3").exit_code != 0
+    for days in ("-3", "²"):
+        refused = run("set-retention", "acme", days)
+        assert refused.exit_code == 2 and "DAYS" in refused.output, refused.output
 
 
 def test_a_late_record_adds_a_gzip_member(tmp_path):
