@@ -313,12 +313,18 @@ def tail(project, follow, level, min_level, grep, since, lines, lookback):
         log_filter = query.parse_filter(given)
     except query.InvalidQuery as error:
         fail(str(error))
-    # id → timestamp of the logs printed within the lookback window.
+    # id → timestamp of the logs within the lookback window not to print again.
     seen = {}
+    floor = models.utcnow() - datetime.timedelta(seconds=lookback)
     if since is None:
+        if follow:
+            # The window's logs older than the last --lines are not new: the
+            # first poll must not print them.
+            query.remember(project.id, log_filter, floor, seen)
         newest, _ = query.fetch(project.id, log_filter.replace(limit=lines))
         for log in reversed(newest):
-            seen[log.id] = log.timestamp
+            if follow:
+                seen[log.id] = log.timestamp
             echo_log(log)
     else:
         for log in query.logs_since(project.id, log_filter, log_filter.since, seen):

@@ -262,6 +262,24 @@ def page(project_id, log_filter):
     return [render(row) for row in rows], encode_cursor(rows[-1], log_filter.order) if more else None
 
 
+def pages(project_id, log_filter, columns=()):
+    """Yield the filter's Log rows oldest first, a page (of these columns, if given) at a time."""
+    log_filter = log_filter.replace(order="asc", after=None, limit=MAX_LIMIT)
+    while True:
+        rows, more = fetch(project_id, log_filter, columns)
+        yield rows
+        if not more:
+            return
+        log_filter = log_filter.replace(after=(rows[-1].timestamp, rows[-1].id))
+
+
+def remember(project_id, log_filter, floor, seen):
+    """Put the ids of the filter's logs timestamped at or after floor into seen, reading their keys only."""
+    since = max(floor, log_filter.since or floor)
+    for keys in pages(project_id, log_filter.replace(since=since), (Log.timestamp, Log.id)):
+        seen.update((key.id, key.timestamp) for key in keys)
+
+
 def logs_since(project_id, log_filter, floor, seen):
     """Yield the filter's logs timestamped at or after floor, oldest first, skipping ids in seen.
 
@@ -272,19 +290,14 @@ def logs_since(project_id, log_filter, floor, seen):
     for log_id in [log_id for log_id, timestamp in seen.items() if timestamp < floor]:
         del seen[log_id]
     since = max(floor, log_filter.since or floor)
-    log_filter = log_filter.replace(since=since, order="asc", after=None, limit=MAX_LIMIT)
-    while True:
-        # Mostly logs already shown: read their keys only, then the new ones in full.
-        keys, more = fetch(project_id, log_filter, (Log.timestamp, Log.id))
+    # Mostly logs already shown: read their keys only, then the new ones in full.
+    for keys in pages(project_id, log_filter.replace(since=since), (Log.timestamp, Log.id)):
         new = [stored_id(key.id) for key in keys if key.id not in seen]
         if new:
             for row in (Log.select().where(Log.project == project_id, Log.id.in_(new))
                         .order_by(Log.timestamp, Log.id)):
                 seen[row.id] = row.timestamp
                 yield row
-        if not more:
-            return
-        log_filter = log_filter.replace(after=(keys[-1].timestamp, keys[-1].id))
 
 
 def find_log(project_id, text):

@@ -140,3 +140,20 @@ def test_follow_prints_new_logs_until_interrupted(client, key, environment, tmp_
     finally:
         process.stop()
     assert process.count("before") == 1 and "Traceback" not in process.text()
+
+
+def test_follow_prints_only_the_last_lines_then_logs_new_since_it_started(client, key, environment, tmp_path):
+    post_logs(client, key, [{"message": "older %d" % n, "timestamp": timestamp(30 - n)} for n in range(3)]
+              + [{"message": "last", "timestamp": timestamp(10)}])
+    drain_all()
+    process = Process("tail", [sys.executable, "manage.py", "tail", "acme", "-n", "1", "--follow"],
+                      dict(os.environ, **environment), str(tmp_path / "tail.out"))
+    try:
+        wait_for(lambda: "last" in process.text(), message="the last log")
+        # Written after tail started, timestamped before the log it printed: new, so shown.
+        post_logs(client, key, [{"message": "late", "timestamp": timestamp(20)}, {"message": "new"}])
+        drain_all()
+        wait_for(lambda: "new" in process.text(), message="the new logs")
+    finally:
+        process.stop()
+    assert [line.split(None, 2)[2] for line in process.text().splitlines()] == ["last", "late", "new"]
