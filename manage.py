@@ -327,7 +327,7 @@ def tail(project, follow, level, min_level, grep, since, lines, lookback):
                 seen[log.id] = log.timestamp
             echo_log(log)
     else:
-        for log in query.logs_since(project.id, log_filter, log_filter.since, seen):
+        for log in query.logs_from(project.id, log_filter, floor, seen if follow else None):
             echo_log(log)
     try:
         while follow:

@@ -273,6 +273,19 @@ def pages(project_id, log_filter, columns=()):
         log_filter = log_filter.replace(after=(rows[-1].timestamp, rows[-1].id))
 
 
+def logs_from(project_id, log_filter, floor, seen=None):
+    """Yield every log the filter matches, oldest first; put those timestamped at or after floor into seen, if given.
+
+    Only the window logs_since rereads is remembered, so seen stays small
+    however long the range printed.
+    """
+    for rows in pages(project_id, log_filter):
+        for log in rows:
+            if seen is not None and log.timestamp >= floor:
+                seen[log.id] = log.timestamp
+            yield log
+
+
 def remember(project_id, log_filter, floor, seen):
     """Put the ids of the filter's logs timestamped at or after floor into seen, reading their keys only."""
     since = max(floor, log_filter.since or floor)

@@ -157,3 +157,35 @@ def test_follow_prints_only_the_last_lines_then_logs_new_since_it_started(client
     finally:
         process.stop()
     assert [line.split(None, 2)[2] for line in process.text().splitlines()] == ["last", "late", "new"]
+
+
+def test_printing_a_long_range_remembers_only_the_lookback_window(client, key, project):
+    for start in (0, 750):
+        post_logs(client, key, [{"message": "old %d" % n, "timestamp": timestamp(3600 - n)}
+                                for n in range(start, start + 750)])
+    post_logs(client, key, {"message": "recent", "timestamp": timestamp(5)})
+    drain_all()
+    seen = {}
+    since = query.parse_filter([("since", timestamp(7200))])
+    with models.database.connection_context():
+        floor = models.utcnow() - datetime.timedelta(seconds=60)
+        shown = [log.message for log in query.logs_from(project.id, since, floor, seen)]
+        assert shown == ["old %d" % n for n in range(1500)] + ["recent"]
+        assert [log.message for log in models.Log.select().where(models.Log.id.in_(list(seen)))] == ["recent"]
+        assert len(list(query.logs_from(project.id, since, floor))) == 1501
+
+
+def test_follow_after_since_prints_each_log_once(client, key, environment, tmp_path):
+    post_logs(client, key, [{"message": "hour ago", "timestamp": timestamp(3600)},
+                            {"message": "just now", "timestamp": timestamp(5)}])
+    drain_all()
+    process = Process("tail", [sys.executable, "manage.py", "tail", "acme", "--since", timestamp(7200), "--follow"],
+                      dict(os.environ, **environment), str(tmp_path / "tail.out"))
+    try:
+        wait_for(lambda: "just now" in process.text(), message="the stored logs")
+        post_logs(client, key, {"message": "new"})
+        drain_all()
+        wait_for(lambda: "new" in process.text(), message="the new log")
+    finally:
+        process.stop()
+    assert [line.split(None, 2)[2] for line in process.text().splitlines()] == ["hour ago", "just now", "new"]
