@@ -43,6 +43,9 @@ class Settings:
     future_window_seconds: float = 3600.0
     # A request body must arrive within this time, or the request gets 408.
     body_timeout_seconds: float = 10.0
+    # On PostgreSQL, a GET /logs query running longer is cancelled (422), so
+    # reads cannot hold the database that ingestion writes to (0: no limit).
+    read_timeout_seconds: float = 10.0
     # How long a web process trusts a cached key lookup: the delay before a
     # revoked key or a deactivated project is refused.
     key_cache_seconds: float = 10.0
@@ -94,6 +97,7 @@ ENVIRONMENT = {
     "LOGFLOW_MAX_MESSAGE_BYTES": ("max_message_bytes", int),
     "LOGFLOW_FUTURE_WINDOW_SECONDS": ("future_window_seconds", float),
     "LOGFLOW_BODY_TIMEOUT_SECONDS": ("body_timeout_seconds", float),
+    "LOGFLOW_READ_TIMEOUT_SECONDS": ("read_timeout_seconds", float),
     "LOGFLOW_KEY_CACHE_SECONDS": ("key_cache_seconds", float),
     "LOGFLOW_LEASE_SECONDS": ("lease_seconds", float),
     "LOGFLOW_BATCH_BYTES": ("batch_bytes", int),

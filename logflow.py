@@ -420,20 +420,26 @@ def get_log(log_id):
 
 @contextlib.contextmanager
 def reading():
-    """A database connection for a read; 400 for a bad parameter, 503 when the database is down."""
+    """A read's transaction, time-limited; 400 for a bad parameter, 422 past the limit, 503 when the database is down."""
+    settings = current_app.extensions["logflow"]["settings"]
     try:
-        with models.database.connection_context():
+        with models.database.connection_context(), models.database.atomic():
+            query.limit_time(settings.read_timeout_seconds)
             yield
     except query.InvalidQuery as error:
         raise APIError(400, str(error)) from None
     except (peewee.OperationalError, peewee.InterfaceError) as error:
+        if query.timed_out(error):
+            # The same read would time out again: the client must ask for less, not retry.
+            raise APIError(422, "the read ran longer than %g s and was cancelled; narrow it with since and until"
+                           % settings.read_timeout_seconds) from None
         if not query.unreachable(error):
             # The database answered: the statement failed and would fail again, so a 500, logged with the request.
             error.add_note("while reading %s" % request.full_path[:1000])
             raise
         logger.error("database unavailable for a read: %s", error)
         raise APIError(503, "the database is unavailable; retry later", headers={
-            "Retry-After": str(current_app.extensions["logflow"]["settings"].retry_after_seconds)}) from None
+            "Retry-After": str(settings.retry_after_seconds)}) from None
 
 
 @bp.get("/openapi.json")

@@ -173,10 +173,7 @@ def unreachable(error):
     """True when a Peewee database error means the database cannot be reached, not that the statement failed."""
     if isinstance(error, peewee.InterfaceError):
         return True
-    cause = error
-    while getattr(cause, "orig", None) is not None:
-        # The driver's error, which Peewee wrapped.
-        cause = cause.orig
+    cause = driver_error(error)
     if hasattr(cause, "sqlite_errorname"):
         # SQLITE_ERROR is the statement's (parser stack overflow, too many
         # variables); the others are the file's: locked, unopenable, I/O, full.
@@ -185,6 +182,26 @@ def unreachable(error):
     # classes 08, 53, 57P and 58 are connection, resource and shutdown trouble.
     code = getattr(cause, "pgcode", None)
     return code is None or code[:2] in ("08", "53", "58") or code[:3] == "57P"
+
+
+def timed_out(error):
+    """True when a Peewee database error is PostgreSQL cancelling a statement that ran past its timeout."""
+    return getattr(driver_error(error), "pgcode", None) == "57014"
+
+
+def driver_error(error):
+    """The database driver's error that a Peewee error wraps, or the error itself."""
+    while getattr(error, "orig", None) is not None:
+        error = error.orig
+    return error
+
+
+def limit_time(seconds):
+    """Cancel the current transaction's statements after seconds (0: never), on PostgreSQL; SQLite is dev mode."""
+    if postgres() and seconds:
+        # Local to the transaction, so a pooled connection does not carry it to ingestion.
+        models.database.execute_sql("SELECT set_config('statement_timeout', %s, true)",
+                                    (str(max(1, round(seconds * 1000))),))
 
 
 def stored_time(value):

@@ -1,10 +1,13 @@
 """GET /logs and GET /logs/<id> on both backends: scopes, filters, keyset pages, plans."""
 import base64
 import datetime
+import threading
+import time
 import uuid
 
 import orjson
 import peewee
+import psycopg2
 import pytest
 
 import models
@@ -252,6 +255,28 @@ def test_a_read_the_database_refuses_is_logged_with_the_request_not_called_an_ou
     else:
         assert response.status_code == 500 and "Retry-After" not in response.headers
         assert "parser stack overflow" in caplog.text and "while reading /logs?meta.k0=1" in caplog.text
+
+
+def test_a_read_past_the_time_limit_is_cancelled_and_answered_422(bound, read_key):
+    if not bound.database_url:
+        pytest.skip("dev mode's SQLite runs without a statement timeout")
+    client = create_app(bound.replace(read_timeout_seconds=0.2)).test_client()
+    # A lock held elsewhere keeps the read waiting, as a long scan would keep it running.
+    blocker = psycopg2.connect(bound.database_url)
+    blocker.cursor().execute("LOCK TABLE logs IN ACCESS EXCLUSIVE MODE")
+    # Without the limit the read would wait for the lock: release it in time to fail, not hang.
+    release = threading.Timer(10, blocker.rollback)
+    release.start()
+    try:
+        started = time.monotonic()
+        response = get(client, read_key, q="disk")
+        waited = time.monotonic() - started
+    finally:
+        release.cancel()
+        blocker.close()
+    assert response.status_code == 422 and "since and until" in response.json["error"], response.json
+    assert "Retry-After" not in response.headers and waited < 5
+    assert get(client, read_key).status_code == 200
 
 
 def test_lookups_shared_before_keys_had_scopes_are_ingest_keys(bound, key):
