@@ -54,6 +54,11 @@ def bind_database(settings):
     return db
 
 
+def on_postgres():
+    """True when the bound database is PostgreSQL, where SQL and column forms differ from SQLite's."""
+    return isinstance(database.obj, PostgresqlDatabase)
+
+
 def create_tables():
     """Create every table and index that is missing; safe to run again."""
     with database.connection_context():
@@ -199,7 +204,7 @@ SEARCH_INDEX = "logs_message_trgm"
 
 def set_search_index(present):
     """PostgreSQL: build (without locking out writers) or drop the trigram index on messages."""
-    if not isinstance(database.obj, PostgresqlDatabase):
+    if not on_postgres():
         raise ValueError("only PostgreSQL has trigram indexes; SQLite searches messages with LIKE")
     # CONCURRENTLY runs outside a transaction, as Peewee runs statements by default.
     if present:

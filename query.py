@@ -165,10 +165,6 @@ def decode_cursor(text, order):
     return position
 
 
-def postgres():
-    return isinstance(models.database.obj, peewee.PostgresqlDatabase)
-
-
 def unreachable(error):
     """True when a Peewee database error means the database cannot be reached, not that the statement failed."""
     if isinstance(error, peewee.InterfaceError):
@@ -198,7 +194,7 @@ def driver_error(error):
 
 def limit_time(seconds):
     """Cancel the current transaction's statements after seconds (0: never), on PostgreSQL; SQLite is dev mode."""
-    if postgres() and seconds:
+    if models.on_postgres() and seconds:
         # Local to the transaction, so a pooled connection does not carry it to ingestion.
         models.database.execute_sql("SELECT set_config('statement_timeout', %s, true)",
                                     (str(max(1, round(seconds * 1000))),))
@@ -206,24 +202,24 @@ def limit_time(seconds):
 
 def stored_time(value):
     """A datetime as the timestamp column compares: SQLite holds text with microseconds always."""
-    return value if postgres() else value.isoformat(" ", timespec="microseconds")
+    return value if models.on_postgres() else value.isoformat(" ", timespec="microseconds")
 
 
 def stored_id(value):
     """A UUID as the id column compares: PostgreSQL uuid, SQLite 32 hex digits."""
-    return str(value) if postgres() else value.hex
+    return str(value) if models.on_postgres() else value.hex
 
 
 def text_match(text):
     """Messages containing text, ignoring the case of ASCII letters only, as SQLite's LIKE does."""
     # Peewee escapes % and _; the C collation keeps PostgreSQL's ILIKE from folding other letters.
-    message = Log.message.collate('"C"') if postgres() else Log.message
+    message = Log.message.collate('"C"') if models.on_postgres() else Log.message
     return message.contains(text)
 
 
 def metadata_match(path, candidates):
     """Logs whose metadata holds one of candidates at path: strings as strings, numbers as numbers."""
-    if postgres():
+    if models.on_postgres():
         # -> with text keys reads object members only, as SQLite's quoted path labels do.
         target = Log.metadata
         for key in path:

@@ -23,7 +23,7 @@ import orjson
 import peewee
 import psycopg2.errors
 
-from models import Log, database
+from models import Log, database, on_postgres
 
 logger = logging.getLogger("logflow")
 
@@ -46,7 +46,7 @@ class DatabaseWriter:
         # The wrapper gives driver errors Peewee's classes, which outage_errors names.
         with database.connection_context(), peewee.__exception_wrapper__:
             with database.atomic():
-                if isinstance(database.obj, peewee.PostgresqlDatabase):
+                if on_postgres():
                     copy_rows(database.cursor(), items)
                 else:
                     insert_rows(database.cursor(), items)
@@ -66,7 +66,7 @@ class DatabaseWriter:
                 return {"deleted": expired.count()}
             # Batches by physical row address: each holds its locks briefly and
             # finds its rows through the (project, timestamp) index.
-            if isinstance(database.obj, peewee.PostgresqlDatabase):
+            if on_postgres():
                 batch, params = expired.select(peewee.SQL("ctid")).limit(PRUNE_BATCH_ROWS).sql()
                 statement = "DELETE FROM logs WHERE ctid = ANY(ARRAY(%s))" % batch
             else:
