@@ -3,6 +3,7 @@ import os
 import time
 import urllib.request
 
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 import metrics
@@ -11,7 +12,7 @@ import spool
 import tasks
 from helpers import drain_all, post_logs, wait_for
 from logflow import create_app
-from processes import make_service, unique_database_name
+from processes import make_service, post, unique_database_name
 
 
 def scrape(client):
@@ -133,7 +134,7 @@ def test_the_heartbeat_age_disappears_a_day_after_the_last_consumer_died(client,
     assert ("logflow_consumer_heartbeat_age_seconds", ()) not in page
 
 
-def test_each_real_consumer_process_beats(tmp_path, postgres_server, redis_server):
+def test_real_processes_beat_and_share_their_counts(tmp_path, postgres_server, redis_server):
     service = make_service(tmp_path, postgres_server.create_database(unique_database_name("beat")),
                            redis_server.url)
     try:
@@ -151,5 +152,25 @@ def test_each_real_consumer_process_beats(tmp_path, postgres_server, redis_serve
         wait_for(alive, timeout=60, interval=0.2, message="both consumers' heartbeats")
         names = spool.RedisSpool(redis_server.url, 5).heartbeats()
         assert {name.rsplit(":", 1)[1] for name in names} == {str(consumer.pid) for consumer in consumers}
+
+        # Two gunicorn workers take these requests (a connection each) and two
+        # consumers write them: every scrape, whichever worker answers, sees the sums.
+        for number in range(20):
+            body = orjson.dumps([{"message": "m%d.%d" % (number, i)} for i in range(5)])
+            assert post(service.base_url, service.key, body)[0] == 202
+
+        def samples():
+            with urllib.request.urlopen(service.base_url + "/metrics", timeout=5) as response:
+                page = response.read().decode()
+            return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                    for family in text_string_to_metric_families(page) for sample in family.samples}
+        written = [("logflow_records_written_total", (("writer", writer),)) for writer in ("db", "file")]
+        wait_for(lambda: all(samples().get(name) == 100 for name in written), timeout=60,
+                 message="both writers' counts")
+        for _ in range(8):
+            page = samples()
+            assert [page[name] for name in written] == [100, 100]
+            assert sum(value for (name, _), value in page.items()
+                       if name == "logflow_records_accepted_total") == 100
     finally:
         service.close()
