@@ -1,13 +1,18 @@
 """Helpers shared by the tests: post records, drain the spool, read back what was stored."""
+import contextlib
 import glob
 import json
 import os
+import threading
 import time
 
 import orjson
 
+from werkzeug.serving import make_server
+
 import config
 import models
+import spool
 import tasks
 
 
@@ -60,3 +65,26 @@ def wait_for(check, timeout=30.0, interval=0.05, message="condition"):
         if time.monotonic() > deadline:
             raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, message))
         time.sleep(interval)
+
+
+def break_spool(settings, tmp_path):
+    """Point the spool at a store that cannot answer: Redis on a closed port, or SQLite under a file."""
+    if settings.redis_url:
+        tasks.runtime.spool = spool.open_spool(settings.replace(redis_url="redis://127.0.0.1:1/0"))
+    else:
+        (tmp_path / "blocked").write_text("a file where the data folder should be")
+        tasks.runtime.spool = spool.open_spool(settings.replace(data_dir=str(tmp_path / "blocked")))
+
+
+@contextlib.contextmanager
+def serve(app):
+    """A WSGI app served over real HTTP on a free port of 127.0.0.1, from a thread; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield "http://127.0.0.1:%d" % server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

@@ -11,10 +11,9 @@ import threading
 import uuid
 
 import pytest
-from werkzeug.serving import make_server
 
 import client
-from helpers import drain_all, post_logs, stored_logs, wait_for
+from helpers import drain_all, post_logs, serve, stored_logs, wait_for
 from logflow import create_app
 from processes import ROOT
 
@@ -22,16 +21,8 @@ from processes import ROOT
 @contextlib.contextmanager
 def serving(settings):
     """LogFlow with these settings on a free port of 127.0.0.1, in a thread; yields the URL of POST /logs."""
-    app = create_app(settings)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield "http://127.0.0.1:%d/logs" % server.port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve(create_app(settings)) as base_url:
+        yield base_url + "/logs"
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 import models
 import spool
 import tasks
-from helpers import drain_all, file_records, post_logs, stored_logs
+from helpers import break_spool, drain_all, file_records, post_logs, stored_logs
 from logflow import create_app
 
 
@@ -229,11 +229,7 @@ def test_errors_are_json(client):
 
 def test_readiness_names_what_failed(client, bound, tmp_path):
     assert client.get("/readyz").json == {"status": "ready"}
-    if bound.redis_url:
-        tasks.runtime.spool = spool.open_spool(bound.replace(redis_url="redis://127.0.0.1:1/0"))
-    else:
-        (tmp_path / "blocked").write_text("a file where the data folder should be")
-        tasks.runtime.spool = spool.open_spool(bound.replace(data_dir=str(tmp_path / "blocked")))
+    break_spool(bound, tmp_path)
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json["error"] == "not ready: queue" and "queue" in response.json["failures"]

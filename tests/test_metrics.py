@@ -10,7 +10,7 @@ import metrics
 import models
 import spool
 import tasks
-from helpers import drain_all, post_logs, wait_for
+from helpers import break_spool, drain_all, post_logs, wait_for
 from logflow import create_app
 from processes import make_service, post, unique_database_name
 
@@ -79,11 +79,7 @@ def test_a_body_over_the_limit_is_counted_as_too_large(client, key):
 
 
 def test_refusals_are_answered_while_the_counters_store_is_down(client, key, bound, tmp_path):
-    if bound.redis_url:
-        tasks.runtime.spool = spool.open_spool(bound.replace(redis_url="redis://127.0.0.1:1/0"))
-    else:
-        (tmp_path / "blocked").write_text("a file where the data folder should be")
-        tasks.runtime.spool = spool.open_spool(bound.replace(data_dir=str(tmp_path / "blocked")))
+    break_spool(bound, tmp_path)
     assert post_logs(client, key, [{"level": "info"}]).status_code == 422
     assert post_logs(client, key, [{"message": "m"}] * 1001).status_code == 413
 
@@ -100,11 +96,7 @@ def test_quarantined_records_are_counted(bound, project, client):
 
 
 def test_metrics_answer_503_when_their_store_is_down(client, bound, tmp_path):
-    if bound.redis_url:
-        tasks.runtime.spool = spool.open_spool(bound.replace(redis_url="redis://127.0.0.1:1/0"))
-    else:
-        (tmp_path / "blocked").write_text("a file where the data folder should be")
-        tasks.runtime.spool = spool.open_spool(bound.replace(data_dir=str(tmp_path / "blocked")))
+    break_spool(bound, tmp_path)
     response = client.get("/metrics")
     assert response.status_code == 503 and response.json["error"].startswith("metrics are unavailable")
 

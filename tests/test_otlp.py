@@ -3,7 +3,6 @@ import base64
 import datetime
 import gzip
 import logging
-import threading
 
 import orjson
 import pytest
@@ -12,10 +11,9 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (ExportLogsServiceRequest,
                                                                     ExportLogsServiceResponse)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from werkzeug.serving import make_server
 
 import models
-from helpers import drain_all, stored_logs, wait_for
+from helpers import drain_all, serve, stored_logs, wait_for
 from logflow import create_app
 
 PROTOBUF = "application/x-protobuf"
@@ -326,12 +324,8 @@ def test_a_full_queue_gets_503_with_retry_after(bound, project, key):
 @pytest.fixture
 def live_url(app):
     """The app served over real HTTP on a free port, in a thread."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield "http://127.0.0.1:%d" % server.server_port
-    server.shutdown()
-    thread.join()
+    with serve(app) as base_url:
+        yield base_url
 
 
 # The SDK's handler is deprecated in favour of a beta package; it is the one of the pinned release train.

@@ -10,13 +10,11 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 
 from conftest import base_settings
-from helpers import drain_all, post_logs, stored_logs, wait_for
+from helpers import drain_all, post_logs, serve, stored_logs, wait_for
 from processes import ROOT, Process, free_port
 
 DOCUMENT = os.path.join(ROOT, "docs", "shippers.md")
@@ -64,13 +62,8 @@ class StatusLog:
 def served(app):
     """LogFlow's app served over HTTP on 127.0.0.1 from a thread; yields its StatusLog."""
     status_log = StatusLog(app)
-    server = make_server("127.0.0.1", 0, status_log, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    status_log.url = "http://127.0.0.1:%d" % server.server_port
-    yield status_log
-    server.shutdown()
-    thread.join(timeout=10)
+    with serve(status_log) as status_log.url:
+        yield status_log
 
 
 @pytest.fixture
