@@ -4,6 +4,7 @@ Each test reads its recipe from the document (the code block after the
 `<!-- recipe: NAME -->` marker), so the text a reader copies is the text tested.
 A test skips when its shipper is not installed; what to install is in the document.
 """
+import glob
 import json
 import os
 import re
@@ -193,6 +194,14 @@ def test_syslog_ng_retries_while_the_queue_is_full(logflow, served, processes, c
     assert served.statuses[-1] == 202 and served.statuses.count(202) == 1, served.statuses
 
 
+def rsyslog_modules(rsyslogd):
+    """-M and the module folder of an rsyslogd unpacked outside /usr (CI: beside syslog-ng, which Debian's conflicts with)."""
+    prefix = os.path.dirname(os.path.dirname(os.path.realpath(rsyslogd)))  # <root>/usr
+    if prefix == "/usr":
+        return []
+    return ["-M", glob.glob(os.path.join(prefix, "lib", "*", "rsyslog"))[0]]
+
+
 def test_rsyslog_recipe_with_omfile(logflow, processes, client, key, tmp_path):
     """rsyslog's template and rulesets, with omfile for omhttp (Debian has none): LogFlow stores what it renders."""
     rsyslogd = require("rsyslogd")
@@ -208,7 +217,8 @@ def test_rsyslog_recipe_with_omfile(logflow, processes, client, key, tmp_path):
         'global(workDirectory="%s")\nmodule(load="imtcp")\n'
         'input(type="imtcp" address="127.0.0.1" port="%d")\n%s' % (tmp_path, port, configuration))
     shipper = processes("rsyslogd", [rsyslogd, "-n", "-f", str(tmp_path / "rsyslog.conf"),
-                                     "-i", str(tmp_path / "rsyslogd.pid")], logflow, tmp_path / "rsyslogd.log")
+                                     "-i", str(tmp_path / "rsyslogd.pid")] + rsyslog_modules(rsyslogd),
+                        logflow, tmp_path / "rsyslogd.log")
     send_lines(port, ["<11>2026-11-28T01:00:00.250+00:00 web1 billing[4242]: payment failed",
                       "<12>2026-11-28T03:00:02+02:00 web2 cron: disk at 91%"])
 
