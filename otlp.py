@@ -152,10 +152,12 @@ def record_of(log, resource, scope):
         record["timestamp"] = records.format_time(
             records.EPOCH + datetime.timedelta(microseconds=nanoseconds // 1000))
         # An exporter resends a whole batch when an answer is lost: an id from
-        # the content (to the nanosecond) stores the resent records once. Only
-        # a record identical in every field and nanosecond would be merged.
+        # the content stores the resent records once. Both clocks and the flags
+        # go in, so repeated lines with coarse times stay apart when their
+        # observed times differ; only records identical in all of it merge.
         record["id"] = str(uuid.uuid5(RECORD_IDS, orjson.dumps(
-            [nanoseconds, record], option=orjson.OPT_SORT_KEYS).decode()))
+            [log.time_unix_nano, log.observed_time_unix_nano, log.flags, record],
+            option=orjson.OPT_SORT_KEYS).decode()))
     return record
 
 

@@ -117,14 +117,16 @@ def test_a_record_maps_to_message_level_timestamp_and_metadata(client, key, proj
 
 def test_a_resent_export_is_stored_once_whichever_its_encoding(client, key, project):
     other = dict(FULL_RECORD, timeUnixNano=str(NANOS + 1))  # one nanosecond apart: another record
+    # The same line at the same coarse time, observed apart: a repeated line, not a resend.
+    repeated = dict(FULL_RECORD, observedTimeUnixNano=str(NANOS + 2 * 10**9))
     untimed = {"body": text("no time")}                   # no time to tell a resend by: a new id each time
-    request = export(FULL_RECORD, other, untimed)
+    request = export(FULL_RECORD, other, repeated, untimed)
     assert post_otlp(client, key, as_protobuf(request), PROTOBUF).status_code == 200
     assert post_otlp(client, key, request).status_code == 200
     drain_all()
     rows = stored_logs(project.id)
-    assert sorted(row["message"] for row in rows) == ["disk almost full", "disk almost full", "no time", "no time"]
-    assert len({row["id"] for row in rows}) == 4
+    assert sorted(row["message"] for row in rows) == ["disk almost full"] * 3 + ["no time"] * 2
+    assert len({row["id"] for row in rows}) == 5
 
 
 def test_every_any_value_kind_becomes_json(client, key, project):
