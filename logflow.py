@@ -38,7 +38,7 @@ MAX_KEY_LENGTH = 256
 class APIError(Exception):
     """An error that the client is told about, as {"error": message} with its status code."""
 
-    def __init__(self, status, message, headers=None, body=None, counted=True):
+    def __init__(self, status, message, headers=None, body=None, counted=True, reason=None):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -47,10 +47,12 @@ class APIError(Exception):
         # False when the store behind the counters is what failed: counting
         # would only wait on it a second time.
         self.counted = counted
+        # What /metrics calls this refusal, when its status alone would mislead.
+        self.reason = reason or REFUSAL_REASONS.get(status, str(status))
 
     def response(self):
         if self.counted:
-            count_refusal(self.status)
+            count_refusal(self.reason)
         body = {"error": self.message}
         body.update(self.body or {})
         return json_response(body, self.status, self.headers)
@@ -62,9 +64,9 @@ REFUSAL_REASONS = {400: "unreadable", 401: "unauthorized", 403: "forbidden", 404
                    503: "unavailable"}
 
 
-def count_refusal(status):
+def count_refusal(reason):
     """Count a refused request in the shared counters, when the store behind them answers."""
-    count([(metrics.counter("requests_refused", reason=REFUSAL_REASONS.get(status, str(status))), 1)])
+    count([(metrics.counter("requests_refused", reason=reason), 1)])
 
 
 def count(counters):
@@ -329,7 +331,7 @@ def ingest_otlp():
         return current_app.response_class(otlp.encode_success(media_type, summary, locations),
                                           mimetype=media_type)
     if failure.counted:
-        count_refusal(failure.status)
+        count_refusal(failure.reason)
     # No valid record is a request that can never succeed: OTLP's 400, which clients do not retry.
     status = 400 if failure.status == 422 else failure.status
     body = otlp.encode_failure(media_type, status, failure.message, failure.body, locations)
@@ -423,7 +425,10 @@ def reading():
     """A read's transaction, time-limited; 400 for a bad parameter, 422 past the limit, 503 when the database is down."""
     settings = current_app.extensions["logflow"]["settings"]
     try:
-        with models.database.connection_context(), models.database.atomic():
+        # A transaction scopes PostgreSQL's statement timeout; on SQLite it would
+        # be BEGIN IMMEDIATE (models.py), holding off the writers for the read.
+        with models.database.connection_context(), (
+                models.database.atomic() if models.on_postgres() else contextlib.nullcontext()):
             query.limit_time(settings.read_timeout_seconds)
             yield
     except query.InvalidQuery as error:
@@ -432,7 +437,7 @@ def reading():
         if query.timed_out(error):
             # The same read would time out again: the client must ask for less, not retry.
             raise APIError(422, "the read ran longer than %g s and was cancelled; narrow it with since and until"
-                           % settings.read_timeout_seconds) from None
+                           % settings.read_timeout_seconds, reason="read_timeout") from None
         if not query.unreachable(error):
             # The database answered: the statement failed and would fail again, so a 500, logged with the request.
             error.add_note("while reading %s" % request.full_path[:1000])

@@ -1,6 +1,7 @@
 """GET /logs and GET /logs/<id> on both backends: scopes, filters, keyset pages, plans."""
 import base64
 import datetime
+import sqlite3
 import threading
 import time
 import uuid
@@ -277,6 +278,23 @@ def test_a_read_past_the_time_limit_is_cancelled_and_answered_422(bound, read_ke
     assert response.status_code == 422 and "since and until" in response.json["error"], response.json
     assert "Retry-After" not in response.headers and waited < 5
     assert get(client, read_key).status_code == 200
+    assert 'logflow_requests_refused_total{reason="read_timeout"} 1.0' in client.get("/metrics").get_data(True)
+
+
+def test_reads_leave_sqlite_writers_alone(bound, client, read_key):
+    if bound.database_url:
+        pytest.skip("PostgreSQL reads never block its writers")
+    # The consumer's writer holds SQLite's write lock (BEGIN IMMEDIATE); a read
+    # must not wait for it, nor take it: WAL lets both run at once.
+    writer = sqlite3.connect(bound.sqlite_path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        assert get(client, read_key).status_code == 200
+        assert client.get("/logs/0e3a6a3c-5b7e-4c1b-9e3c-2d6b1a0f9c11",
+                          headers={"X-API-Key": read_key}).status_code == 404
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 def test_lookups_shared_before_keys_had_scopes_are_ingest_keys(bound, key):
