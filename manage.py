@@ -67,17 +67,24 @@ def add_project(name, storage):
     click.echo(key)
 
 
+class CountOrDefault(click.ParamType):
+    """A whole number of 0 or more, or "default" (None): a project's own setting or the environment's."""
+
+    name = "N|default"
+
+    def convert(self, value, param, ctx):
+        if value == "default":
+            return None
+        if not (value.isascii() and value.isdigit()):  # "²" is a digit too, but not a number int() reads
+            self.fail("%r is not a whole number, 0 or \"default\"" % value, param, ctx)
+        return int(value)
+
+
 @cli.command("set-rate-limit")
 @click.argument("project")
-@click.argument("records_per_second")
-def set_rate_limit(project, records_per_second):
+@click.argument("rate", metavar="RECORDS_PER_SECOND", type=CountOrDefault())
+def set_rate_limit(project, rate):
     """Limit a project to RECORDS_PER_SECOND (0: no limit; "default": LOGFLOW_RATE_LIMIT); applied within LOGFLOW_KEY_CACHE_SECONDS."""
-    if records_per_second == "default":
-        rate = None
-    elif records_per_second.isdigit():
-        rate = int(records_per_second)
-    else:
-        raise click.BadParameter("a number of records per second, 0 or \"default\"", param_hint="RECORDS_PER_SECOND")
     project = find_project(project)
     project.rate_limit = rate
     project.save()
@@ -88,15 +95,11 @@ def set_rate_limit(project, records_per_second):
 
 @cli.command("set-retention")
 @click.argument("project")
-@click.argument("days")
+@click.argument("days", type=CountOrDefault())
 def set_retention(project, days):
     """Keep a project's logs DAYS days (0: forever; "default": LOGFLOW_RETENTION_DAYS); applied at the next prune."""
-    if days == "default":
-        days = None
-    elif not (days.isascii() and days.isdigit()):  # "²" is a digit too, but not a number int() reads
-        raise click.BadParameter("a number of days, 0 or \"default\"", param_hint="DAYS")
     project = find_project(project)
-    project.retention_days = None if days is None else int(days)
+    project.retention_days = days
     project.save()
     kept = project.retention(tasks.runtime.settings.retention_days)
     click.echo("project %s: %s%s" % (project.name, "%d days" % kept if kept else "kept forever",
@@ -352,6 +355,9 @@ def search_index(drop):
         models.set_search_index(not drop)
     except ValueError as error:
         fail(str(error))
+    except peewee.DatabaseError as error:
+        # No right to create the extension, or the build was cancelled: say so, no traceback.
+        fail("PostgreSQL refused: %s" % str(error).strip())
     click.echo("trigram index %s %s" % (models.SEARCH_INDEX, "dropped" if drop else "ready"))
 
 

@@ -207,12 +207,16 @@ def set_search_index(present):
     if not on_postgres():
         raise ValueError("only PostgreSQL has trigram indexes; SQLite searches messages with LIKE")
     # CONCURRENTLY runs outside a transaction, as Peewee runs statements by default.
+    # An interrupted concurrent build leaves an invalid index that writes pay
+    # for and reads never use: it is dropped and built again, never kept.
+    valid = database.execute_sql("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)",
+                                 (SEARCH_INDEX,)).fetchone()
+    if valid is not None and not (present and valid[0]):
+        database.execute_sql("DROP INDEX CONCURRENTLY IF EXISTS %s" % SEARCH_INDEX)
     if present:
         database.execute_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")
         database.execute_sql('CREATE INDEX CONCURRENTLY IF NOT EXISTS %s ON logs USING gin'
                              ' ((message COLLATE "C") gin_trgm_ops)' % SEARCH_INDEX)
-    else:
-        database.execute_sql("DROP INDEX CONCURRENTLY IF EXISTS %s" % SEARCH_INDEX)
 
 
 MODELS = [Project, ApiKey, Log, Quarantined]

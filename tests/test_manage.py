@@ -70,6 +70,8 @@ def test_set_rate_limit(run):
         assert models.Project.get(name="shop").rate_limit == 500
     assert "500" in run("list-projects").stdout
     assert run("set-rate-limit", "shop", "-1").exit_code == 2
+    refused = run("set-rate-limit", "shop", "²")
+    assert refused.exit_code == 2 and "RECORDS_PER_SECOND" in refused.output
     assert run("set-rate-limit", "shop", "default").stdout.strip() == "project shop: no rate limit (the default)"
     with models.database.connection_context():
         assert models.Project.get(name="shop").rate_limit is None
@@ -85,6 +87,14 @@ def test_the_trigram_index_serves_text_search(run, bound, key, client, project):
     assert run("search-index").exit_code == 0
     assert run("search-index").exit_code == 0  # again: nothing to do
     with models.database.connection_context():
+        # What a cancelled concurrent build leaves: an index PostgreSQL keeps up but never reads.
+        valid = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('%s')" % models.SEARCH_INDEX
+        models.database.execute_sql("UPDATE pg_index SET indisvalid = false WHERE indexrelid = to_regclass(%s)",
+                                    (models.SEARCH_INDEX,))
+        assert models.database.execute_sql(valid).fetchone() == (False,)
+    assert run("search-index").exit_code == 0
+    with models.database.connection_context():
+        assert models.database.execute_sql(valid).fetchone() == (True,)
         names = [row[0] for row in models.database.execute_sql(
             "SELECT indexname FROM pg_indexes WHERE tablename = 'logs'")]
         assert models.SEARCH_INDEX in names
