@@ -323,6 +323,10 @@ def prune_files_hourly():
         except DatabaseWriter.outage_errors as error:
             # The projects' retentions come from the database; the files wait for the next hour.
             logger.error("cannot prune this host's daily files: %s", error)
+        except Exception:
+            # Anything else is a bug or a damaged store: say so and keep the
+            # thread, or this host would never prune its files again.
+            logger.exception("pruning this host's daily files failed; trying again next hour")
 
 
 def beat():
