@@ -193,6 +193,9 @@ class FileWriter:
                 done["deleted"] += 1
                 if not dry_run:
                     remove(path)
+                    if match.group(2):
+                        # What a failed append left (append_member): gone with its day.
+                        remove(path + ".size")
             elif day < today and not match.group(2):
                 done["compressed"] += 1
                 if not dry_run:
@@ -251,7 +254,8 @@ def append_member(descriptor, target):
         if start is None:
             start = size
             with open(marker, "w") as handle:
-                handle.write(str(start))
+                # The newline tells a whole marker from one a crash cut short.
+                handle.write("%d\n" % start)
                 handle.flush()
                 os.fsync(handle.fileno())
             fsync_folder(marker)
@@ -282,10 +286,14 @@ def appending_from(marker):
     """The size of a .gz before an append that did not finish, or None if none was under way."""
     try:
         with open(marker) as handle:
-            return int(handle.read())
-    except (FileNotFoundError, ValueError):
-        # A marker written only partly means its append had not begun.
+            text = handle.read()
+    except FileNotFoundError:
         return None
+    # A marker without its newline was cut short by a crash: its append had
+    # not begun (the marker is made durable first), and its digits may be too few.
+    if not text.endswith("\n") or not text[:-1].isdigit():
+        return None
+    return int(text)
 
 
 def fsync_folder(path):

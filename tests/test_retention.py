@@ -204,7 +204,7 @@ def test_a_member_torn_by_a_crash_is_cut_off_by_the_next_run(tmp_path):
     assert storage.compress(path)
     # What a consumer killed while appending the late file leaves: its marker and half a member.
     size = os.path.getsize(path + ".gz")
-    (tmp_path / "2026-11-01.log.gz.size").write_text(str(size))
+    (tmp_path / "2026-11-01.log.gz.size").write_text("%d\n" % size)
     with open(path + ".gz", "ab") as torn:
         torn.write(gzip.compress(b'{"n":2}\n')[:12])
     storage.append(path, b'{"n":2}\n')
@@ -212,6 +212,27 @@ def test_a_member_torn_by_a_crash_is_cut_off_by_the_next_run(tmp_path):
     with gzip.open(path + ".gz", "rb") as handle:
         assert handle.read() == b'{"n":1}\n{"n":2}\n'
     assert os.listdir(tmp_path) == ["2026-11-01.log.gz"]
+
+
+def test_a_marker_cut_short_by_a_crash_truncates_nothing(tmp_path):
+    path = str(tmp_path / "2026-11-01.log")
+    storage.append(path, b'{"n":1}\n')
+    assert storage.compress(path)
+    # A crash while the marker itself was written: one digit of the size, no newline.
+    (tmp_path / "2026-11-01.log.gz.size").write_text(str(os.path.getsize(path + ".gz"))[:1])
+    storage.append(path, b'{"n":2}\n')
+    assert storage.compress(path)
+    with gzip.open(path + ".gz", "rb") as handle:
+        assert handle.read() == b'{"n":1}\n{"n":2}\n'
+
+
+def test_an_expired_day_goes_with_the_marker_a_failed_append_left(tmp_path):
+    folder = tmp_path / "7"
+    folder.mkdir()
+    (folder / "2026-10-01.log.gz").write_bytes(gzip.compress(b'{"n":1}\n'))
+    (folder / "2026-10-01.log.gz.size").write_text("20\n")
+    done = storage.FileWriter(str(tmp_path)).prune(7, datetime.date(2026, 10, 2), datetime.date(2026, 11, 2))
+    assert done["deleted"] == 1 and os.listdir(folder) == []
 
 
 def test_a_failed_append_leaves_the_gz_as_it_was(tmp_path):
