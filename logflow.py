@@ -108,10 +108,14 @@ def create_app(settings=None):
     app.register_error_handler(APIError, APIError.response)
     app.register_error_handler(HTTPException, lambda error: json_response(
         {"error": error.description}, error.code))
-    app.register_error_handler(RequestEntityTooLarge, lambda error: APIError(
-        413, "the body is larger than %d bytes" % settings.max_body_bytes).response())
+    app.register_error_handler(RequestEntityTooLarge, lambda error: too_large(settings).response())
     app.register_error_handler(Exception, internal_error)
     return app
+
+
+def too_large(settings):
+    """The 413 of a body over LOGFLOW_MAX_BODY_BYTES as sent."""
+    return APIError(413, "the body is larger than %d bytes" % settings.max_body_bytes)
 
 
 def internal_error(error):
@@ -299,13 +303,19 @@ def ingest():
     """Accept a batch of log records; 202 once every accepted record is queued."""
     settings = current_app.extensions["logflow"]["settings"]
     identity = authenticate(settings)
+    return json_response(accept(settings, identity, parse_request(settings, records.parse_body)), 202)
+
+
+def parse_request(settings, parse):
+    """parse(body, content type) of the request's body; its refusals as APIError 415, 400 or 413."""
     try:
-        raw_records = records.parse_body(read_body(settings), request.content_type)
+        return parse(read_body(settings), request.content_type)
     except records.UnsupportedMediaType as error:
         raise APIError(415, str(error)) from None
     except records.InvalidBody as error:
         raise APIError(400, str(error)) from None
-    return json_response(accept(settings, identity, raw_records), 202)
+    except RequestEntityTooLarge:
+        raise too_large(settings) from None
 
 
 @bp.post("/v1/logs")
@@ -316,15 +326,9 @@ def ingest_otlp():
     locations = []
     try:
         identity = authenticate(settings)
-        raw_records, locations = otlp.decode(read_body(settings), request.content_type)
+        raw_records, locations = parse_request(settings, otlp.decode)
         # OTLP counts an empty export as a success; accept() refuses an empty request.
         summary = accept(settings, identity, raw_records) if raw_records else None
-    except records.UnsupportedMediaType as error:
-        failure = APIError(415, str(error))
-    except records.InvalidBody as error:
-        failure = APIError(400, str(error))
-    except RequestEntityTooLarge:
-        failure = APIError(413, "the body is larger than %d bytes" % settings.max_body_bytes)
     except APIError as error:
         failure = error
     else:

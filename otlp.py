@@ -40,12 +40,12 @@ RPC_CODES = {400: 3, 401: 16, 403: 7, 408: 4, 413: 8, 415: 3, 429: 8, 503: 14}
 
 def response_type(content_type):
     """The media type of the answer: protobuf for a protobuf request, else JSON."""
-    return PROTOBUF if _media_type(content_type) == PROTOBUF else JSON
+    return PROTOBUF if records.media_type_of(content_type) == PROTOBUF else JSON
 
 
 def decode(data, content_type):
     """(raw records, where each one was in the request) from an ExportLogsServiceRequest body."""
-    media_type = _media_type(content_type)
+    media_type = records.media_type_of(content_type)
     if media_type == PROTOBUF:
         request = ExportLogsServiceRequest()
         try:
@@ -67,10 +67,6 @@ def decode(data, content_type):
                 raw_records.append(record_of(log, resource, scope))
                 locations.append("resourceLogs[%d].scopeLogs[%d].logRecords[%d]" % (i, j, k))
     return raw_records, locations
-
-
-def _media_type(content_type):
-    return (content_type or "").split(";")[0].strip().lower()
 
 
 def _parse_json(data):

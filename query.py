@@ -299,10 +299,15 @@ def logs_from(project_id, log_filter, floor, seen=None):
             yield log
 
 
+def key_pages(project_id, log_filter, floor):
+    """Pages of the (timestamp, id) keys of the filter's logs timestamped at or after floor, oldest first."""
+    since = max(floor, log_filter.since or floor)
+    return pages(project_id, log_filter.replace(since=since), (Log.timestamp, Log.id))
+
+
 def remember(project_id, log_filter, floor, seen):
     """Put the ids of the filter's logs timestamped at or after floor into seen, reading their keys only."""
-    since = max(floor, log_filter.since or floor)
-    for keys in pages(project_id, log_filter.replace(since=since), (Log.timestamp, Log.id)):
+    for keys in key_pages(project_id, log_filter, floor):
         seen.update((key.id, key.timestamp) for key in keys)
 
 
@@ -315,9 +320,8 @@ def logs_since(project_id, log_filter, floor, seen):
     """
     for log_id in [log_id for log_id, timestamp in seen.items() if timestamp < floor]:
         del seen[log_id]
-    since = max(floor, log_filter.since or floor)
     # Mostly logs already shown: read their keys only, then the new ones in full.
-    for keys in pages(project_id, log_filter.replace(since=since), (Log.timestamp, Log.id)):
+    for keys in key_pages(project_id, log_filter, floor):
         new = [stored_id(key.id) for key in keys if key.id not in seen]
         if new:
             for row in (Log.select().where(Log.project == project_id, Log.id.in_(new))

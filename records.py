@@ -5,6 +5,7 @@ text and jsonb, SQLite and a JSON line, so the consumer never meets a record
 it cannot write.
 """
 import datetime
+import functools
 import math
 import os
 import re
@@ -68,9 +69,14 @@ class InvalidRecord(ValueError):
     """One record of a batch cannot be accepted."""
 
 
+def media_type_of(content_type):
+    """The media type of a Content-Type header, lower case, without its parameters."""
+    return (content_type or "").split(";")[0].strip().lower()
+
+
 def parse_body(data, content_type):
     """The list of raw records in a JSON object, JSON array or NDJSON body."""
-    media_type = (content_type or "").split(";")[0].strip().lower()
+    media_type = media_type_of(content_type)
     if media_type in NDJSON_TYPES:
         return _parse_lines(data)
     if media_type not in JSON_TYPES and not media_type.endswith("+json"):
@@ -109,20 +115,9 @@ def format_time(value):
     return value.isoformat(timespec="microseconds") + "Z"
 
 
-# The last time format_received() formatted: every record of a request
-# without a timestamp of its own gets the same received_at.
-_last_received = (None, None)
-
-
-def format_received(received_at):
-    """format_time(received_at), formatted once per request rather than per record."""
-    global _last_received
-    last = _last_received
-    if last[0] is received_at:
-        return last[1]
-    text = format_time(received_at)
-    _last_received = (received_at, text)
-    return text
+# Every record of a request without a timestamp of its own gets the same
+# received_at: formatted once per request rather than per record.
+format_received = functools.lru_cache(maxsize=64)(format_time)
 
 
 def normalize(raw, received_at, limits):

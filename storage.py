@@ -263,23 +263,23 @@ def append_member(descriptor, target):
             # Never beyond the end: retention may have deleted the .gz since.
             start = min(start, size)
             os.ftruncate(output, start)
-        try:
-            # wbits 31: a whole gzip member, header and trailer included.
-            compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
-            offset = 0
-            while chunk := os.pread(descriptor, 1 << 20, offset):
-                write_all(output, compressor.compress(chunk), target)
-                offset += len(chunk)
-            write_all(output, compressor.flush(), target)
-            os.fsync(output)
-        except OSError:
-            os.ftruncate(output, start)
-            raise
+        write_whole(output, gzip_member(descriptor), start, target)
     finally:
         os.close(output)
     # Gone for good before the daily file goes: else a later late file's run would cut this member off.
     os.unlink(marker)
     fsync_folder(marker)
+
+
+def gzip_member(descriptor):
+    """Yield the file of `descriptor`, read from its start, as one whole gzip member in chunks."""
+    # wbits 31: a whole gzip member, header and trailer included.
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    offset = 0
+    while chunk := os.pread(descriptor, 1 << 20, offset):
+        yield compressor.compress(chunk)
+        offset += len(chunk)
+    yield compressor.flush()
 
 
 def appending_from(marker):
@@ -335,15 +335,20 @@ def append(path, data):
     # torn line is ever left for a retry to append after.
     descriptor = lock_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
-        start = trim_torn_tail(descriptor, path)
-        try:
-            write_all(descriptor, data, path)
-            os.fsync(descriptor)
-        except OSError:
-            os.ftruncate(descriptor, start)
-            raise
+        write_whole(descriptor, [data], trim_torn_tail(descriptor, path), path)
     finally:
         os.close(descriptor)
+
+
+def write_whole(descriptor, chunks, start, path):
+    """Append every chunk and fsync; on failure cut the file back to `start`, so no torn tail stays."""
+    try:
+        for chunk in chunks:
+            write_all(descriptor, chunk, path)
+        os.fsync(descriptor)
+    except OSError:
+        os.ftruncate(descriptor, start)
+        raise
 
 
 def write_all(descriptor, data, path):
