@@ -95,3 +95,38 @@ def _push_many(settings, number):
     spool = spools.open_spool(settings)
     for index in range(200):
         spool.push(b"%d-%d" % (number, index), ["db"], 1)
+
+
+def test_pushes_from_several_threads_of_one_spool_lose_nothing(spool):
+    import threading
+    threads = [threading.Thread(target=lambda n=n: [spool.push(b"%d-%d" % (n, i), ["db"], 1)
+                                                    for i in range(200)]) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert _drained(spool, "db") == sorted(b"%d-%d" % (n, i) for n in range(8) for i in range(200))
+
+
+def test_a_forked_child_pushes_on_its_own_connection(spool):
+    # The parent has pushed (on Redis: it holds a connection of its own), then forks.
+    import multiprocessing
+    spool.push(b"parent before", ["db"], 1)
+    child = multiprocessing.get_context("fork").Process(
+        target=lambda: [spool.push(b"child %d" % i, ["db"], 1) for i in range(100)])
+    child.start()
+    spool.push(b"parent during", ["db"], 1)
+    child.join(60)
+    assert child.exitcode == 0
+    spool.push(b"parent after", ["db"], 1)
+    assert _drained(spool, "db") == sorted([b"parent before", b"parent during", b"parent after"]
+                                           + [b"child %d" % i for i in range(100)])
+
+
+def _drained(spool, writer):
+    """Every payload queued for a writer, claimed and acknowledged, sorted."""
+    seen = []
+    while (batch := spool.claim(writer, 1 << 20)) is not None:
+        seen.extend(batch.payloads)
+        spool.ack(writer, batch.id)
+    return sorted(seen)
