@@ -72,6 +72,15 @@ def test_file_writer_lines(tmp_path):
                                          "metadata", "received_at"}
 
 
+def test_file_lines_hold_the_record_its_project_and_received_at(tmp_path):
+    record = {"id": str(uuid.uuid4()), "level": "WARN", "message": 'a "quoted" line\nand ünïcode',
+              "metadata": {"nested": {"list": [1, 2.5, None]}}, "timestamp": "2026-11-26T23:59:59.999999Z"}
+    storage.FileWriter(str(tmp_path)).write(items(spool.encode(7, "2026-11-27T00:00:01.000000Z", [record])))
+    # The record's day, not the day it was received.
+    (line,) = (tmp_path / "7" / "2026-11-26.log").read_text().splitlines()
+    assert json.loads(line) == {**record, "project_id": 7, "received_at": "2026-11-27T00:00:01.000000Z"}
+
+
 def test_concurrent_appends_never_interleave(tmp_path):
     # Lines far larger than a pipe buffer, written by several processes at once.
     context = multiprocessing.get_context("fork")
