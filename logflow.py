@@ -156,7 +156,7 @@ class KeyCache:
                                " retry later", headers={"Retry-After": str(self.retry_after)}) from None
             logger.warning("database unavailable (%s); trusting the last lookup of a key for %g s more",
                            error, self.ttl)
-            self.entries[key_hash] = (now + self.ttl, identity)
+            self.remember(key_hash, now, identity)
             return identity
         identity = None
         if key is not None:
@@ -164,14 +164,17 @@ class KeyCache:
             identity = (project.id, project.is_active, project.writers(default_writers),
                         project.rate_limit, key.scope)
             self.share(key_hash, identity)
+        self.remember(key_hash, now, identity)
+        return identity
+
+    def remember(self, key_hash, now, identity):
+        """Trust this identity of a key for ttl seconds from now."""
         with self.lock:
             if len(self.entries) >= self.max_entries:
                 # Unknown keys are cached too, so a flood of them cannot reach
                 # the database; clearing bounds the memory they take.
                 self.entries.clear()
             self.entries[key_hash] = (now + self.ttl, identity)
-        return identity
-
 
     @staticmethod
     def share(key_hash, identity):
