@@ -151,9 +151,11 @@ def record_of(log, resource, scope):
         # the content stores the resent records once. Both clocks and the flags
         # go in, so repeated lines with coarse times stay apart when their
         # observed times differ; only records identical in all of it merge.
-        record["id"] = str(uuid.uuid5(RECORD_IDS, orjson.dumps(
+        # The record's time leads the id, as in LogFlow's own ids (records.random_uuid).
+        digest = uuid.uuid5(RECORD_IDS, orjson.dumps(
             [log.time_unix_nano, log.observed_time_unix_nano, log.flags, record],
-            option=orjson.OPT_SORT_KEYS).decode()))
+            option=orjson.OPT_SORT_KEYS).decode()).hex
+        record["id"] = records.time_ordered_uuid(nanoseconds // 1_000_000, digest, "8")
     return record
 
 

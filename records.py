@@ -10,6 +10,7 @@ import math
 import os
 import re
 import threading
+import time
 import uuid
 
 import orjson
@@ -226,18 +227,42 @@ _entropy = threading.local()
 # A forked child must not hand out the ids left in its parent's pool.
 os.register_at_fork(after_in_child=lambda: _entropy.__dict__.clear())
 VARIANT_DIGITS = "89ab" * 4
+# The last millisecond random_uuid() saw, and its ids' first 15 characters ("tttttttt-tttt-7").
+_millisecond = (None, "")
 
 
 def random_uuid():
-    """A random (version 4) UUID as text, from os.urandom; twice as fast as str(uuid.uuid4())."""
+    """A new time-ordered (version 7) UUID as text: Unix milliseconds, then 74 random bits.
+
+    The time prefix keeps inserts into the primary key's index at its right
+    edge instead of all over it: with 3,000,000 rows stored, COPY took 2.2x
+    less time than with random version 4 ids (docs/benchmarks.md).
+    """
+    global _millisecond
     offset = getattr(_entropy, "offset", 8192)
     if offset == 8192:
+        # One system call per 256 ids: each call releases and re-takes the GIL.
         _entropy.pool, offset = os.urandom(4096).hex(), 0
     _entropy.offset = offset + 32
     text = _entropy.pool[offset:offset + 32]
-    # The version digit is 4; the variant digit's two high bits are 10.
-    return "%s-%s-4%s-%s%s-%s" % (text[:8], text[8:12], text[13:16], VARIANT_DIGITS[int(text[16], 16)],
-                                   text[17:20], text[20:])
+    now = time.time_ns() // 1_000_000
+    if now != _millisecond[0]:
+        # One prefix per millisecond, whichever thread makes it: a tuple is replaced whole.
+        _millisecond = now, time_ordered_uuid(now, "0" * 32, "7")[:15]
+    # The variant digit's two high bits are 10.
+    return "%s%s-%s%s-%s" % (_millisecond[1], text[13:16], VARIANT_DIGITS[int(text[16], 16)],
+                             text[17:20], text[20:])
+
+
+def time_ordered_uuid(milliseconds, hex_digits, version):
+    """A UUID of 48 bits of Unix milliseconds and the last 80 bits' worth of 32 hex digits (RFC 9562 layout).
+
+    Version "7" for random digits; "8" for digits derived from content.
+    """
+    text = "%012x" % (milliseconds & 0xFFFFFFFFFFFF)
+    # The variant digit's two high bits are 10.
+    return "%s-%s-%s%s-%s%s-%s" % (text[:8], text[8:12], version, hex_digits[13:16],
+                                   VARIANT_DIGITS[int(hex_digits[16], 16)], hex_digits[17:20], hex_digits[20:32])
 
 
 def parse_id(value):

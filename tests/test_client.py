@@ -77,6 +77,8 @@ def test_records_are_stored_with_level_time_context_extra_fields_and_traceback(u
 
     rows = {row["message"]: row for row in stored(4)}
     assert len({row["id"] for row in rows.values()}) == 4
+    # Time-ordered ids, as LogFlow's own (records.random_uuid).
+    assert {uuid.UUID(row["id"]).version for row in rows.values()} == {7}
     assert {row["project"] for row in rows.values()} == {project.id}
     warning = rows["disk /var is 91% full"]
     assert warning["level"] == "WARN"

@@ -3,8 +3,10 @@ import base64
 import datetime
 import gzip
 import logging
+import uuid
 
 import orjson
+
 import pytest
 from google.protobuf import json_format
 from google.rpc import error_details_pb2, status_pb2
@@ -127,6 +129,10 @@ def test_a_resent_export_is_stored_once_whichever_its_encoding(client, key, proj
     rows = stored_logs(project.id)
     assert sorted(row["message"] for row in rows) == ["disk almost full"] * 3 + ["no time"] * 2
     assert len({row["id"] for row in rows}) == 5
+    # Content ids lead with the record's time in milliseconds (version 8), as new ids do (version 7).
+    timed = [uuid.UUID(row["id"]) for row in rows if row["message"] == "disk almost full"]
+    assert {(value.version, value.int >> 80) for value in timed} == {(8, NANOS // 1_000_000)}
+    assert {uuid.UUID(row["id"]).version for row in rows if row["message"] == "no time"} == {7}
 
 
 def test_every_any_value_kind_becomes_json(client, key, project):

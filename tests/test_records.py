@@ -2,6 +2,7 @@
 import copy
 import datetime
 import os
+import time
 import uuid
 
 import pytest
@@ -82,10 +83,18 @@ def test_canonical_field_wins_and_the_alias_is_kept_in_metadata():
     assert record["timestamp"] == "2026-01-01T00:00:00.000000Z"
 
 
-def test_random_ids_are_version_4_uuids():
-    ids = {records.random_uuid() for _ in range(1000)}
-    assert len(ids) == 1000
-    assert all(uuid.UUID(value).version == 4 and str(uuid.UUID(value)) == value for value in ids)
+def test_new_ids_are_version_7_uuids_ordered_by_time():
+    before = time.time_ns() // 1_000_000
+    ids = [records.random_uuid() for _ in range(1000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == 1000
+    assert all(uuid.UUID(value).version == 7 and uuid.UUID(value).variant == uuid.RFC_4122
+               and str(uuid.UUID(value)) == value for value in ids)
+    # The first 48 bits are the Unix time in milliseconds when the id was made.
+    stamps = [uuid.UUID(value).int >> 80 for value in ids]
+    assert before <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= after
+    # The other 74 bits are random: no two ids of the same millisecond agree on them.
+    assert len({value[14:] for value in ids}) == 1000
 
 
 def test_defaults():
