@@ -40,6 +40,7 @@ import psycopg2  # noqa: E402
 import redis  # noqa: E402
 
 import services  # noqa: E402  (tests/services.py: throwaway PostgreSQL and Redis)
+import records  # noqa: E402  (the ids LogFlow makes, for the COPY ceiling's rows)
 import spool  # noqa: E402  (read-only: how many requests still wait for a writer)
 
 # The consumer as the README's production section runs it. The Procfile's
@@ -425,7 +426,7 @@ def copy_ceiling(stack, rows):
     lines = []
     for number in range(rows):
         record = log_record(number)
-        lines.append("\t".join([str(uuid.uuid4()), str(project_id), "INFO", record["message"],
+        lines.append("\t".join([records.random_uuid(), str(project_id), "INFO", record["message"],
                                 json.dumps(record["metadata"]), now, now]))
     data = ("\n".join(lines) + "\n").encode()
     with psycopg2.connect(stack.db_url) as conn, conn.cursor() as cur:
