@@ -243,7 +243,6 @@ class RedisSpool:
         self.max_queue = max_queue
         self.prefix = prefix
         self._push = self.client.register_script(PUSH_SCRIPT)
-        self._threads = threading.local()  # see _thread_client
         self._claim = self.client.register_script(CLAIM_SCRIPT)
         self._fail = self.client.register_script(FAIL_SCRIPT)
         self._wakeup = self.client.register_script(WAKEUP_SCRIPT)
@@ -265,25 +264,12 @@ class RedisSpool:
         args = [payload, records, self.max_queue, max(1, int(self.lease_seconds)),
                 limit.rate if limit else 0, limit.burst if limit else 0]
         args.extend(item for pair in counters for item in pair)
-        result = self._push(keys=keys, args=args, client=self._thread_client())
+        result = self._push(keys=keys, args=args)
         if result[0] == 1:
             raise QueueFull()
         if result[0] == 2:
             raise RateLimited(float(result[1]))
         return [writers[index - 1] for index in result[1]]
-
-    def _thread_client(self):
-        """This thread's own client on one held connection, for push: the web's hot path.
-
-        It skips the pool's lock and bookkeeping on every request: about 15 µs
-        of a single-record POST's 160 in process (docs/benchmarks.md). A forked
-        child opens its own rather than share its parent's socket.
-        """
-        pid, client = getattr(self._threads, "owner", (None, None))
-        if pid != os.getpid():
-            client = redis.Redis(connection_pool=self.client.connection_pool, single_connection_client=True)
-            self._threads.owner = os.getpid(), client
-        return client
 
     def claim(self, writer, max_bytes):
         """Lease the next batch for a writer; None when there is nothing to do."""

@@ -126,6 +126,29 @@ def test_redis_stopped_while_clients_send(request, tmp_path, postgres_server, ow
         {attempt.retry_after for attempt in refusals}
 
 
+def test_web_threads_push_again_at_once_after_redis_restarts(own_redis):
+    # Web threads hold a connection each for pushes; a restart closes them all.
+    import concurrent.futures
+    import threading
+    import spool as spools
+    spool = spools.RedisSpool(own_redis.url, 30)
+    threads = 4
+    together = threading.Barrier(threads)  # every thread of the pool pushes, each on its own connection
+
+    def push(label):
+        together.wait(timeout=30)
+        spool.push(label.encode(), ["db"], 1)
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(push, ["before %d" % n for n in range(threads)]))
+        own_redis.stop()
+        own_redis.start()  # same port, same AOF
+        list(pool.map(push, ["after %d" % n for n in range(threads)]))  # raised SpoolUnavailable before
+    batch = spool.claim("db", 1 << 20)
+    assert sorted(batch.payloads) == sorted(b"%s %d" % (when, n) for when in (b"before", b"after")
+                                            for n in range(threads))
+
+
 def test_redis_killed_with_records_queued_keeps_them(request, tmp_path, postgres_server, own_redis):
     """SIGKILL Redis with records queued and no consumer: the AOF brings them back; a consumer writes them."""
     service = close_after(request, make_service(
