@@ -38,16 +38,47 @@ def storage_option(value):
         raise click.BadParameter(str(error)) from None
 
 
-@click.group()
+def database_problem(error):
+    """One line naming what the database refused or why it cannot be reached."""
+    # PostgreSQL's first line says it; the rest repeats the SQL or adds a hint.
+    reason = str(error).strip().split("\n")[0].strip() or type(error).__name__
+    if isinstance(error, (peewee.OperationalError, peewee.InterfaceError)):
+        return "the database is unavailable: %s" % reason
+    return "the database refused: %s (if a table or column is missing: python manage.py init-db)" % reason
+
+
+class DatabaseCommand(click.Command):
+    """A command on the database: in dev mode its tables are made first; a database failure is one line."""
+
+    def invoke(self, ctx):
+        # Here, not in the group's callback, so that --help, which exits while
+        # the arguments are parsed, never touches the database.
+        try:
+            if not tasks.runtime.settings.database_url:
+                # Dev mode has no set-up step (as in create_app); PostgreSQL gets init-db.
+                models.create_tables()
+            return super().invoke(ctx)
+        except (peewee.OperationalError, peewee.InterfaceError, peewee.ProgrammingError) as error:
+            fail(database_problem(error))
+
+
+class CommandLine(click.Group):
+    """A group whose commands, and its subgroups' commands, are DatabaseCommands."""
+
+    command_class = DatabaseCommand
+    group_class = type
+
+
+@click.group(cls=CommandLine)
 def cli():
     """Manage LogFlow's projects, API keys and quarantine (settings come from the environment and .env)."""
     tasks.configure(config.load())
-    models.create_tables()
 
 
 @cli.command("init-db")
 def init_db():
-    """Create the database tables that are missing (safe to run again)."""
+    """Create the database tables that are missing and add the columns a new version needs (safe to run again)."""
+    models.create_tables()
     click.echo("database ready")
 
 
@@ -259,7 +290,17 @@ def prune(dry_run):
 @cli.command()
 @click.argument("project", required=False)
 def stats(project):
-    """Records per level over the last hour and day (database rows, by record timestamp), then each writer's queue and last write."""
+    """Each writer's queue and last write, then records per level over the last hour and day (database rows, by record timestamp)."""
+    # The queue first: it lives in Redis, so it is shown even while the database is down.
+    click.echo("%-6s %9s  %s" % ("writer", "queued", "last write"))
+    for writer in tasks.runtime.writers:
+        written = tasks.last_write(writer)
+        when = ("%s (%.0f s ago)" % (
+            datetime.datetime.fromtimestamp(written, datetime.timezone.utc).isoformat(timespec="seconds"),
+            time.time() - written) if written else "none in the last %d days" % (
+            tasks.LAST_WRITE_KEPT_SECONDS // 86400))
+        click.echo("%-6s %9d  %s" % (writer, tasks.runtime.spool.queued_records(writer), when))
+    click.echo()
     projects = [find_project(project)] if project else list(Project.select().order_by(Project.id))
     now = models.utcnow()
     click.echo("%-4s %-24s %-8s %9s %9s" % ("id", "project", "level", "last hour", "last day"))
@@ -269,15 +310,6 @@ def stats(project):
         for level in records.LEVELS:
             click.echo("%-4d %-24s %-8s %9d %9d" % (each.id, each.name, level, hour.get(level, 0),
                                                     day.get(level, 0)))
-    click.echo()
-    click.echo("%-6s %9s  %s" % ("writer", "queued", "last write"))
-    for writer in tasks.runtime.writers:
-        written = tasks.last_write(writer)
-        when = ("%s (%.0f s ago)" % (
-            datetime.datetime.fromtimestamp(written, datetime.timezone.utc).isoformat(timespec="seconds"),
-            time.time() - written) if written else "none in the last %d days" % (
-            tasks.LAST_WRITE_KEPT_SECONDS // 86400))
-        click.echo("%-6s %9d  %s" % (writer, tasks.runtime.spool.queued_records(writer), when))
 
 
 LEVEL_COLOURS = {"DEBUG": "blue", "INFO": "green", "WARN": "yellow", "ERROR": "red", "CRITICAL": "magenta"}

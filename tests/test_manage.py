@@ -1,5 +1,9 @@
 """The command line: projects, keys shown once and stored hashed, rotation and deactivation."""
 import hashlib
+import os
+import re
+import socket
+import urllib.parse
 
 import pytest
 from click.testing import CliRunner
@@ -130,3 +134,80 @@ def test_init_db_is_idempotent(run):
 def test_every_command_has_help(command):
     result = CliRunner().invoke(manage.cli, command.split() + ["--help"])
     assert result.exit_code == 0 and len(result.output.splitlines()) > 3
+
+
+@pytest.fixture
+def unreachable_database_url():
+    """A PostgreSQL URL whose port refuses connections: bound by this test, never listening."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        yield "postgresql://logflow@127.0.0.1:%d/logflow" % closed.getsockname()[1]
+
+
+def test_help_never_touches_the_database(unreachable_database_url, tmp_path):
+    data_dir = tmp_path / "data"
+    environment = {"DATABASE_URL": unreachable_database_url, "REDIS_URL": None,
+                   "LOGFLOW_DATA_DIR": str(data_dir), "LOGFLOW_LOG_DIR": str(tmp_path / "logs")}
+    result = CliRunner().invoke(manage.cli, ["tail", "--help"], env=environment)
+    assert result.exit_code == 0, result.output
+    assert "--follow" in result.stdout
+    # Dev mode: --help makes no database file, and a command makes the tables it needs.
+    environment["DATABASE_URL"] = None
+    assert CliRunner().invoke(manage.cli, ["list-projects", "--help"], env=environment).exit_code == 0
+    assert not os.path.exists(data_dir / "logflow.db")
+    created = CliRunner().invoke(manage.cli, ["add-project", "shop"], env=environment)
+    assert created.exit_code == 0, created.output
+    assert "shop" in CliRunner().invoke(manage.cli, ["list-projects"], env=environment).stdout
+
+
+def test_an_unreachable_database_is_one_line_of_error(unreachable_database_url, redis_server, tmp_path):
+    environment = {"DATABASE_URL": unreachable_database_url, "REDIS_URL": redis_server.url,
+                   "LOGFLOW_DATA_DIR": str(tmp_path / "data"), "LOGFLOW_LOG_DIR": str(tmp_path / "logs")}
+    port = urllib.parse.urlsplit(unreachable_database_url).port
+    for command in (["list-projects"], ["add-project", "shop"], ["tail", "shop"], ["stats"]):
+        result = CliRunner().invoke(manage.cli, command, env=environment)
+        assert result.exit_code == 1, (command, result.output)
+        [line] = result.stderr.splitlines()
+        assert line.startswith("error: the database is unavailable: ") and "port %d" % port in line
+    # The queue lives in Redis: stats shows it before it fails on the database.
+    assert re.search(r"^db +\d+ ", result.stdout, re.M) and re.search(r"^file +\d+ ", result.stdout, re.M)
+
+
+@pytest.mark.parametrize("settings", ["postgres"], indirect=True)
+def test_a_role_that_may_only_read_can_list_projects(bound, project):
+    with models.database.connection_context():
+        models.database.execute_sql("DO $$ BEGIN CREATE ROLE logflow_reader LOGIN;"
+                                    " EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        # PostgreSQL 15's default, stated for older servers.
+        models.database.execute_sql("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        models.database.execute_sql("GRANT SELECT ON ALL TABLES IN SCHEMA public TO logflow_reader")
+    url = urllib.parse.urlsplit(bound.database_url)
+    reader_url = url._replace(netloc="logflow_reader@%s:%d" % (url.hostname, url.port)).geturl()
+    environment = {"DATABASE_URL": reader_url, "REDIS_URL": bound.redis_url,
+                   "LOGFLOW_DATA_DIR": bound.data_dir, "LOGFLOW_LOG_DIR": bound.log_dir}
+    listed = CliRunner().invoke(manage.cli, ["list-projects"], env=environment)
+    assert listed.exit_code == 0, listed.output
+    assert "acme" in listed.stdout
+    refused = CliRunner().invoke(manage.cli, ["add-project", "shop"], env=environment)
+    assert refused.exit_code == 1
+    [line] = refused.stderr.splitlines()
+    assert line.startswith("error: the database refused: permission denied for table projects")
+
+
+def test_a_missing_column_is_one_line_that_names_init_db(run, bound):
+    from test_retention import OldProject  # here: test_retention imports this module's fixture
+    with models.database.connection_context():
+        models.database.drop_tables(models.MODELS)
+        OldProject.create_table()
+        OldProject.create(name="shop")
+    result = run("set-retention", "shop", "0")
+    if bound.database_url:
+        # PostgreSQL: the schema is init-db's to change, as after an upgrade.
+        assert result.exit_code == 1
+        [line] = result.stderr.splitlines()
+        assert "retention_days" in line and "python manage.py init-db" in line
+        assert run("init-db").exit_code == 0
+        result = run("set-retention", "shop", "0")
+    # Dev mode has no init-db step: the command adds the column itself.
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "project shop: kept forever"
