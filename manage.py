@@ -48,7 +48,7 @@ def database_problem(error):
 
 
 class DatabaseCommand(click.Command):
-    """A command on the database: in dev mode its tables are made first; a database failure is one line."""
+    """A command on the stores: in dev mode its tables are made first; a database or queue failure is one line."""
 
     def invoke(self, ctx):
         # Here, not in the group's callback, so that --help, which exits while
@@ -60,6 +60,8 @@ class DatabaseCommand(click.Command):
             return super().invoke(ctx)
         except (peewee.OperationalError, peewee.InterfaceError, peewee.ProgrammingError) as error:
             fail(database_problem(error))
+        except spool.SpoolUnavailable as error:
+            fail("the queue is unavailable: %s" % error)
 
 
 class CommandLine(click.Group):

@@ -173,6 +173,21 @@ def test_an_unreachable_database_is_one_line_of_error(unreachable_database_url, 
     assert re.search(r"^db +\d+ ", result.stdout, re.M) and re.search(r"^file +\d+ ", result.stdout, re.M)
 
 
+def test_an_unreachable_queue_is_one_line_of_error(bound, project):
+    # Nothing listens on the port of the queue's Redis; the database is up.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        environment = {"REDIS_URL": "redis://127.0.0.1:%d/0" % closed.getsockname()[1]}
+        if bound.database_url:
+            environment["DATABASE_URL"] = bound.database_url
+        else:
+            environment["LOGFLOW_DATA_DIR"] = bound.data_dir
+        result = CliRunner().invoke(manage.cli, ["stats"], env=environment)
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: the queue is unavailable: Redis: ")
+
+
 @pytest.mark.parametrize("settings", ["postgres"], indirect=True)
 def test_a_role_that_may_only_read_can_list_projects(bound, project):
     with models.database.connection_context():
