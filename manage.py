@@ -58,7 +58,8 @@ class DatabaseCommand(click.Command):
                 # Dev mode has no set-up step (as in create_app); PostgreSQL gets init-db.
                 models.create_tables()
             return super().invoke(ctx)
-        except (peewee.OperationalError, peewee.InterfaceError, peewee.ProgrammingError) as error:
+        except (peewee.OperationalError, peewee.InterfaceError, peewee.ProgrammingError,
+                peewee.DataError, peewee.IntegrityError) as error:
             fail(database_problem(error))
         except spool.SpoolUnavailable as error:
             fail("the queue is unavailable: %s" % error)
@@ -104,12 +105,16 @@ class CountOrDefault(click.ParamType):
     """A whole number of 0 or more, or "default" (None): a project's own setting or the environment's."""
 
     name = "N|default"
+    # What the projects table's integer columns hold on PostgreSQL.
+    maximum = 2**31 - 1
 
     def convert(self, value, param, ctx):
         if value == "default":
             return None
         if not (value.isascii() and value.isdigit()):  # "²" is a digit too, but not a number int() reads
             self.fail("%r is not a whole number, 0 or \"default\"" % value, param, ctx)
+        if len(value.lstrip("0")) > 10 or int(value) > self.maximum:  # length first: int() of 4,300 digits raises
+            self.fail("%s is more than %d" % (value[:20], self.maximum), param, ctx)
         return int(value)
 
 

@@ -3,6 +3,8 @@ import datetime
 import hashlib
 import os
 import secrets
+import sqlite3
+import time
 
 import orjson
 from peewee import (SQL, BooleanField, CharField, CompositeKey, DatabaseProxy,
@@ -33,6 +35,40 @@ def hash_key(plaintext):
     return hashlib.sha256(plaintext.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+# How long a SQLite statement waits for another connection's lock.
+SQLITE_TIMEOUT_SECONDS = 30
+
+
+def use_wal(connection, timeout_seconds=SQLITE_TIMEOUT_SECONDS):
+    """Put a SQLite file in WAL mode, trying again while another connection does it first.
+
+    On a new file, every process that opens it at once (dev mode's gunicorn
+    workers and consumer at start-up) writes WAL into its header: a read
+    upgraded to a write, which SQLite refuses at once with "database is
+    locked" when another connection is writing, without the busy timeout
+    (waiting could deadlock; see sqlite.org/c3ref/busy_handler.html). The
+    failed statement holds no lock, so the first to write finishes and the
+    next attempt finds the file in WAL mode already.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=wal")
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(0.001)
+
+
+class WalSqliteDatabase(SqliteDatabase):
+    """SQLite whose connections switch the file to WAL with use_wal's retry, before the other pragmas."""
+
+    def _set_pragmas(self, conn):
+        use_wal(conn)
+        super()._set_pragmas(conn)
+
+
 def bind_database(settings):
     """Create the database the settings name and bind the models to it; connects lazily."""
     if settings.database_url:
@@ -44,10 +80,10 @@ def bind_database(settings):
         db = db_url.connect(url, max_connections=32, stale_timeout=300)
     else:
         os.makedirs(settings.data_dir, exist_ok=True)
-        db = SqliteDatabase(
+        db = WalSqliteDatabase(
             settings.sqlite_path,
-            pragmas={"journal_mode": "wal", "synchronous": "normal",
-                     "busy_timeout": 30000, "foreign_keys": 1},
+            pragmas={"synchronous": "normal", "busy_timeout": SQLITE_TIMEOUT_SECONDS * 1000,
+                     "foreign_keys": 1},
             # Writers take the lock at BEGIN instead of failing at upgrade time.
             lock_type="IMMEDIATE")
     database.initialize(db)

@@ -26,6 +26,8 @@ import uuid
 import orjson
 import redis
 
+import models
+
 Batch = collections.namedtuple("Batch", "id attempts payloads more")
 
 # Claim at most this many queued requests at once, whatever their size.
@@ -380,7 +382,7 @@ class SqliteSpool:
     )
 
     # How long a statement waits for another connection's lock.
-    timeout_seconds = 30
+    timeout_seconds = models.SQLITE_TIMEOUT_SECONDS
 
     def __init__(self, path, lease_seconds, max_queue=0):
         self.path = path
@@ -397,33 +399,12 @@ class SqliteSpool:
         if connection is None or self._local.pid != os.getpid():
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             connection = sqlite3.connect(self.path, timeout=self.timeout_seconds, isolation_level=None)
-            self._use_wal(connection)
+            models.use_wal(connection, self.timeout_seconds)
             connection.execute("PRAGMA synchronous=normal")
             for statement in self.schema:
                 connection.execute(statement)
             self._local.connection, self._local.pid = connection, os.getpid()
         return connection
-
-    def _use_wal(self, connection):
-        """Put the file in WAL mode, trying again while another connection does it first.
-
-        On a new file, every process that opens it at once (dev mode's gunicorn
-        workers and consumer at start-up) writes WAL into its header: a read
-        upgraded to a write, which SQLite refuses at once with "database is
-        locked" when another connection is writing, without the busy timeout
-        (waiting could deadlock; see sqlite.org/c3ref/busy_handler.html). The
-        failed statement holds no lock, so the first to write finishes and the
-        next attempt finds the file in WAL mode already.
-        """
-        deadline = time.monotonic() + self.timeout_seconds
-        while True:
-            try:
-                connection.execute("PRAGMA journal_mode=wal")
-                return
-            except sqlite3.OperationalError as error:
-                if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.001)
 
     def _transaction(self, work):
         connection = self._connection()

@@ -76,6 +76,10 @@ def test_set_rate_limit(run):
     assert run("set-rate-limit", "shop", "-1").exit_code == 2
     refused = run("set-rate-limit", "shop", "²")
     assert refused.exit_code == 2 and "RECORDS_PER_SECOND" in refused.output
+    for too_many in ("2147483648", "99999999999", "9" * 5000):  # PostgreSQL's "integer out of range", SQLite's OverflowError
+        refused = run("set-rate-limit", "shop", too_many)
+        assert refused.exit_code == 2 and "is more than 2147483647" in refused.stderr, refused.output
+    assert run("set-rate-limit", "shop", "2147483647").exit_code == 0
     assert run("set-rate-limit", "shop", "default").stdout.strip() == "project shop: no rate limit (the default)"
     with models.database.connection_context():
         assert models.Project.get(name="shop").rate_limit is None
