@@ -7,6 +7,10 @@ from dotenv import load_dotenv
 WRITERS = ("db", "file")
 
 
+class InvalidSetting(ValueError):
+    """A variable of the environment that load() cannot use; the message is "VARIABLE: reason"."""
+
+
 def parse_storage(value):
     """Turn "db", "file" or "db,file" into a tuple of writer names, in a fixed order."""
     names = {part.strip().lower() for part in value.split(",") if part.strip()}
@@ -125,5 +129,5 @@ def load(environ=None):
             try:
                 values[field] = convert(raw)
             except ValueError as error:
-                raise ValueError("%s: %s" % (variable, error)) from None
+                raise InvalidSetting("%s: %s" % (variable, error)) from None
     return Settings(**values)

@@ -12,8 +12,14 @@ import models
 import query
 import records
 import spool
-import tasks
 from models import ApiKey, Log, Project, Quarantined
+
+try:
+    import tasks
+except config.InvalidSetting:
+    # Importing tasks binds the environment's settings (huey_consumer needs that), so a bad
+    # one fails here first; DatabaseCommand loads them again and reports it, after --help.
+    tasks = None
 
 
 def fail(message):
@@ -48,16 +54,23 @@ def database_problem(error):
 
 
 class DatabaseCommand(click.Command):
-    """A command on the stores: in dev mode its tables are made first; a database or queue failure is one line."""
+    """A command on the stores, bound to the environment's settings (in dev mode its tables are made first).
+
+    A bad setting, or a database or queue failure, is one line of error.
+    """
 
     def invoke(self, ctx):
         # Here, not in the group's callback, so that --help, which exits while
-        # the arguments are parsed, never touches the database.
+        # the arguments are parsed, never reads the settings or touches the database.
         try:
-            if not tasks.runtime.settings.database_url:
+            settings = config.load()  # before tasks is used: it is None when its import met a bad setting
+            tasks.configure(settings)
+            if not settings.database_url:
                 # Dev mode has no set-up step (as in create_app); PostgreSQL gets init-db.
                 models.create_tables()
             return super().invoke(ctx)
+        except config.InvalidSetting as error:
+            fail(str(error))
         except (peewee.OperationalError, peewee.InterfaceError, peewee.ProgrammingError,
                 peewee.DataError, peewee.IntegrityError) as error:
             fail(database_problem(error))
@@ -75,7 +88,6 @@ class CommandLine(click.Group):
 @click.group(cls=CommandLine)
 def cli():
     """Manage LogFlow's projects, API keys and quarantine (settings come from the environment and .env)."""
-    tasks.configure(config.load())
 
 
 @cli.command("init-db")

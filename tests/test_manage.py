@@ -3,6 +3,8 @@ import hashlib
 import os
 import re
 import socket
+import subprocess
+import sys
 import urllib.parse
 
 import pytest
@@ -12,6 +14,7 @@ import manage
 import models
 import query
 from helpers import drain_all, post_logs
+from processes import ROOT
 
 
 @pytest.fixture
@@ -190,6 +193,34 @@ def test_an_unreachable_queue_is_one_line_of_error(bound, project):
     assert result.exit_code == 1, result.output
     [line] = result.stderr.splitlines()
     assert line.startswith("error: the queue is unavailable: Redis: ")
+
+
+def manage_py(arguments, environment):
+    """manage.py run as an operator runs it: a process of its own, which imports everything afresh."""
+    return subprocess.run([sys.executable, "manage.py", *arguments], cwd=ROOT, env=environment,
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("variable, value, reason", [
+    ("LOGFLOW_RETENTION_DAYS", "-3", "days must be 0 (keep forever) or more, not -3"),
+    ("LOGFLOW_STORAGE", "foo", "storage must be db, file or db,file, not 'foo'"),
+    ("LOGFLOW_BATCH_WAIT_SECONDS", "abc", "could not convert string to float: 'abc'")])
+def test_a_bad_setting_is_one_line_of_error_and_help_still_works(variable, value, reason, tmp_path):
+    environment = {name: setting for name, setting in os.environ.items()
+                   if name not in ("DATABASE_URL", "REDIS_URL") and not name.startswith("LOGFLOW_")}
+    environment.update({"LOGFLOW_DATA_DIR": str(tmp_path / "data"), "LOGFLOW_LOG_DIR": str(tmp_path / "logs"),
+                        variable: value})
+    expected = (1, ["error: %s: %s" % (variable, reason)], "")
+    # In a process of its own, importing tasks meets the setting first.
+    failed = manage_py(["list-projects"], environment)
+    assert (failed.returncode, failed.stderr.splitlines(), failed.stdout) == expected
+    # Here tasks was imported before, with good settings: the command meets it.
+    failed = CliRunner().invoke(manage.cli, ["list-projects"], env=environment)
+    assert (failed.exit_code, failed.stderr.splitlines(), failed.stdout) == expected
+    assert not os.path.exists(tmp_path / "data")
+    for arguments in (["--help"], ["stats", "--help"], ["quarantine", "list", "--help"]):
+        shown = manage_py(arguments, environment)
+        assert shown.returncode == 0 and shown.stdout.startswith("Usage: manage.py "), shown.stderr
 
 
 @pytest.mark.parametrize("settings", ["postgres"], indirect=True)
