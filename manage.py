@@ -310,16 +310,23 @@ def prune(dry_run):
 @click.argument("project", required=False)
 def stats(project):
     """Each writer's queue and last write, then records per level over the last hour and day (database rows, by record timestamp)."""
-    # The queue first: it lives in Redis, so it is shown even while the database is down.
-    click.echo("%-6s %9s  %s" % ("writer", "queued", "last write"))
-    for writer in tasks.runtime.writers:
-        written = tasks.last_write(writer)
-        when = ("%s (%.0f s ago)" % (
-            datetime.datetime.fromtimestamp(written, datetime.timezone.utc).isoformat(timespec="seconds"),
-            time.time() - written) if written else "none in the last %d days" % (
-            tasks.LAST_WRITE_KEPT_SECONDS // 86400))
-        click.echo("%-6s %9d  %s" % (writer, tasks.runtime.spool.queued_records(writer), when))
-    click.echo()
+    # The queue first: it lives in Redis, so it is shown even while the database is down;
+    # with Redis down, the database's counts are shown before the queue's error.
+    try:
+        writers = [(writer, tasks.runtime.spool.queued_records(writer), tasks.last_write(writer))
+                   for writer in tasks.runtime.writers]
+    except spool.SpoolUnavailable as error:
+        unreadable_queue = error
+    else:
+        unreadable_queue = None
+        click.echo("%-6s %9s  %s" % ("writer", "queued", "last write"))
+        for writer, queued, written in writers:
+            when = ("%s (%.0f s ago)" % (
+                datetime.datetime.fromtimestamp(written, datetime.timezone.utc).isoformat(timespec="seconds"),
+                time.time() - written) if written else "none in the last %d days" % (
+                tasks.LAST_WRITE_KEPT_SECONDS // 86400))
+            click.echo("%-6s %9d  %s" % (writer, queued, when))
+        click.echo()
     projects = [find_project(project)] if project else list(Project.select().order_by(Project.id))
     now = models.utcnow()
     click.echo("%-4s %-24s %-8s %9s %9s" % ("id", "project", "level", "last hour", "last day"))
@@ -329,6 +336,8 @@ def stats(project):
         for level in records.LEVELS:
             click.echo("%-4d %-24s %-8s %9d %9d" % (each.id, each.name, level, hour.get(level, 0),
                                                     day.get(level, 0)))
+    if unreadable_queue is not None:
+        raise unreadable_queue  # DatabaseCommand makes it one line, exit status 1, as for other commands
 
 
 LEVEL_COLOURS = {"DEBUG": "blue", "INFO": "green", "WARN": "yellow", "ERROR": "red", "CRITICAL": "magenta"}

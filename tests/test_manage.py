@@ -23,8 +23,9 @@ def run(bound):
     environment = {"DATABASE_URL": bound.database_url, "REDIS_URL": bound.redis_url,
                    "LOGFLOW_DATA_DIR": bound.data_dir, "LOGFLOW_LOG_DIR": bound.log_dir}
 
-    def run(*arguments):
-        return CliRunner().invoke(manage.cli, list(arguments), env=environment)
+    def run(*arguments, **changes):
+        """`changes` override variables of that environment (REDIS_URL=..., say)."""
+        return CliRunner().invoke(manage.cli, list(arguments), env={**environment, **changes})
     return run
 
 
@@ -144,11 +145,23 @@ def test_every_command_has_help(command):
 
 
 @pytest.fixture
-def unreachable_database_url():
-    """A PostgreSQL URL whose port refuses connections: bound by this test, never listening."""
+def closed_port():
+    """A port on 127.0.0.1 that refuses connections: bound by this test, never listening."""
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
-        yield "postgresql://logflow@127.0.0.1:%d/logflow" % closed.getsockname()[1]
+        yield closed.getsockname()[1]
+
+
+@pytest.fixture
+def unreachable_database_url(closed_port):
+    """A PostgreSQL URL on that port."""
+    return "postgresql://logflow@127.0.0.1:%d/logflow" % closed_port
+
+
+@pytest.fixture
+def unreachable_redis_url(closed_port):
+    """A Redis URL on that port."""
+    return "redis://127.0.0.1:%d/0" % closed_port
 
 
 def test_help_never_touches_the_database(unreachable_database_url, tmp_path):
@@ -180,19 +193,15 @@ def test_an_unreachable_database_is_one_line_of_error(unreachable_database_url, 
     assert re.search(r"^db +\d+ ", result.stdout, re.M) and re.search(r"^file +\d+ ", result.stdout, re.M)
 
 
-def test_an_unreachable_queue_is_one_line_of_error(bound, project):
-    # Nothing listens on the port of the queue's Redis; the database is up.
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        environment = {"REDIS_URL": "redis://127.0.0.1:%d/0" % closed.getsockname()[1]}
-        if bound.database_url:
-            environment["DATABASE_URL"] = bound.database_url
-        else:
-            environment["LOGFLOW_DATA_DIR"] = bound.data_dir
-        result = CliRunner().invoke(manage.cli, ["stats"], env=environment)
+def test_an_unreachable_queue_is_one_line_of_error(run, project, unreachable_redis_url):
+    with models.database.connection_context():
+        models.Quarantined.add("db", (project.id, "2026-11-28T00:00:00Z", {"message": "x"}), ValueError("refused"))
+    result = run("quarantine", "replay", "--all", REDIS_URL=unreachable_redis_url)
     assert result.exit_code == 1, result.output
     [line] = result.stderr.splitlines()
     assert line.startswith("error: the queue is unavailable: Redis: ")
+    with models.database.connection_context():
+        assert models.Quarantined.select().count() == 1  # not queued again, so kept here
 
 
 def manage_py(arguments, environment):

@@ -6,7 +6,7 @@ import time
 import models
 import tasks
 from helpers import drain_all, post_logs
-from test_manage import run  # noqa: F401  (the fixture)
+from test_manage import closed_port, run, unreachable_redis_url  # noqa: F401  (the fixtures)
 
 
 def table(output):
@@ -50,3 +50,18 @@ def test_stats_counts_levels_queue_and_last_writes(run, client, key, project, bo
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00 \(\d+ s ago\)", writers[writer][1])
         assert before <= tasks.last_write(writer) <= time.time()
     assert run("stats", "nosuch").exit_code == 1
+
+
+def test_stats_shows_the_database_counts_while_the_queue_is_unreachable(run, client, key, unreachable_redis_url):
+    post_logs(client, key, [{"message": "a", "level": "error"}, {"message": "b", "level": "info"}])
+    drain_all()
+    # Nothing listens on the queue's port now; the database is up.
+    result = run("stats", REDIS_URL=unreachable_redis_url)
+    levels, writers = table(result.stdout)
+    assert writers == {}
+    assert levels == {("acme", "DEBUG"): (0, 0), ("acme", "INFO"): (1, 1), ("acme", "WARN"): (0, 0),
+                      ("acme", "ERROR"): (1, 1), ("acme", "CRITICAL"): (0, 0)}
+    # Then the queue's failure, in one line, and a status scripts notice.
+    assert result.exit_code == 1, result.output
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: the queue is unavailable: Redis: ")
