@@ -1,6 +1,9 @@
 """Every LogFlow setting, read in one place from the environment (and `.env`)."""
 import dataclasses
+import logging
+import math
 import os
+import re
 
 from dotenv import load_dotenv
 
@@ -20,12 +23,73 @@ def parse_storage(value):
     return tuple(name for name in WRITERS if name in names)
 
 
-def parse_days(value):
-    """A number of days kept, 0 (forever) or more: a negative one would put the cutoff after today."""
-    days = int(value)
-    if days < 0:
-        raise ValueError("days must be 0 (keep forever) or more, not %d" % days)
-    return days
+@dataclasses.dataclass(frozen=True)
+class Number:
+    """A numeric setting: a whole number of 1 or more, or seconds above 0; 0 only where it means something.
+
+    Called with the variable's text, returns the number or raises ValueError
+    saying the form and the range in plain words.
+    """
+
+    seconds: bool = False
+    # What 0 means, for the settings the code reads 0 as "off" or "forever"; empty: 0 is refused.
+    zero: str = ""
+    most: float = math.inf
+
+    def __call__(self, text):
+        try:
+            value = float(text) if self.seconds else int(text)
+        except ValueError:
+            raise ValueError("must be %s, not %r" % (self.expected(), text)) from None
+        # NaN compares false to everything, so every use would read it as "no"; inf overflows sleep and timeouts.
+        if not (math.isfinite(value) and (value > 0 or value == 0 and self.zero) and value <= self.most):
+            raise ValueError("must be %s, not %s" % (self.expected(), text))
+        return value
+
+    def expected(self):
+        """The form and range, as the error message says them."""
+        form = "a number of seconds" if self.seconds else "a whole number"
+        least = "0 (%s)" % self.zero if self.zero else "1"
+        if self.most < math.inf:
+            return "%s from %s to %d" % (form, least, self.most)
+        if self.zero:
+            return "%s, %s or more" % (form, least)
+        return form + (" above 0" if self.seconds else " of 1 or more")
+
+
+@dataclasses.dataclass(frozen=True)
+class Url:
+    """A URL setting whose scheme must be one that the code opening it understands."""
+
+    schemes: tuple
+
+    def __call__(self, text):
+        scheme, found, _ = text.partition("://")
+        if found and scheme in self.schemes:
+            return text
+        expected = ", ".join("%s://" % name for name in self.schemes[:-1]) + " or %s://" % self.schemes[-1]
+        # Only the scheme is shown: the rest of the URL may hold a password.
+        if found and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme):
+            raise ValueError("must start with %s, not %s://" % (expected, scheme))
+        raise ValueError("must start with %s; this value has no scheme" % expected)
+
+
+def parse_log_level(value):
+    """A level name of Python's logging, in any case (upper case in Settings)."""
+    # Unchecked, an unknown name fails later in logging.basicConfig or the consumer's
+    # start-up, in a traceback that does not name the variable.
+    name = value.upper()
+    if name not in logging.getLevelNamesMapping():
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not %r" % value)
+    return name
+
+
+# Why 0 is refused unless a setting says what it means: 0 bytes or records
+# refuses every request (0 batch bytes claims nothing, so nothing is written);
+# a 0 s body timeout makes every body a 408, a 0 s lease hands every batch out
+# again at once, and a 0 s retry has a failing writer retry without a pause.
+COUNT = Number()
+SECONDS = Number(seconds=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,32 +152,39 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-# Environment variable → (field, type). The README and .env.example list them all.
+# Environment variable → (field, conversion). The README and .env.example list them all.
 ENVIRONMENT = {
     "LOGFLOW_DATA_DIR": ("data_dir", str),
-    "DATABASE_URL": ("database_url", str),
-    "REDIS_URL": ("redis_url", str),
+    # The schemes models.bind_database opens as PostgreSQL, and those redis-py's from_url reads (spool.py).
+    "DATABASE_URL": ("database_url", Url(("postgresql", "postgres"))),
+    "REDIS_URL": ("redis_url", Url(("redis", "rediss", "unix"))),
     "LOGFLOW_LOG_DIR": ("log_dir", str),
     "LOGFLOW_STORAGE": ("storage", parse_storage),
-    "LOGFLOW_MAX_BODY_BYTES": ("max_body_bytes", int),
-    "LOGFLOW_MAX_DECODED_BYTES": ("max_decoded_bytes", int),
-    "LOGFLOW_MAX_RECORDS": ("max_records", int),
-    "LOGFLOW_MAX_MESSAGE_BYTES": ("max_message_bytes", int),
-    "LOGFLOW_FUTURE_WINDOW_SECONDS": ("future_window_seconds", float),
-    "LOGFLOW_BODY_TIMEOUT_SECONDS": ("body_timeout_seconds", float),
-    "LOGFLOW_READ_TIMEOUT_SECONDS": ("read_timeout_seconds", float),
-    "LOGFLOW_KEY_CACHE_SECONDS": ("key_cache_seconds", float),
-    "LOGFLOW_LEASE_SECONDS": ("lease_seconds", float),
-    "LOGFLOW_BATCH_BYTES": ("batch_bytes", int),
-    "LOGFLOW_BATCH_WAIT_SECONDS": ("batch_wait_seconds", float),
-    "LOGFLOW_RETRY_BASE_SECONDS": ("retry_base_seconds", float),
-    "LOGFLOW_RETRY_MAX_SECONDS": ("retry_max_seconds", float),
-    "LOGFLOW_RETRY_AFTER_SECONDS": ("retry_after_seconds", int),
-    "LOGFLOW_MAX_QUEUE": ("max_queue", int),
-    "LOGFLOW_RATE_LIMIT": ("rate_limit", int),
-    "LOGFLOW_RATE_BURST": ("rate_burst", int),
-    "LOGFLOW_RETENTION_DAYS": ("retention_days", parse_days),
-    "LOGFLOW_LOG_LEVEL": ("log_level", str),
+    "LOGFLOW_MAX_BODY_BYTES": ("max_body_bytes", COUNT),
+    "LOGFLOW_MAX_DECODED_BYTES": ("max_decoded_bytes", COUNT),
+    "LOGFLOW_MAX_RECORDS": ("max_records", COUNT),
+    "LOGFLOW_MAX_MESSAGE_BYTES": ("max_message_bytes", COUNT),
+    "LOGFLOW_FUTURE_WINDOW_SECONDS": ("future_window_seconds",
+                                      Number(seconds=True, zero="no timestamp ahead of the clock")),
+    "LOGFLOW_BODY_TIMEOUT_SECONDS": ("body_timeout_seconds", SECONDS),
+    # PostgreSQL's statement_timeout holds at most 2^31 - 1 ms; past it every read would fail.
+    "LOGFLOW_READ_TIMEOUT_SECONDS": ("read_timeout_seconds",
+                                     Number(seconds=True, zero="no limit", most=2147483)),
+    "LOGFLOW_KEY_CACHE_SECONDS": ("key_cache_seconds", Number(seconds=True, zero="no cache")),
+    "LOGFLOW_LEASE_SECONDS": ("lease_seconds", SECONDS),
+    "LOGFLOW_BATCH_BYTES": ("batch_bytes", COUNT),
+    "LOGFLOW_BATCH_WAIT_SECONDS": ("batch_wait_seconds", Number(seconds=True, zero="no wait")),
+    "LOGFLOW_RETRY_BASE_SECONDS": ("retry_base_seconds", SECONDS),
+    "LOGFLOW_RETRY_MAX_SECONDS": ("retry_max_seconds", SECONDS),
+    # Retry-After 0 would have clients retry at once, all through an outage.
+    "LOGFLOW_RETRY_AFTER_SECONDS": ("retry_after_seconds", COUNT),
+    "LOGFLOW_MAX_QUEUE": ("max_queue", Number(zero="no bound")),
+    "LOGFLOW_RATE_LIMIT": ("rate_limit", Number(zero="no limit")),
+    "LOGFLOW_RATE_BURST": ("rate_burst", Number(zero="one second's worth")),
+    # A negative number would put the cutoff after today, and prune today's logs; past
+    # about 700,000 the cutoff falls before year 1 and pruning fails, so 100 years at most.
+    "LOGFLOW_RETENTION_DAYS": ("retention_days", Number(zero="keep forever", most=36500)),
+    "LOGFLOW_LOG_LEVEL": ("log_level", parse_log_level),
 }
 
 

@@ -6,16 +6,57 @@ import pytest
 
 import config
 
-EXAMPLE = pathlib.Path(__file__).parent.parent / ".env.example"
+ROOT = pathlib.Path(__file__).parent.parent
+EXAMPLE = ROOT / ".env.example"
+
+
+def example_values(commented):
+    """.env.example's VARIABLE=value lines; with `commented`, the commented-out examples too."""
+    pattern = r"^# ?([A-Z_]+)=(.*)$" if commented else r"^([A-Z_]+)=(.*)$"
+    return dict(re.findall(pattern, EXAMPLE.read_text(), re.M))
 
 
 def test_env_example_lists_every_setting_with_its_default():
-    text = EXAMPLE.read_text()
-    listed = set(re.findall(r"^#? ?([A-Z_]+)=", text, re.M))
+    listed = set(example_values(commented=False)) | set(example_values(commented=True))
     assert listed == set(config.ENVIRONMENT)
-    values = dict(line.split("=", 1) for line in text.splitlines()
-                  if line and not line.startswith("#"))
-    assert config.load(values) == config.Settings()
+    assert config.load(example_values(commented=False)) == config.Settings()
+
+
+def test_env_example_commented_examples_load():
+    examples = example_values(commented=True)
+    assert set(examples) == {"DATABASE_URL", "REDIS_URL"}
+    settings = config.load(examples)
+    assert (settings.database_url, settings.redis_url) == (examples["DATABASE_URL"], examples["REDIS_URL"])
+
+
+def test_every_default_loads_as_itself():
+    defaults = config.Settings()
+    assert config.load({}) == defaults
+    as_text = {}
+    for variable, (field, _) in config.ENVIRONMENT.items():
+        value = getattr(defaults, field)
+        as_text[variable] = ",".join(value) if isinstance(value, tuple) else str(value)
+    assert config.load(as_text) == defaults
+
+
+def readme_settings():
+    """The README's settings table: [(variables, defaults, meaning)], a row each."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("## Configuration"):text.index("## How records travel")]
+    rows = re.findall(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)*) \| ([^|]+) \| (.+) \|$", table, re.M)
+    return [(re.findall(r"`([A-Z_]+)`", names), [cell.strip().strip("`") for cell in defaults.split(" / ")],
+             meaning) for names, defaults, meaning in rows]
+
+
+def test_the_readme_table_lists_every_setting_with_its_default_and_its_examples_load():
+    rows = readme_settings()
+    assert {name for names, _, _ in rows for name in names} == set(config.ENVIRONMENT)
+    defaults = {name: default for names, values, _ in rows for name, default in zip(names, values)
+                if not default.startswith("(")}  # "(SQLite in the data folder)": not set
+    assert config.load(defaults) == config.Settings()
+    for names, _, meaning in rows:
+        for url in re.findall(r"`([a-z]+://[^`]*)`", meaning):
+            assert getattr(config.load({names[0]: url}), config.ENVIRONMENT[names[0]][0]) == url
 
 
 def test_no_settings_means_dev_mode():
@@ -24,18 +65,103 @@ def test_no_settings_means_dev_mode():
     assert not config.load({"REDIS_URL": "redis://x"}).dev_mode
 
 
-def test_values_are_converted_and_checked():
-    settings = config.load({"LOGFLOW_STORAGE": "file, db", "LOGFLOW_MAX_RECORDS": "5"})
+def test_values_are_converted():
+    settings = config.load({"LOGFLOW_STORAGE": "file, db", "LOGFLOW_MAX_RECORDS": "5",
+                            "LOGFLOW_BATCH_WAIT_SECONDS": "0.25", "LOGFLOW_LOG_LEVEL": "debug"})
     assert settings.storage == ("db", "file") and settings.max_records == 5
+    assert settings.batch_wait_seconds == 0.25 and settings.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize("variable, value, field, expected", [
+    # 0 where the code reads it as "off" or "forever".
+    ("LOGFLOW_FUTURE_WINDOW_SECONDS", "0", "future_window_seconds", 0),
+    ("LOGFLOW_READ_TIMEOUT_SECONDS", "0", "read_timeout_seconds", 0),
+    ("LOGFLOW_KEY_CACHE_SECONDS", "0", "key_cache_seconds", 0),
+    ("LOGFLOW_BATCH_WAIT_SECONDS", "0", "batch_wait_seconds", 0),
+    ("LOGFLOW_MAX_QUEUE", "0", "max_queue", 0),
+    ("LOGFLOW_RATE_LIMIT", "0", "rate_limit", 0),
+    ("LOGFLOW_RATE_BURST", "0", "rate_burst", 0),
+    ("LOGFLOW_RETENTION_DAYS", "0", "retention_days", 0),
+    # The smallest values that work where 0 does not, and the largest.
+    ("LOGFLOW_MAX_RECORDS", "1", "max_records", 1),
+    ("LOGFLOW_BATCH_BYTES", "1", "batch_bytes", 1),
+    ("LOGFLOW_RETRY_AFTER_SECONDS", "1", "retry_after_seconds", 1),
+    ("LOGFLOW_LEASE_SECONDS", "0.5", "lease_seconds", 0.5),
+    ("LOGFLOW_RETRY_BASE_SECONDS", "0.01", "retry_base_seconds", 0.01),
+    ("LOGFLOW_READ_TIMEOUT_SECONDS", "2147483", "read_timeout_seconds", 2147483),
+    ("LOGFLOW_RETENTION_DAYS", "36500", "retention_days", 36500),
+    ("LOGFLOW_MAX_BODY_BYTES", "1_000_000", "max_body_bytes", 1_000_000),
+    # Every scheme the database and Redis are opened with.
+    ("DATABASE_URL", "postgres://logflow@db/logflow", "database_url", "postgres://logflow@db/logflow"),
+    ("REDIS_URL", "rediss://:secret@cache:6380/1", "redis_url", "rediss://:secret@cache:6380/1"),
+    ("REDIS_URL", "unix:///run/redis/redis.sock?db=2", "redis_url", "unix:///run/redis/redis.sock?db=2"),
+    ("LOGFLOW_LOG_LEVEL", "Warning", "log_level", "WARNING"),
+])
+def test_values_at_the_edges_of_their_range_load(variable, value, field, expected):
+    assert getattr(config.load({variable: value}), field) == expected
+
+
+REFUSALS = [
+    # Sizes and counts: 0 would refuse every request (or, for batches, never claim one).
+    ("LOGFLOW_MAX_BODY_BYTES", "0", "must be a whole number of 1 or more, not 0"),
+    ("LOGFLOW_MAX_DECODED_BYTES", "-1", "must be a whole number of 1 or more, not -1"),
+    ("LOGFLOW_MAX_RECORDS", "-5", "must be a whole number of 1 or more, not -5"),
+    ("LOGFLOW_MAX_RECORDS", "0", "must be a whole number of 1 or more, not 0"),
+    ("LOGFLOW_MAX_MESSAGE_BYTES", "0", "must be a whole number of 1 or more, not 0"),
+    ("LOGFLOW_BATCH_BYTES", "0", "must be a whole number of 1 or more, not 0"),
+    ("LOGFLOW_RETRY_AFTER_SECONDS", "0", "must be a whole number of 1 or more, not 0"),
+    # Where 0 means something, below it does not.
+    ("LOGFLOW_MAX_QUEUE", "-1", "must be a whole number, 0 (no bound) or more, not -1"),
+    ("LOGFLOW_RATE_LIMIT", "-100", "must be a whole number, 0 (no limit) or more, not -100"),
+    ("LOGFLOW_RATE_BURST", "-1", "must be a whole number, 0 (one second's worth) or more, not -1"),
+    ("LOGFLOW_RETENTION_DAYS", "-1", "must be a whole number from 0 (keep forever) to 36500, not -1"),
+    ("LOGFLOW_RETENTION_DAYS", "1000000", "must be a whole number from 0 (keep forever) to 36500, not 1000000"),
+    # Durations.
+    ("LOGFLOW_FUTURE_WINDOW_SECONDS", "-60",
+     "must be a number of seconds, 0 (no timestamp ahead of the clock) or more, not -60"),
+    ("LOGFLOW_BODY_TIMEOUT_SECONDS", "0", "must be a number of seconds above 0, not 0"),
+    ("LOGFLOW_READ_TIMEOUT_SECONDS", "-1", "must be a number of seconds from 0 (no limit) to 2147483, not -1"),
+    ("LOGFLOW_READ_TIMEOUT_SECONDS", "2592000",
+     "must be a number of seconds from 0 (no limit) to 2147483, not 2592000"),
+    ("LOGFLOW_KEY_CACHE_SECONDS", "-10", "must be a number of seconds, 0 (no cache) or more, not -10"),
+    ("LOGFLOW_LEASE_SECONDS", "0", "must be a number of seconds above 0, not 0"),
+    ("LOGFLOW_BATCH_WAIT_SECONDS", "-1", "must be a number of seconds, 0 (no wait) or more, not -1"),
+    ("LOGFLOW_RETRY_BASE_SECONDS", "0", "must be a number of seconds above 0, not 0"),
+    ("LOGFLOW_RETRY_MAX_SECONDS", "-60", "must be a number of seconds above 0, not -60"),
+    # NaN compares false to every bound, infinity overflows sleeps and timeouts.
+    ("LOGFLOW_BATCH_WAIT_SECONDS", "nan", "must be a number of seconds, 0 (no wait) or more, not nan"),
+    ("LOGFLOW_LEASE_SECONDS", "inf", "must be a number of seconds above 0, not inf"),
+    ("LOGFLOW_KEY_CACHE_SECONDS", "-Infinity", "must be a number of seconds, 0 (no cache) or more, not -Infinity"),
+    ("LOGFLOW_BODY_TIMEOUT_SECONDS", "1e400", "must be a number of seconds above 0, not 1e400"),
+    # Not numbers at all, in plain words instead of int()'s and float()'s.
+    ("LOGFLOW_MAX_RECORDS", "many", "must be a whole number of 1 or more, not 'many'"),
+    ("LOGFLOW_MAX_RECORDS", "1.5", "must be a whole number of 1 or more, not '1.5'"),
+    ("LOGFLOW_RETENTION_DAYS", "30d", "must be a whole number from 0 (keep forever) to 36500, not '30d'"),
+    ("LOGFLOW_BATCH_WAIT_SECONDS", "abc", "must be a number of seconds, 0 (no wait) or more, not 'abc'"),
+    ("LOGFLOW_LEASE_SECONDS", "30s", "must be a number of seconds above 0, not '30s'"),
+    # Schemes that peewee or redis-py would open otherwise, or fail on, without naming the variable;
+    # only the scheme is repeated, the rest may hold a password.
+    ("DATABASE_URL", "mysql://logflow:secret@db/logflow", "must start with postgresql:// or postgres://, not mysql://"),
+    ("DATABASE_URL", "sqlite:///data/logflow.db", "must start with postgresql:// or postgres://, not sqlite://"),
+    ("DATABASE_URL", "logflow:secret@db:5432/logflow",
+     "must start with postgresql:// or postgres://; this value has no scheme"),
+    ("REDIS_URL", "http://x", "must start with redis://, rediss:// or unix://, not http://"),
+    ("REDIS_URL", "127.0.0.1:6379", "must start with redis://, rediss:// or unix://; this value has no scheme"),
+    ("REDIS_URL", ":secret@cache://x", "must start with redis://, rediss:// or unix://; this value has no scheme"),
+    # Words.
+    ("LOGFLOW_STORAGE", "tape", "storage must be db, file or db,file, not 'tape'"),
+    ("LOGFLOW_LOG_LEVEL", "verbose", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not 'verbose'"),
+]
+
+
+@pytest.mark.parametrize("variable, value, reason", REFUSALS)
+def test_a_setting_that_cannot_work_is_refused_naming_it(variable, value, reason):
     # InvalidSetting, a ValueError, is what manage.py turns into one line of error.
-    with pytest.raises(config.InvalidSetting, match="^LOGFLOW_STORAGE: storage must be"):
-        config.load({"LOGFLOW_STORAGE": "tape"})
-    with pytest.raises(config.InvalidSetting, match="^LOGFLOW_MAX_RECORDS: "):
-        config.load({"LOGFLOW_MAX_RECORDS": "many"})
+    with pytest.raises(config.InvalidSetting) as refused:
+        config.load({variable: value})
+    assert str(refused.value) == "%s: %s" % (variable, reason)
 
 
-def test_retention_days_cannot_be_negative():
-    assert config.load({"LOGFLOW_RETENTION_DAYS": "0"}).retention_days == 0
-    # -1 would put the cutoff tomorrow, and the next prune would delete today's logs.
-    with pytest.raises(ValueError, match="LOGFLOW_RETENTION_DAYS"):
-        config.load({"LOGFLOW_RETENTION_DAYS": "-1"})
+def test_every_setting_but_the_folders_has_a_refusal_tested():
+    tested = {variable for variable, _, _ in REFUSALS}
+    assert tested == set(config.ENVIRONMENT) - {"LOGFLOW_DATA_DIR", "LOGFLOW_LOG_DIR"}
