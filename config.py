@@ -9,6 +9,10 @@ from dotenv import load_dotenv
 
 WRITERS = ("db", "file")
 
+# Days of retention at most, for the setting and for manage.py set-retention:
+# past about 700,000 the cutoff falls before year 1 and pruning fails.
+MAX_RETENTION_DAYS = 36500
+
 
 class InvalidSetting(ValueError):
     """A variable of the environment that load() cannot use; the message is "VARIABLE: reason"."""
@@ -181,9 +185,8 @@ ENVIRONMENT = {
     "LOGFLOW_MAX_QUEUE": ("max_queue", Number(zero="no bound")),
     "LOGFLOW_RATE_LIMIT": ("rate_limit", Number(zero="no limit")),
     "LOGFLOW_RATE_BURST": ("rate_burst", Number(zero="one second's worth")),
-    # A negative number would put the cutoff after today, and prune today's logs; past
-    # about 700,000 the cutoff falls before year 1 and pruning fails, so 100 years at most.
-    "LOGFLOW_RETENTION_DAYS": ("retention_days", Number(zero="keep forever", most=36500)),
+    # A negative number would put the cutoff after today, and prune today's logs.
+    "LOGFLOW_RETENTION_DAYS": ("retention_days", Number(zero="keep forever", most=MAX_RETENTION_DAYS)),
     "LOGFLOW_LOG_LEVEL": ("log_level", parse_log_level),
 }
 

@@ -117,8 +117,10 @@ class CountOrDefault(click.ParamType):
     """A whole number of 0 or more, or "default" (None): a project's own setting or the environment's."""
 
     name = "N|default"
-    # What the projects table's integer columns hold on PostgreSQL.
-    maximum = 2**31 - 1
+
+    def __init__(self, maximum=2**31 - 1):
+        # By default, what the projects table's integer columns hold on PostgreSQL.
+        self.maximum = maximum
 
     def convert(self, value, param, ctx):
         if value == "default":
@@ -145,7 +147,7 @@ def set_rate_limit(project, rate):
 
 @cli.command("set-retention")
 @click.argument("project")
-@click.argument("days", type=CountOrDefault())
+@click.argument("days", type=CountOrDefault(config.MAX_RETENTION_DAYS))
 def set_retention(project, days):
     """Keep a project's logs DAYS days (0: forever; "default": LOGFLOW_RETENTION_DAYS); applied at the next prune."""
     project = find_project(project)

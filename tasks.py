@@ -100,7 +100,9 @@ configure(config.load())
 def retry_delay(attempts):
     """Capped exponential backoff with jitter, so failing writers never spin or stampede."""
     settings = runtime.settings
-    delay = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** attempts)
+    # The exponent stops growing long before the cap binds: 2.0 ** 1024 overflows,
+    # and a batch can fail that often in a long outage (about 13 hours by default).
+    delay = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** min(attempts, 64))
     return delay * random.uniform(0.5, 1.0)
 
 

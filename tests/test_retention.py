@@ -169,9 +169,10 @@ def test_manage_prune_and_set_retention(history, run):
         archive.id) in done.stdout
     assert sorted(row["message"] for row in stored_logs(project.id)) == ["today", "yesterday"]
     assert run("set-retention", "acme", "default").stdout == "project acme: 30 days (the default)\n"
-    for days in ("-3", "²"):
+    for days in ("-3", "²", "36501", "800000"):  # past about 700,000 days the cutoff is before year 1
         refused = run("set-retention", "acme", days)
         assert refused.exit_code == 2 and "DAYS" in refused.output, refused.output
+    assert run("set-retention", "acme", "36500").stdout == "project acme: 36500 days\n"
 
 
 def test_a_late_record_adds_a_gzip_member(tmp_path):

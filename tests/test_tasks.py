@@ -39,8 +39,10 @@ def test_a_failing_writer_is_retried_alone(client, key, project, bound, caplog):
 
 
 def test_retry_delays_grow_and_are_capped(bound):
-    tasks.configure(bound.replace(retry_base_seconds=1, retry_max_seconds=8))
-    for attempts, ceiling in ((0, 1), (1, 2), (2, 4), (3, 8), (10, 8)):
+    # Floats, as the environment's settings are: 0.5 * 2 ** 1100 overflows where an int would not.
+    tasks.configure(bound.replace(retry_base_seconds=0.5, retry_max_seconds=4.0))
+    # 1,100: a batch that failed all through a long outage.
+    for attempts, ceiling in ((0, 0.5), (1, 1), (2, 2), (3, 4), (10, 4), (1100, 4), (10**6, 4)):
         delays = [tasks.retry_delay(attempts) for _ in range(50)]
         assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
 
