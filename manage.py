@@ -12,14 +12,8 @@ import models
 import query
 import records
 import spool
+import tasks
 from models import ApiKey, Log, Project, Quarantined
-
-try:
-    import tasks
-except config.InvalidSetting:
-    # Importing tasks binds the environment's settings (huey_consumer needs that), so a bad
-    # one fails here first; DatabaseCommand loads them again and reports it, after --help.
-    tasks = None
 
 
 def fail(message):
@@ -63,7 +57,7 @@ class DatabaseCommand(click.Command):
         # Here, not in the group's callback, so that --help, which exits while
         # the arguments are parsed, never reads the settings or touches the database.
         try:
-            settings = config.load()  # before tasks is used: it is None when its import met a bad setting
+            settings = config.load()
             tasks.configure(settings)
             if not settings.database_url:
                 # Dev mode has no set-up step (as in create_app); PostgreSQL gets init-db.

@@ -81,20 +81,49 @@ class Runtime:
 runtime = Runtime()
 
 
+# Held while binding, so that the consumer's threads, all finding nothing bound, bind once.
+_binding = threading.RLock()
+
+
 def configure(settings):
     """Bind the database, the spool, the queue and the writers to these settings; connects lazily."""
-    models.bind_database(settings)
-    runtime.settings = settings
-    runtime.spool = spools.open_spool(settings)
-    huey.storage = create_queue_storage(settings, runtime.spool)
-    runtime.writers = {writer.name: writer for writer in
-                       (DatabaseWriter(), FileWriter(settings.log_dir))}
+    with _binding:
+        models.bind_database(settings)
+        runtime.spool = spools.open_spool(settings)
+        huey.storage = create_queue_storage(settings, runtime.spool)
+        runtime.writers = {writer.name: writer for writer in
+                           (DatabaseWriter(), FileWriter(settings.log_dir))}
+        runtime.settings = settings  # last: bind_environment() reads it
 
 
-# The consumer imports this module and runs `huey` as it finds it, so the
-# environment's settings are bound here; the app factory and tests rebind.
-huey = Huey("logflow", results=False, serializer=JSONSerializer(), storage_class=MemoryStorage)
-configure(config.load())
+def bind_environment():
+    """Bind the environment's settings, unless something bound settings already."""
+    if runtime.settings is None:
+        with _binding:
+            if runtime.settings is None:
+                configure(config.load())
+
+
+class LogFlowHuey(Huey):
+    """Huey whose storage configure() binds.
+
+    huey_consumer only imports this module and runs `huey`, so the first use of
+    its storage binds the environment's settings; importing binds nothing, reads
+    no setting and creates no file. The app factory, manage.py and tests bind
+    their own.
+    """
+
+    @property
+    def storage(self):
+        bind_environment()
+        return self._storage
+
+    @storage.setter
+    def storage(self, value):
+        self._storage = value
+
+
+huey = LogFlowHuey("logflow", results=False, serializer=JSONSerializer(), storage_class=MemoryStorage)
 
 
 def retry_delay(attempts):
@@ -359,6 +388,7 @@ def start_heartbeat():
     Not a periodic task: any consumer may run the task another consumer's
     scheduler enqueued, so a task would not say which consumers are alive.
     """
+    bind_environment()
     start_once("logflow-heartbeat", beat_forever)
 
 
@@ -370,6 +400,7 @@ def start_file_pruning():
     this host's. Consumers on one host prune the same files safely: compress()
     takes the lock the writers take.
     """
+    bind_environment()
     start_once("logflow-file-pruning", prune_files_hourly)
 
 

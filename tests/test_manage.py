@@ -222,10 +222,9 @@ def test_a_bad_setting_is_one_line_of_error_and_help_still_works(variable, value
     environment.update({"LOGFLOW_DATA_DIR": str(tmp_path / "data"), "LOGFLOW_LOG_DIR": str(tmp_path / "logs"),
                         variable: value})
     expected = (1, ["error: %s: %s" % (variable, reason)], "")
-    # In a process of its own, importing tasks meets the setting first.
+    # In a process of its own, and here, where tasks is bound to the tests' settings already.
     failed = manage_py(["list-projects"], environment)
     assert (failed.returncode, failed.stderr.splitlines(), failed.stdout) == expected
-    # Here tasks was imported before, with good settings: the command meets it.
     failed = CliRunner().invoke(manage.cli, ["list-projects"], env=environment)
     assert (failed.exit_code, failed.stderr.splitlines(), failed.stdout) == expected
     assert not os.path.exists(tmp_path / "data")

@@ -2,6 +2,8 @@
 import logging
 import os
 import pickle
+import subprocess
+import sys
 import threading
 
 import orjson
@@ -122,3 +124,22 @@ def test_a_woken_writer_writes_the_requests_of_its_wait_in_one_batch(client, key
     counters = tasks.runtime.spool.counters()
     assert counters["write_seconds_count|writer=db"] == 1
     tasks.huey.flush()
+
+
+def test_importing_binds_nothing_and_the_consumer_binds_the_environment_on_first_use(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("DATABASE_URL", "REDIS_URL") and not name.startswith("LOGFLOW_")}
+    environment["PYTHONPATH"] = root
+
+    def python(code, **settings):
+        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**environment, **settings},
+                              capture_output=True, text=True, timeout=60)
+
+    # A setting nothing could use, and no data folder: importing reads neither.
+    imported = python("import tasks, logflow, manage; print(tasks.runtime.settings)", LOGFLOW_RETENTION_DAYS="-3")
+    assert (imported.returncode, imported.stdout, os.listdir(tmp_path)) == (0, "None\n", []), imported.stderr
+    # What huey_consumer does: take tasks.huey and use its storage.
+    consumer = python("import tasks; print(tasks.huey.pending_count(), type(tasks.huey.storage).__name__,"
+                      " tasks.runtime.settings.data_dir)", LOGFLOW_DATA_DIR=str(tmp_path / "data"))
+    assert consumer.stdout.split() == ["0", "SqliteQueueStorage", str(tmp_path / "data")], consumer.stderr
