@@ -360,25 +360,17 @@ def accept(settings, identity, raw_records):
                        % (settings.max_records, len(raw_records)))
 
     received_at = models.utcnow()
-    accepted, errors, warnings = [], [], []
-    for index, raw in enumerate(raw_records):
-        try:
-            record, notes = records.normalize(raw, received_at, settings)
-        except records.InvalidRecord as error:
-            errors.append({"index": index, "error": str(error)})
-            continue
-        accepted.append(record)
-        if notes:  # rare: skipping the empty generator is 4 % of a 100-record request
-            warnings.extend({"index": index, "warning": note} for note in notes)
+    accepted, encoded, errors, warnings = records.normalize_many(raw_records, received_at, settings)
+    errors = [{"index": index, "error": error} for index, error in errors]
     summary = {"accepted": len(accepted), "rejected": len(errors), "errors": errors}
     if warnings:
-        summary["warnings"] = warnings
+        summary["warnings"] = [{"index": index, "warning": note} for index, note in warnings]
     rejected = rejected_records(project_id, "invalid", len(errors))
     if not accepted:
         count(rejected)
         raise APIError(422, "no record in the request is valid", body=summary)
 
-    payload = spool.encode(project_id, records.format_time(received_at), accepted)
+    payload = spool.encode(project_id, records.format_time(received_at), accepted, encoded)
     retry_after = {"Retry-After": str(settings.retry_after_seconds)}
     try:
         woken = tasks.runtime.spool.push(

@@ -1,8 +1,8 @@
 """Turn request bodies into normalized log records that every writer can store.
 
-Pure functions, no I/O: whatever normalize() returns is safe for PostgreSQL
-text and jsonb, SQLite and a JSON line, so the consumer never meets a record
-it cannot write.
+Pure functions, no I/O: whatever normalize() and normalize_many() return is
+safe for PostgreSQL text and jsonb, SQLite and a JSON line, so the consumer
+never meets a record it cannot write.
 """
 import datetime
 import functools
@@ -123,6 +123,50 @@ format_received = functools.lru_cache(maxsize=64)(format_time)
 
 def normalize(raw, received_at, limits):
     """One record in canonical form, plus a list of warnings; raises InvalidRecord."""
+    return _made_storable(*_canonical(raw, received_at, limits))
+
+
+def normalize_many(raws, received_at, limits):
+    """normalize() of each raw record, and the JSON of the valid ones' list, encoded once.
+
+    Returns (records, encoded, errors, warnings): errors and warnings are
+    (index in raws, text) pairs in index order. Most requests hold no NUL, no
+    null and nothing JSON cannot carry: one encoding of the whole list shows it.
+    """
+    valid, errors = [], []
+    for index, raw in enumerate(raws):
+        try:
+            valid.append((index, *_canonical(raw, received_at, limits)))
+        except InvalidRecord as error:
+            errors.append((index, str(error)))
+    records = [record for _, record, _ in valid]
+    encoded = _plain_json(records)
+    if encoded is None:
+        # Some record needs a closer look: each on its own, as normalize() does.
+        storable = []
+        for index, record, notes in valid:
+            try:
+                storable.append((index, *_made_storable(record, notes)))
+            except InvalidRecord as error:
+                errors.append((index, str(error)))
+        errors.sort(key=lambda pair: pair[0])
+        valid = storable
+        records = [record for _, record, _ in valid]
+        encoded = orjson.dumps(records)
+    return records, encoded, errors, [(index, note) for index, _, notes in valid for note in notes]
+
+
+def _plain_json(value):
+    """orjson's encoding of value when it holds no NUL escape and no null (which may stand for NaN), else None."""
+    try:
+        encoded = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return None
+    return None if b"\\u0000" in encoded or b"null" in encoded else encoded
+
+
+def _canonical(raw, received_at, limits):
+    """normalize() but for the storability of its values: (record, warnings); raises InvalidRecord."""
     if not isinstance(raw, dict):
         raise InvalidRecord("a record must be a JSON object")
     warnings = []
@@ -175,13 +219,14 @@ def normalize(raw, received_at, limits):
         "metadata": metadata,
         "timestamp": format_received(received_at) if timestamp is None else format_time(timestamp),
     }
+    return record, warnings
+
+
+def _made_storable(record, warnings):
+    """A record of _canonical() and its warnings, with every value made storable; raises InvalidRecord."""
     # Fast path: a record orjson writes without NUL escapes or nulls (which
     # may stand for NaN) is storable as it is; only the rest is walked.
-    try:
-        encoded = orjson.dumps(record)
-    except orjson.JSONEncodeError:
-        encoded = b"\\u0000"
-    if b"\\u0000" not in encoded and b"null" not in encoded:
+    if _plain_json(record) is not None:
         return record, warnings
     replaced = set()
     record = _storable(record, 0, replaced)

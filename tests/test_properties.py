@@ -182,6 +182,30 @@ def test_normalize_returns_a_storable_record_or_raises_invalid_record(raw):
     assert len(record["metadata"]) == len(sent) + len(extra) + replaced
 
 
+@properties(300)
+@given(raws=st.lists(RAW_RECORDS, max_size=6))
+def test_normalize_many_is_normalize_of_each_record(raws):
+    """accept() uses normalize_many(): one JSON encoding for a request, each record's own outcome."""
+    one_by_one, errors, warnings = [], [], []
+    for index, raw in enumerate(raws):
+        try:
+            record, notes = records.normalize(raw, NOW, LIMITS)
+        except records.InvalidRecord as error:
+            errors.append((index, str(error)))
+            continue
+        one_by_one.append(record)
+        warnings.extend((index, note) for note in notes)
+    together, encoded, together_errors, together_warnings = records.normalize_many(raws, NOW, LIMITS)
+    event("slow path" if any(b in encoded for b in (b"null", b"\\u0000")) or len(together) < len(raws) else "fast path")
+    assert (together_errors, together_warnings) == (errors, warnings)
+    assert encoded == orjson.dumps(together)
+    # Ids the client did not send are new on each call.
+    without_ids = [[{**record, "id": None} for record in listed] for listed in (together, one_by_one)]
+    assert without_ids[0] == without_ids[1]
+    for record in together:
+        assert_canonical(record)
+
+
 def _encodable(text):
     try:
         text.encode("utf-8")
