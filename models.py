@@ -95,6 +95,19 @@ def on_postgres():
     return isinstance(database.obj, PostgresqlDatabase)
 
 
+def commit_durably():
+    """Make the current transaction's COMMIT return only once it is on disk, whatever synchronous_commit says.
+
+    A consumer deletes a batch from the spool as soon as COMMIT returns. With
+    synchronous_commit=off (a common tuning) COMMIT returns before its WAL is
+    written, and a crash of PostgreSQL then loses rows LogFlow has already let
+    go of. 'local' waits for this server's disk only; stronger settings stay.
+    """
+    if on_postgres():
+        database.execute_sql("SELECT set_config('synchronous_commit', 'local', true)"
+                             " WHERE current_setting('synchronous_commit') = 'off'")
+
+
 def create_tables():
     """Create every table and index that is missing; safe to run again."""
     with database.connection_context():
@@ -227,9 +240,12 @@ class Quarantined(BaseModel):
     def add(cls, writer, item, error):
         """Set one (project id, received_at, record) item aside with the error that refused it."""
         project, received_at, record = item
-        return cls.create(writer=writer, project=project, received_at=received_at,
-                          record=orjson.dumps(record).decode(),
-                          error=("%s: %s" % (type(error).__name__, error))[:2000])
+        with database.atomic():
+            # The record leaves the spool once it is here.
+            commit_durably()
+            return cls.create(writer=writer, project=project, received_at=received_at,
+                              record=orjson.dumps(record).decode(),
+                              error=("%s: %s" % (type(error).__name__, error))[:2000])
 
 
 # An optional trigram index for GET /logs?q= and tail --grep on PostgreSQL. It

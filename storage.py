@@ -23,7 +23,7 @@ import orjson
 import peewee
 import psycopg2.errors
 
-from models import Log, database, on_postgres
+from models import Log, commit_durably, database, on_postgres
 
 logger = logging.getLogger("logflow")
 
@@ -46,6 +46,7 @@ class DatabaseWriter:
         # The wrapper gives driver errors Peewee's classes, which outage_errors names.
         with database.connection_context(), peewee.__exception_wrapper__:
             with database.atomic():
+                commit_durably()
                 if on_postgres():
                     copy_rows(database.cursor(), items)
                 else:
