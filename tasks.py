@@ -81,46 +81,30 @@ class Runtime:
 runtime = Runtime()
 
 
-# Held while binding, so that the consumer's threads, all finding nothing bound, bind once.
-_binding = threading.RLock()
-
-
 def configure(settings):
     """Bind the database, the spool, the queue and the writers to these settings; connects lazily."""
-    with _binding:
-        models.bind_database(settings)
-        runtime.spool = spools.open_spool(settings)
-        huey.storage = create_queue_storage(settings, runtime.spool)
-        runtime.writers = {writer.name: writer for writer in
-                           (DatabaseWriter(), FileWriter(settings.log_dir))}
-        runtime.settings = settings  # last: bind_environment() reads it
-
-
-def bind_environment():
-    """Bind the environment's settings, unless something bound settings already."""
-    if runtime.settings is None:
-        with _binding:
-            if runtime.settings is None:
-                configure(config.load())
+    models.bind_database(settings)
+    runtime.settings = settings
+    runtime.spool = spools.open_spool(settings)
+    huey.storage = create_queue_storage(settings, runtime.spool)
+    runtime.writers = {writer.name: writer for writer in
+                       (DatabaseWriter(), FileWriter(settings.log_dir))}
 
 
 class LogFlowHuey(Huey):
-    """Huey whose storage configure() binds.
+    """Huey whose consumer binds the environment's settings before it starts.
 
-    huey_consumer only imports this module and runs `huey`, so the first use of
-    its storage binds the environment's settings; importing binds nothing, reads
-    no setting and creates no file. The app factory, manage.py and tests bind
-    their own.
+    huey_consumer only imports this module and runs `huey`: importing binds
+    nothing, reads no setting and creates no file. The app factory, manage.py
+    and tests bind their own settings.
     """
 
-    @property
-    def storage(self):
-        bind_environment()
-        return self._storage
-
-    @storage.setter
-    def storage(self, value):
-        self._storage = value
+    def create_consumer(self, **options):
+        # In the consumer's main thread, before its workers and their startup
+        # hooks: a bad setting stops the process here, naming the variable.
+        if runtime.settings is None:
+            configure(config.load())
+        return super().create_consumer(**options)
 
 
 huey = LogFlowHuey("logflow", results=False, serializer=JSONSerializer(), storage_class=MemoryStorage)
@@ -388,7 +372,6 @@ def start_heartbeat():
     Not a periodic task: any consumer may run the task another consumer's
     scheduler enqueued, so a task would not say which consumers are alive.
     """
-    bind_environment()
     start_once("logflow-heartbeat", beat_forever)
 
 
@@ -400,7 +383,6 @@ def start_file_pruning():
     this host's. Consumers on one host prune the same files safely: compress()
     takes the lock the writers take.
     """
-    bind_environment()
     start_once("logflow-file-pruning", prune_files_hourly)
 
 

@@ -126,20 +126,37 @@ def test_a_woken_writer_writes_the_requests_of_its_wait_in_one_batch(client, key
     tasks.huey.flush()
 
 
-def test_importing_binds_nothing_and_the_consumer_binds_the_environment_on_first_use(tmp_path):
+def test_importing_binds_nothing_and_the_consumer_binds_the_environment_first(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     environment = {name: value for name, value in os.environ.items()
                    if name not in ("DATABASE_URL", "REDIS_URL") and not name.startswith("LOGFLOW_")}
-    environment["PYTHONPATH"] = root
+    environment.update(PYTHONPATH=root, LOGFLOW_DATA_DIR=str(tmp_path / "data"),
+                       LOGFLOW_LOG_DIR=str(tmp_path / "logs"))
+    consumer = [os.path.join(os.path.dirname(sys.executable), "huey_consumer"), "tasks.huey",
+                "--worker-type", "thread", "--workers", "2", "--graceful-signal", "TERM"]
 
-    def python(code, **settings):
-        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**environment, **settings},
+    # A setting nothing could use: importing reads no setting and creates no file.
+    imported = subprocess.run([sys.executable, "-c", "import tasks, logflow, manage; print(tasks.runtime.settings)"],
+                              cwd=tmp_path, env={**environment, "LOGFLOW_MAX_RECORDS": "0"},
                               capture_output=True, text=True, timeout=60)
-
-    # A setting nothing could use, and no data folder: importing reads neither.
-    imported = python("import tasks, logflow, manage; print(tasks.runtime.settings)", LOGFLOW_RETENTION_DAYS="-3")
     assert (imported.returncode, imported.stdout, os.listdir(tmp_path)) == (0, "None\n", []), imported.stderr
-    # What huey_consumer does: take tasks.huey and use its storage.
-    consumer = python("import tasks; print(tasks.huey.pending_count(), type(tasks.huey.storage).__name__,"
-                      " tasks.runtime.settings.data_dir)", LOGFLOW_DATA_DIR=str(tmp_path / "data"))
-    assert consumer.stdout.split() == ["0", "SqliteQueueStorage", str(tmp_path / "data")], consumer.stderr
+    # The consumer meets it before its workers start, and stops.
+    refused = subprocess.run(consumer, cwd=tmp_path, env={**environment, "LOGFLOW_MAX_RECORDS": "0"},
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and refused.stderr.splitlines()[-1].endswith(
+        "LOGFLOW_MAX_RECORDS: must be a whole number of 1 or more, not 0"), refused.stderr[-2000:]
+
+    # With good settings its workers' startup hooks find them bound, the logger's level too.
+    with open(tmp_path / "consumer.log", "w+") as output:
+        process = subprocess.Popen(consumer, cwd=tmp_path, env={**environment, "LOGFLOW_LOG_LEVEL": "INFO"},
+                                   stdout=output, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: "consumer started" in (tmp_path / "consumer.log").read_text(), timeout=30,
+                     message="the consumer to start")
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+        logged = (tmp_path / "consumer.log").read_text()
+    assert process.returncode == 0, logged
+    assert "hook" not in logged and "Traceback" not in logged, logged
+    assert logged.count("logflow: consumer worker stopped") == 2, logged
