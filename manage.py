@@ -38,12 +38,14 @@ def storage_option(value):
         raise click.BadParameter(str(error)) from None
 
 
-def database_problem(error):
+def database_problem(error, command):
     """One line naming what the database refused or why it cannot be reached."""
     # PostgreSQL's first line says it; the rest repeats the SQL or adds a hint.
     reason = str(error).strip().split("\n")[0].strip() or type(error).__name__
     if isinstance(error, (peewee.OperationalError, peewee.InterfaceError)):
         return "the database is unavailable: %s" % reason
+    if command == "init-db":  # the hint below would send the user back here
+        return "the database refused: %s" % reason
     return "the database refused: %s (if a table or column is missing: python manage.py init-db)" % reason
 
 
@@ -67,7 +69,7 @@ class DatabaseCommand(click.Command):
             fail(str(error))
         except (peewee.OperationalError, peewee.InterfaceError, peewee.ProgrammingError,
                 peewee.DataError, peewee.IntegrityError) as error:
-            fail(database_problem(error))
+            fail(database_problem(error, self.name))
         except spool.SpoolUnavailable as error:
             fail("the queue is unavailable: %s" % error)
 
@@ -155,8 +157,9 @@ def set_retention(project, days):
 @cli.command("list-projects")
 def list_projects():
     """List projects: id, name, active, storage, rate limit, and the prefixes of their live keys."""
+    projects = list(Project.select().order_by(Project.id))  # before the header: a failed read prints no table
     click.echo("%-4s %-24s %-7s %-8s %-8s %s" % ("id", "name", "active", "storage", "rate/s", "keys"))
-    for project in Project.select().order_by(Project.id):
+    for project in projects:
         prefixes = [key.prefix + "…" + ("(read)" if key.scope == "read" else "")
                     for key in project.keys.where(ApiKey.revoked_at.is_null())]
         rate = "default" if project.rate_limit is None else str(project.rate_limit or "none")

@@ -252,6 +252,12 @@ def test_a_role_that_may_only_read_can_list_projects(bound, project):
     assert refused.exit_code == 1
     [line] = refused.stderr.splitlines()
     assert line.startswith("error: the database refused: permission denied for table projects")
+    assert line.endswith("(if a table or column is missing: python manage.py init-db)")
+    # init-db's own refusal does not send the user back to init-db.
+    refused = CliRunner().invoke(manage.cli, ["init-db"], env=environment)
+    assert refused.exit_code == 1 and refused.stdout == ""
+    [line] = refused.stderr.splitlines()
+    assert line.startswith("error: the database refused: ") and "init-db" not in line, line
 
 
 def test_a_missing_column_is_one_line_that_names_init_db(run, bound):
@@ -262,6 +268,8 @@ def test_a_missing_column_is_one_line_that_names_init_db(run, bound):
         OldProject.create(name="shop")
     result = run("set-retention", "shop", "0")
     if bound.database_url:
+        listed = run("list-projects")
+        assert (listed.exit_code, listed.stdout) == (1, ""), listed.output  # no table header before the error
         # PostgreSQL: the schema is init-db's to change, as after an upgrade.
         assert result.exit_code == 1
         [line] = result.stderr.splitlines()
