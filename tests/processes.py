@@ -384,3 +384,29 @@ def tally(service, scenario, sent, accepted):
         print("  (%d records not accepted were stored all the same: queued, but the client got no 202)"
               % result.unaccepted_stored)
     return result
+
+
+def add_project(service, name):
+    """Create one more project on the service's database with manage.py; returns (its id, its key)."""
+    created = subprocess.run([sys.executable, "manage.py", "add-project", name], cwd=ROOT,
+                             env=service.env, check=True, capture_output=True, text=True)
+    key = created.stdout.strip()
+    assert key.startswith("lf_") and "\n" not in key, created.stdout
+    (project_id,), = query(service.db_url, "SELECT id FROM projects WHERE name = '%s'" % name)
+    return project_id, key
+
+
+def child_pids(pid):
+    """The pids of a process's children (gunicorn's workers, for its master), from /proc."""
+    try:
+        threads = os.listdir("/proc/%d/task" % pid)
+    except FileNotFoundError:  # the process has exited
+        return set()
+    children = set()
+    for thread in threads:
+        try:
+            with open("/proc/%d/task/%s/children" % (pid, thread)) as listing:
+                children.update(int(child) for child in listing.read().split())
+        except FileNotFoundError:  # that thread has exited
+            pass
+    return children
