@@ -136,11 +136,12 @@ else
     count, size = count + 1, size + #item
     records = records + (tonumber(string.match(item, '^{"count":(%d+)')) or 0)
   end
-  redis.call('HSET', queued .. ':batches', id, records)
   if count == 0 then
     redis.call('DEL', flag)
     return {}
   end
+  -- Only a batch that exists: ack removes the entry, and nothing acks an empty claim.
+  redis.call('HSET', queued .. ':batches', id, records)
 end
 redis.call('ZADD', leases, now + lease, id)
 local more = redis.call('LLEN', queue) > 0 or #due > 1

@@ -163,3 +163,16 @@ def _open_and_push(settings, barrier, payload):
     spool = spools.open_spool(settings)
     barrier.wait(30)
     spool.push(payload, ["db"], 1)
+
+
+@pytest.mark.parametrize("settings", ["postgres"], indirect=True)
+def test_claims_leave_no_bookkeeping_behind_in_redis(spool):
+    """Each claimed batch's record count waits in a hash until its ack; an empty claim must leave none there."""
+    spool.push(b'{"count":3}', ["db"], 3)
+    batch = spool.claim("db", 1 << 20)
+    spool.ack("db", batch.id)
+    for _ in range(5):  # what every idle sweep and wake-up does
+        assert spool.claim("db", 1 << 20) is None
+    # Redis drops a hash with no field left.
+    assert {key.decode(): spool.client.hgetall(key) for key in spool.client.scan_iter("*:batches")} == {}
+    assert spool.queued_records("db") == 0
