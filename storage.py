@@ -166,7 +166,11 @@ class FileWriter:
             files[(int(project), record["timestamp"][:10])].append(line)
         for (project, day), lines in files.items():
             folder = os.path.join(self.log_dir, str(project))
-            os.makedirs(folder, exist_ok=True)
+            if not os.path.isdir(folder):
+                os.makedirs(folder, exist_ok=True)
+                # A new folder's entry (and a new log_dir's) must reach the disk with the first file.
+                fsync_folder(folder)
+                fsync_folder(self.log_dir)
             append(os.path.join(folder, day + ".log"), b"".join(lines))
         return len(items)
 
@@ -336,9 +340,13 @@ def append(path, data):
     # torn line is ever left for a retry to append after.
     descriptor = lock_file(path, os.O_RDWR | os.O_APPEND | os.O_CREAT)
     try:
-        write_whole(descriptor, [data], trim_torn_tail(descriptor, path), path)
+        start = trim_torn_tail(descriptor, path)
+        write_whole(descriptor, [data], start, path)
     finally:
         os.close(descriptor)
+    if start == 0:
+        # A new file: fsync made its data durable, not its name in the folder.
+        fsync_folder(path)
 
 
 def write_whole(descriptor, chunks, start, path):
