@@ -277,7 +277,8 @@ class LogFlowHandler(logging.Handler):
             seconds = math.nan
         if math.isfinite(seconds) and seconds >= 0:
             return min(self.backoff_max, seconds) * random.uniform(1.0, 1.2)
-        return min(self.backoff_max, self.backoff_base * 2 ** attempt) * random.uniform(0.5, 1.0)
+        # The exponent stops growing long before the cap binds: 2.0 ** 1024 overflows a float.
+        return min(self.backoff_max, self.backoff_base * 2 ** min(attempt, 64)) * random.uniform(0.5, 1.0)
 
     def report(self, kind, message):
         """Tell stderr about a problem once per kind, as logging's handleError does; never raise."""

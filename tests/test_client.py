@@ -218,6 +218,16 @@ def test_close_gives_up_on_an_unreachable_server_within_its_timeout(ship):
     assert handler.stats["dropped"] == 1
 
 
+def test_a_long_outage_keeps_the_batch_however_many_attempts_it_takes(ship):
+    # A tiny cap makes a thousand attempts quick; with the defaults they take some 8 hours.
+    logger, handler = ship(unreachable_url(), "lf_unused", backoff_base=0.5, backoff_max=0.0001)
+    logger.error("waiting out the outage")
+    wait_for(lambda: handler.stats["retries"] > 1100, timeout=60, message="1,100 attempts")
+    # The 1,024th attempt's delay overflowed, and the batch was counted failed and dropped.
+    assert handler.stats["failed"] == 0 and handler.stats["sent"] == 0
+    assert handler.thread.is_alive()
+
+
 EXITING_SCRIPT = """
 import logging, os, sys
 sys.path.insert(0, %r)
