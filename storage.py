@@ -166,11 +166,7 @@ class FileWriter:
             files[(int(project), record["timestamp"][:10])].append(line)
         for (project, day), lines in files.items():
             folder = os.path.join(self.log_dir, str(project))
-            if not os.path.isdir(folder):
-                os.makedirs(folder, exist_ok=True)
-                # A new folder's entry (and a new log_dir's) must reach the disk with the first file.
-                fsync_folder(folder)
-                fsync_folder(self.log_dir)
+            os.makedirs(folder, exist_ok=True)
             append(os.path.join(folder, day + ".log"), b"".join(lines))
         return len(items)
 
@@ -342,11 +338,18 @@ def append(path, data):
     try:
         start = trim_torn_tail(descriptor, path)
         write_whole(descriptor, [data], start, path)
+        if start == 0:
+            # A new file: fsync made its data durable, not its name in its folder, nor
+            # a new project folder's name in the log folder. Under the lock, so that no
+            # other writer acknowledges a batch in this file before its name is durable.
+            try:
+                fsync_folder(path)
+                fsync_folder(os.path.dirname(path))
+            except OSError:
+                os.ftruncate(descriptor, 0)  # the retry starts the file again, and syncs again
+                raise
     finally:
         os.close(descriptor)
-    if start == 0:
-        # A new file: fsync made its data durable, not its name in the folder.
-        fsync_folder(path)
 
 
 def write_whole(descriptor, chunks, start, path):
