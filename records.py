@@ -123,7 +123,8 @@ format_received = functools.lru_cache(maxsize=64)(format_time)
 
 def normalize(raw, received_at, limits):
     """One record in canonical form, plus a list of warnings; raises InvalidRecord."""
-    return _made_storable(*_canonical(raw, received_at, limits))
+    record, warnings, _ = _made_storable(*_canonical(raw, received_at, limits))
+    return record, warnings
 
 
 def normalize_many(raws, received_at, limits):
@@ -143,16 +144,19 @@ def normalize_many(raws, received_at, limits):
     encoded = _plain_json(records)
     if encoded is None:
         # Some record needs a closer look: each on its own, as normalize() does.
-        storable = []
+        storable, parts = [], []
         for index, record, notes in valid:
             try:
-                storable.append((index, *_made_storable(record, notes)))
+                record, notes, part = _made_storable(record, notes)
             except InvalidRecord as error:
                 errors.append((index, str(error)))
+                continue
+            storable.append((index, record, notes))
+            parts.append(part)
         errors.sort(key=lambda pair: pair[0])
         valid = storable
         records = [record for _, record, _ in valid]
-        encoded = orjson.dumps(records)
+        encoded = b"[" + b",".join(parts) + b"]"
     return records, encoded, errors, [(index, note) for index, _, notes in valid for note in notes]
 
 
@@ -223,22 +227,28 @@ def _canonical(raw, received_at, limits):
 
 
 def _made_storable(record, warnings):
-    """A record of _canonical() and its warnings, with every value made storable; raises InvalidRecord."""
+    """A record of _canonical() and its warnings, made storable, and its JSON; raises InvalidRecord.
+
+    The JSON is the record's as an item of a list, as the spool payload holds
+    it: one level deeper than the record alone, which orjson may still write
+    when the list is one level too deep for it.
+    """
     # Fast path: a record orjson writes without NUL escapes or nulls (which
     # may stand for NaN) is storable as it is; only the rest is walked.
-    if _plain_json(record) is not None:
-        return record, warnings
+    encoded = _plain_json([record])
+    if encoded is not None:
+        return record, warnings, encoded[1:-1]
     replaced = set()
     record = _storable(record, 0, replaced)
     try:
-        orjson.dumps(record)
+        encoded = orjson.dumps([record])
     except orjson.JSONEncodeError:
         raise InvalidRecord("metadata is nested deeper than %d levels" % MAX_DEPTH) from None
     if "NUL" in replaced:
         warnings.append("NUL characters were replaced by U+FFFD")
     if "surrogate" in replaced:
         warnings.append("lone UTF-16 surrogates were replaced by U+FFFD")
-    return record, warnings
+    return record, warnings, encoded[1:-1]
 
 
 def _pick(raw, names):

@@ -59,6 +59,22 @@ def test_no_valid_record_is_422_and_nothing_is_queued(client, key, bound):
     assert stored_logs() == [] and file_records(bound.log_dir) == []
 
 
+def test_deep_metadata_is_stored_or_refused_by_record_never_a_500(client, key, bound):
+    """Around the depth limit (250 levels; orjson writes 255 at most), a record one level too deep for the
+    spool payload's list, though fine on its own, was a 500 for the whole request."""
+    for depth in range(245, 262):
+        deep = b'{"message":"depth %d","metadata":' % depth + b'{"a":' * depth + b"1" + b"}" * depth + b"}"
+        response = post_logs(client, key, b'[{"message":"shallow %d"},' % depth + deep + b"]")
+        assert response.status_code == 202, (depth, response.status_code, response.get_data()[:200])
+        summary = response.get_json()
+        assert summary["accepted"] in (1, 2) and [error["index"] for error in summary["errors"]] == (
+            [] if summary["accepted"] == 2 else [1]), (depth, summary)
+    drain_all()
+    messages = {row["message"] for row in stored_logs()}
+    assert {"shallow %d" % depth for depth in range(245, 262)} <= messages
+    assert len(file_records(bound.log_dir)) == len(messages)
+
+
 def test_ndjson_body(client, key):
     body = b'{"msg": "a", "lvl": "debug"}\n{"@m": "b", "@l": "Error", "@t": "2026-01-01T00:00:00Z"}\n'
     assert post_logs(client, key, body, content_type="application/x-ndjson").status_code == 202
