@@ -13,7 +13,7 @@ from peewee import (SQL, BooleanField, CharField, CompositeKey, DatabaseProxy,
 from playhouse import db_url
 from playhouse.migrate import SchemaMigrator, migrate
 
-from config import parse_storage
+from config import MAX_RETENTION_DAYS, parse_storage
 
 # Bound to SQLite or PostgreSQL by bind_database(); importing this module
 # opens nothing.
@@ -166,7 +166,10 @@ class Project(BaseModel):
 
     def retention(self, default):
         """Days of logs this project keeps; 0 means forever."""
-        return default if self.retention_days is None else self.retention_days
+        if self.retention_days is None:
+            return default
+        # set-retention refuses more; versions before it stored up to 2**31-1, which pruning cannot reach back to.
+        return min(self.retention_days, MAX_RETENTION_DAYS)
 
 
 class ApiKey(BaseModel):

@@ -113,6 +113,18 @@ def test_zero_days_keeps_everything_but_still_compresses(history, bound):
     assert len(stored_logs(project.id)) == 9
 
 
+def test_a_retention_stored_before_its_bound_prunes_as_the_bound(history, bound):
+    """Versions before the 36,500-day bound stored up to 2**31-1 days; that cutoff lies before year 1."""
+    project, archive, moments = history
+    with models.database.connection_context():
+        Project.update(retention_days=800000).where(Project.id == project.id).execute()
+    report = {done["id"]: done for done in tasks.prune(today=TODAY)}
+    assert report[project.id]["days"] == 36500 and report[project.id]["db"] == {"deleted": 0}
+    # The projects after it are pruned too.
+    assert report[archive.id]["file"] == {"deleted": 0, "compressed": 1}
+    assert len(stored_logs(project.id)) == 9
+
+
 def test_the_hourly_task_prunes_the_database_only(history, bound):
     project, archive, moments = history
     files = day_files(bound, project.id)
