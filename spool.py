@@ -224,6 +224,20 @@ end
 redis.call('HDEL', KEYS[5] .. ':batches', ARGV[1])
 """
 
+# Forget the record counts (in hash KEYS[1]) of the batch ids in ARGV that count
+# 0 records and hold no lease (KEYS[2]): empty claims before 6420e63 left them,
+# and nothing acknowledges them. Returns how many went.
+FORGET_SCRIPT = """
+local removed = 0
+for i = 1, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == '0' and not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
 # If writer's leases (KEYS[1]) hold a batch and no wake-up is reserved
 # (KEYS[2]), reserve one until that batch's lease ends; returns the delay.
 WAKEUP_SCRIPT = """
@@ -254,6 +268,7 @@ class RedisSpool:
         self._fail = self.client.register_script(FAIL_SCRIPT)
         self._wakeup = self.client.register_script(WAKEUP_SCRIPT)
         self._ack = self.client.register_script(ACK_SCRIPT)
+        self._forget = self.client.register_script(FORGET_SCRIPT)
 
     def _key(self, writer, part):
         return "%s:%s:%s" % (self.prefix, writer, part)
@@ -352,6 +367,18 @@ class RedisSpool:
     def ping(self):
         """Raise SpoolUnavailable unless Redis answers."""
         self.client.ping()
+
+    def forget_empty_claims(self, writer):
+        """Clear the record counts that empty claims left in Redis before 6420e63; returns how many went."""
+        counts, leases = self._key(writer, "queued") + ":batches", self._key(writer, "leases")
+        removed, cursor = 0, 0
+        while True:
+            cursor, fields = self.client.hscan(counts, cursor, count=1000)
+            empty = [batch for batch, records in fields.items() if records == b"0"]
+            if empty:
+                removed += self._forget(keys=[counts, leases], args=empty)
+            if not cursor:
+                return removed
 
     def beat(self, name, at):
         """Record that consumer `name` was alive at `at` (epoch seconds); forgets beats a day old."""
@@ -600,6 +627,11 @@ class SqliteSpool:
     def ping(self):
         """Raise SpoolUnavailable unless the SQLite file can be read."""
         self._connection().execute("SELECT 1 FROM spool LIMIT 1")
+
+    @staticmethod
+    def forget_empty_claims(writer):
+        """Nothing to clear: SQLite's claims keep no record count apart from their rows."""
+        return 0
 
     def beat(self, name, at):
         """Record that consumer `name` was alive at `at` (epoch seconds); forgets beats a day old."""

@@ -386,8 +386,21 @@ def start_file_pruning():
     start_once("logflow-file-pruning", prune_files_hourly)
 
 
+def forget_empty_claims():
+    """Clear what empty claims of versions before 6420e63 left in Redis: once per consumer process, from its heartbeat thread."""
+    for writer in config.WRITERS:
+        try:
+            removed = runtime.spool.forget_empty_claims(writer)
+        except spools.SpoolUnavailable as error:
+            logger.warning("cannot clear stale batch counts (next start will): %s", error)
+            return
+        if removed:
+            logger.info("cleared %d stale batch counts of the %s writer", removed, writer)
+
+
 def beat_forever():
     """Beat every HEARTBEAT_SECONDS until the process ends."""
+    forget_empty_claims()
     while True:
         try:
             beat()

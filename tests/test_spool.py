@@ -176,3 +176,17 @@ def test_claims_leave_no_bookkeeping_behind_in_redis(spool):
     # Redis drops a hash with no field left.
     assert {key.decode(): spool.client.hgetall(key) for key in spool.client.scan_iter("*:batches")} == {}
     assert spool.queued_records("db") == 0
+
+
+@pytest.mark.parametrize("settings", ["postgres"], indirect=True)
+def test_counts_left_by_empty_claims_of_older_versions_are_cleared(spool):
+    counts = "logflow:db:queued:batches"
+    spool.client.hset(counts, mapping={"stale-%d" % n: 0 for n in range(2500)})  # more than one HSCAN page
+    spool.push(b'{"count":3}', ["db"], 3)
+    spool.push(b"no count", ["file"], 1)  # a leased batch that counts 0 records stays
+    batch, uncounted = spool.claim("db", 1 << 20), spool.claim("file", 1 << 20)
+    assert spool.forget_empty_claims("db") == 2500 and spool.forget_empty_claims("file") == 0
+    assert spool.client.hgetall(counts) == {batch.id.encode(): b"3"}
+    assert spool.client.hgetall("logflow:file:queued:batches") == {uncounted.id.encode(): b"0"}
+    spool.ack("db", batch.id)
+    assert spool.queued_records("db") == 0 and spool.client.hgetall(counts) == {}
