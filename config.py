@@ -54,6 +54,8 @@ class Number:
         """The form and range, as the error message says them."""
         form = "a number of seconds" if self.seconds else "a whole number"
         least = "0 (%s)" % self.zero if self.zero else "1"
+        if self.most < math.inf and self.seconds and not self.zero:
+            return "%s above 0 and at most %d" % (form, self.most)
         if self.most < math.inf:
             return "%s from %s to %d" % (form, least, self.most)
         if self.zero:
@@ -93,7 +95,10 @@ def parse_log_level(value):
 # a 0 s body timeout makes every body a 408, a 0 s lease hands every batch out
 # again at once, and a 0 s retry has a failing writer retry without a pause.
 COUNT = Number()
-SECONDS = Number(seconds=True)
+# A day at most: far longer ones mean nothing, and past about 1e9 s they overflow
+# socket timeouts, sleeps and Redis expiries instead of failing here.
+DAY = 86400
+SECONDS = Number(seconds=True, most=DAY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +165,7 @@ class Settings:
 ENVIRONMENT = {
     "LOGFLOW_DATA_DIR": ("data_dir", str),
     # The schemes models.bind_database opens as PostgreSQL, and those redis-py's from_url reads (spool.py).
-    "DATABASE_URL": ("database_url", Url(("postgresql", "postgres"))),
+    "DATABASE_URL": ("database_url", Url(("postgresql", "postgres", "postgresql+pool", "postgres+pool"))),
     "REDIS_URL": ("redis_url", Url(("redis", "rediss", "unix"))),
     "LOGFLOW_LOG_DIR": ("log_dir", str),
     "LOGFLOW_STORAGE": ("storage", parse_storage),
@@ -174,10 +179,10 @@ ENVIRONMENT = {
     # PostgreSQL's statement_timeout holds at most 2^31 - 1 ms; past it every read would fail.
     "LOGFLOW_READ_TIMEOUT_SECONDS": ("read_timeout_seconds",
                                      Number(seconds=True, zero="no limit", most=2147483)),
-    "LOGFLOW_KEY_CACHE_SECONDS": ("key_cache_seconds", Number(seconds=True, zero="no cache")),
+    "LOGFLOW_KEY_CACHE_SECONDS": ("key_cache_seconds", Number(seconds=True, zero="no cache", most=DAY)),
     "LOGFLOW_LEASE_SECONDS": ("lease_seconds", SECONDS),
     "LOGFLOW_BATCH_BYTES": ("batch_bytes", COUNT),
-    "LOGFLOW_BATCH_WAIT_SECONDS": ("batch_wait_seconds", Number(seconds=True, zero="no wait")),
+    "LOGFLOW_BATCH_WAIT_SECONDS": ("batch_wait_seconds", Number(seconds=True, zero="no wait", most=DAY)),
     "LOGFLOW_RETRY_BASE_SECONDS": ("retry_base_seconds", SECONDS),
     "LOGFLOW_RETRY_MAX_SECONDS": ("retry_max_seconds", SECONDS),
     # Retry-After 0 would have clients retry at once, all through an outage.

@@ -213,7 +213,7 @@ def manage_py(arguments, environment):
 @pytest.mark.parametrize("variable, value, reason", [
     ("LOGFLOW_RETENTION_DAYS", "-3", "must be a whole number from 0 (keep forever) to 36500, not -3"),
     ("LOGFLOW_STORAGE", "foo", "storage must be db, file or db,file, not 'foo'"),
-    ("LOGFLOW_BATCH_WAIT_SECONDS", "abc", "must be a number of seconds, 0 (no wait) or more, not 'abc'"),
+    ("LOGFLOW_BATCH_WAIT_SECONDS", "abc", "must be a number of seconds from 0 (no wait) to 86400, not 'abc'"),
     ("LOGFLOW_MAX_RECORDS", "0", "must be a whole number of 1 or more, not 0"),
     ("REDIS_URL", "http://x", "must start with redis://, rediss:// or unix://, not http://")])
 def test_a_bad_setting_is_one_line_of_error_and_help_still_works(variable, value, reason, tmp_path):
