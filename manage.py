@@ -157,15 +157,16 @@ def set_retention(project, days):
 @cli.command("list-projects")
 def list_projects():
     """List projects: id, name, active, storage, rate limit, and the prefixes of their live keys."""
-    projects = list(Project.select().order_by(Project.id))  # before the header: a failed read prints no table
-    click.echo("%-4s %-24s %-7s %-8s %-8s %s" % ("id", "name", "active", "storage", "rate/s", "keys"))
-    for project in projects:
+    rows = []  # read whole before the header, so that a failed read prints no table
+    for project in Project.select().order_by(Project.id):
         prefixes = [key.prefix + "…" + ("(read)" if key.scope == "read" else "")
                     for key in project.keys.where(ApiKey.revoked_at.is_null())]
         rate = "default" if project.rate_limit is None else str(project.rate_limit or "none")
-        click.echo("%-4d %-24s %-7s %-8s %-8s %s" % (
-            project.id, project.name, "yes" if project.is_active else "no",
-            project.storage or "default", rate, " ".join(prefixes) or "-"))
+        rows.append((project.id, project.name, "yes" if project.is_active else "no",
+                     project.storage or "default", rate, " ".join(prefixes) or "-"))
+    click.echo("%-4s %-24s %-7s %-8s %-8s %s" % ("id", "name", "active", "storage", "rate/s", "keys"))
+    for row in rows:
+        click.echo("%-4d %-24s %-7s %-8s %-8s %s" % row)
 
 
 @cli.command("create-key")
