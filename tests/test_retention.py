@@ -185,6 +185,9 @@ def test_manage_prune_and_set_retention(history, run):
         refused = run("set-retention", "acme", days)
         assert refused.exit_code == 2 and "DAYS" in refused.output, refused.output
     assert run("set-retention", "acme", "36500").stdout == "project acme: 36500 days\n"
+    with models.database.connection_context():
+        assert Project.get(Project.name == "acme").retention_days == 36500
+    assert run("prune").exit_code == 0
 
 
 def test_a_late_record_adds_a_gzip_member(tmp_path):
