@@ -36,6 +36,14 @@ if not os.path.exists(HUEY_CONSUMER):
     HUEY_CONSUMER = shutil.which("huey_consumer")
 
 
+def dev_mode_environment(tmp_path, **settings):
+    """This process's environment without LogFlow's settings (dev mode, folders under tmp_path), plus `settings`."""
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("DATABASE_URL", "REDIS_URL") and not name.startswith("LOGFLOW_")}
+    environment.update(LOGFLOW_DATA_DIR=str(tmp_path / "data"), LOGFLOW_LOG_DIR=str(tmp_path / "logs"), **settings)
+    return environment
+
+
 class Process:
     """One child process with its output in a file, so failures can show its tail."""
 

@@ -14,7 +14,7 @@ import manage
 import models
 import query
 from helpers import drain_all, post_logs
-from processes import ROOT
+from processes import ROOT, dev_mode_environment
 
 
 @pytest.fixture
@@ -217,10 +217,7 @@ def manage_py(arguments, environment):
     ("LOGFLOW_MAX_RECORDS", "0", "must be a whole number of 1 or more, not 0"),
     ("REDIS_URL", "http://x", "must start with redis://, rediss:// or unix://, not http://")])
 def test_a_bad_setting_is_one_line_of_error_and_help_still_works(variable, value, reason, tmp_path):
-    environment = {name: setting for name, setting in os.environ.items()
-                   if name not in ("DATABASE_URL", "REDIS_URL") and not name.startswith("LOGFLOW_")}
-    environment.update({"LOGFLOW_DATA_DIR": str(tmp_path / "data"), "LOGFLOW_LOG_DIR": str(tmp_path / "logs"),
-                        variable: value})
+    environment = dev_mode_environment(tmp_path, **{variable: value})
     expected = (1, ["error: %s: %s" % (variable, reason)], "")
     # In a process of its own, and here, where tasks is bound to the tests' settings already.
     failed = manage_py(["list-projects"], environment)

@@ -11,6 +11,7 @@ import pytest
 
 import tasks
 from helpers import drain_all, file_records, post_logs, stored_logs, wait_for
+from processes import HUEY_CONSUMER, ROOT, dev_mode_environment
 
 
 def test_drain_task_writes_a_batch(client, key, bound):
@@ -127,13 +128,8 @@ def test_a_woken_writer_writes_the_requests_of_its_wait_in_one_batch(client, key
 
 
 def test_importing_binds_nothing_and_the_consumer_binds_the_environment_first(tmp_path):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    environment = {name: value for name, value in os.environ.items()
-                   if name not in ("DATABASE_URL", "REDIS_URL") and not name.startswith("LOGFLOW_")}
-    environment.update(PYTHONPATH=root, LOGFLOW_DATA_DIR=str(tmp_path / "data"),
-                       LOGFLOW_LOG_DIR=str(tmp_path / "logs"))
-    consumer = [os.path.join(os.path.dirname(sys.executable), "huey_consumer"), "tasks.huey",
-                "--worker-type", "thread", "--workers", "2", "--graceful-signal", "TERM"]
+    environment = dev_mode_environment(tmp_path, PYTHONPATH=ROOT)
+    consumer = [HUEY_CONSUMER, "tasks.huey", "--worker-type", "thread", "--workers", "2", "--graceful-signal", "TERM"]
 
     # A setting nothing could use: importing reads no setting and creates no file.
     imported = subprocess.run([sys.executable, "-c", "import tasks, logflow, manage; print(tasks.runtime.settings)"],
