@@ -1,4 +1,5 @@
 """Peewee models: projects, their API keys, and the stored logs."""
+import contextlib
 import datetime
 import hashlib
 import os
@@ -95,17 +96,20 @@ def on_postgres():
     return isinstance(database.obj, PostgresqlDatabase)
 
 
-def commit_durably():
-    """Make the current transaction's COMMIT return only once it is on disk, whatever synchronous_commit says.
+@contextlib.contextmanager
+def durable_transaction():
+    """A transaction whose COMMIT returns only once it is on disk, whatever synchronous_commit says.
 
     A consumer deletes a batch from the spool as soon as COMMIT returns. With
     synchronous_commit=off (a common tuning) COMMIT returns before its WAL is
     written, and a crash of PostgreSQL then loses rows LogFlow has already let
     go of. 'local' waits for this server's disk only; stronger settings stay.
     """
-    if on_postgres():
-        database.execute_sql("SELECT set_config('synchronous_commit', 'local', true)"
-                             " WHERE current_setting('synchronous_commit') = 'off'")
+    with database.atomic():
+        if on_postgres():
+            database.execute_sql("SELECT set_config('synchronous_commit', 'local', true)"
+                                 " WHERE current_setting('synchronous_commit') = 'off'")
+        yield
 
 
 def create_tables():
@@ -243,9 +247,7 @@ class Quarantined(BaseModel):
     def add(cls, writer, item, error):
         """Set one (project id, received_at, record) item aside with the error that refused it."""
         project, received_at, record = item
-        with database.atomic():
-            # The record leaves the spool once it is here.
-            commit_durably()
+        with durable_transaction():  # the record leaves the spool once it is here
             return cls.create(writer=writer, project=project, received_at=received_at,
                               record=orjson.dumps(record).decode(),
                               error=("%s: %s" % (type(error).__name__, error))[:2000])

@@ -23,7 +23,7 @@ import orjson
 import peewee
 import psycopg2.errors
 
-from models import Log, commit_durably, database, on_postgres
+from models import Log, database, durable_transaction, on_postgres
 
 logger = logging.getLogger("logflow")
 
@@ -45,8 +45,7 @@ class DatabaseWriter:
         """Store every item; returns how many there were."""
         # The wrapper gives driver errors Peewee's classes, which outage_errors names.
         with database.connection_context(), peewee.__exception_wrapper__:
-            with database.atomic():
-                commit_durably()
+            with durable_transaction():
                 if on_postgres():
                     copy_rows(database.cursor(), items)
                 else:
