@@ -117,7 +117,12 @@ class Settings:
     max_decoded_bytes: int = 10 * 1024 * 1024
     max_records: int = 1000
     max_message_bytes: int = 64 * 1024
+    # A record's JSON as stored (message, metadata and the rest together), as
+    # Loki bounds a line; four times this as sent is refused unread.
+    max_record_bytes: int = 256 * 1024
     future_window_seconds: float = 3600.0
+    # Days a timestamp may lie in the past; None: the project's retention (0: no bound).
+    past_window_days: int = None
     # A request body must arrive within this time, or the request gets 408.
     body_timeout_seconds: float = 10.0
     # On PostgreSQL, a GET /logs query running longer is cancelled (422), so
@@ -143,6 +148,9 @@ class Settings:
     rate_burst: int = 0
     # Days of logs kept for projects without their own retention (0: keep forever).
     retention_days: int = 30
+    # Bytes of stored logs one page of GET /logs (or of tail) holds at most; a page
+    # stops early, with a cursor, once past it.
+    max_page_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
 
     @property
@@ -173,8 +181,10 @@ ENVIRONMENT = {
     "LOGFLOW_MAX_DECODED_BYTES": ("max_decoded_bytes", COUNT),
     "LOGFLOW_MAX_RECORDS": ("max_records", COUNT),
     "LOGFLOW_MAX_MESSAGE_BYTES": ("max_message_bytes", COUNT),
+    "LOGFLOW_MAX_RECORD_BYTES": ("max_record_bytes", COUNT),
     "LOGFLOW_FUTURE_WINDOW_SECONDS": ("future_window_seconds",
                                       Number(seconds=True, zero="no timestamp ahead of the clock")),
+    "LOGFLOW_PAST_WINDOW_DAYS": ("past_window_days", Number(zero="no bound", most=MAX_RETENTION_DAYS)),
     "LOGFLOW_BODY_TIMEOUT_SECONDS": ("body_timeout_seconds", SECONDS),
     # PostgreSQL's statement_timeout holds at most 2^31 - 1 ms; past it every read would fail.
     "LOGFLOW_READ_TIMEOUT_SECONDS": ("read_timeout_seconds",
@@ -192,6 +202,7 @@ ENVIRONMENT = {
     "LOGFLOW_RATE_BURST": ("rate_burst", Number(zero="one second's worth")),
     # A negative number would put the cutoff after today, and prune today's logs.
     "LOGFLOW_RETENTION_DAYS": ("retention_days", Number(zero="keep forever", most=MAX_RETENTION_DAYS)),
+    "LOGFLOW_MAX_PAGE_BYTES": ("max_page_bytes", COUNT),
     "LOGFLOW_LOG_LEVEL": ("log_level", parse_log_level),
 }
 

@@ -162,7 +162,7 @@ class KeyCache:
         if key is not None:
             project = key.project
             identity = (project.id, project.is_active, project.writers(default_writers),
-                        project.rate_limit, key.scope)
+                        project.rate_limit, key.scope, project.retention_days)
             self.share(key_hash, identity)
         self.remember(key_hash, now, identity)
         return identity
@@ -194,13 +194,15 @@ class KeyCache:
             return None
         if shared is None:
             return None
-        # Lookups shared before keys had scopes were all ingest keys.
-        project_id, is_active, writers, rate_limit, scope = (orjson.loads(shared) + ["ingest"])[:5]
-        return project_id, is_active, tuple(writers), rate_limit, scope
+        # Lookups shared before keys had scopes were all ingest keys; before
+        # retention was shared, the default retention applies.
+        shared = orjson.loads(shared)
+        project_id, is_active, writers, rate_limit, scope, retention = shared + [None, "ingest", None][len(shared) - 3:]
+        return project_id, is_active, tuple(writers), rate_limit, scope, retention
 
 
 def authenticate(settings, scope="ingest"):
-    """The (project id, writers, rate limit or None) of the request's key; 401, or 403 if it lacks the scope."""
+    """The (project id, writers, rate limit or None, retention days or None) of the request's key; 401, or 403 if it lacks the scope."""
     plaintext = request.headers.get("X-API-Key", "")
     if not plaintext:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -213,13 +215,13 @@ def authenticate(settings, scope="ingest"):
         identity = current_app.extensions["logflow"]["keys"].identify(plaintext, settings.storage)
     if identity is None:
         raise APIError(401, "the API key is not valid")
-    project_id, is_active, writers, rate_limit, key_scope = identity
+    project_id, is_active, writers, rate_limit, key_scope, retention_days = identity
     if not is_active:
         raise APIError(403, "this project is deactivated")
     if key_scope != scope:
         raise APIError(403, "this key's scope is %s; %s %s needs a key with scope %s (manage.py"
                        " create-key --scope %s)" % (key_scope, request.method, request.path, scope, scope))
-    return project_id, writers, rate_limit
+    return project_id, writers, rate_limit, retention_days
 
 
 def read_body(settings):
@@ -351,7 +353,7 @@ def accept(settings, identity, raw_records):
     Raises APIError when nothing can be accepted: 400/413 for the request as a
     whole, 422 when no record is valid, 429/503 when the queue refuses.
     """
-    project_id, writers, rate_limit = identity
+    project_id, writers, rate_limit, retention_days = identity
     if not raw_records:
         raise APIError(400, "the body holds no records")
     if len(raw_records) > settings.max_records:

@@ -24,9 +24,10 @@ def test_env_example_lists_every_setting_with_its_default():
 
 def test_env_example_commented_examples_load():
     examples = example_values(commented=True)
-    assert set(examples) == {"DATABASE_URL", "REDIS_URL"}
+    assert set(examples) == {"DATABASE_URL", "REDIS_URL", "LOGFLOW_PAST_WINDOW_DAYS"}
     settings = config.load(examples)
     assert (settings.database_url, settings.redis_url) == (examples["DATABASE_URL"], examples["REDIS_URL"])
+    assert settings.past_window_days == int(examples["LOGFLOW_PAST_WINDOW_DAYS"])
 
 
 def test_every_default_loads_as_itself():
@@ -35,7 +36,8 @@ def test_every_default_loads_as_itself():
     as_text = {}
     for variable, (field, _) in config.ENVIRONMENT.items():
         value = getattr(defaults, field)
-        as_text[variable] = ",".join(value) if isinstance(value, tuple) else str(value)
+        # None: not set (LOGFLOW_PAST_WINDOW_DAYS then follows the project's retention).
+        as_text[variable] = ",".join(value) if isinstance(value, tuple) else "" if value is None else str(value)
     assert config.load(as_text) == defaults
 
 
@@ -82,6 +84,10 @@ def test_values_are_converted():
     ("LOGFLOW_RATE_LIMIT", "0", "rate_limit", 0),
     ("LOGFLOW_RATE_BURST", "0", "rate_burst", 0),
     ("LOGFLOW_RETENTION_DAYS", "0", "retention_days", 0),
+    ("LOGFLOW_PAST_WINDOW_DAYS", "0", "past_window_days", 0),
+    ("LOGFLOW_PAST_WINDOW_DAYS", "36500", "past_window_days", 36500),
+    ("LOGFLOW_MAX_RECORD_BYTES", "1", "max_record_bytes", 1),
+    ("LOGFLOW_MAX_PAGE_BYTES", "1", "max_page_bytes", 1),
     # The smallest values that work where 0 does not, and the largest.
     ("LOGFLOW_MAX_RECORDS", "1", "max_records", 1),
     ("LOGFLOW_BATCH_BYTES", "1", "batch_bytes", 1),
@@ -112,6 +118,9 @@ REFUSALS = [
     ("LOGFLOW_MAX_RECORDS", "-5", "must be a whole number of 1 or more, not -5"),
     ("LOGFLOW_MAX_RECORDS", "0", "must be a whole number of 1 or more, not 0"),
     ("LOGFLOW_MAX_MESSAGE_BYTES", "0", "must be a whole number of 1 or more, not 0"),
+    ("LOGFLOW_MAX_RECORD_BYTES", "0", "must be a whole number of 1 or more, not 0"),
+    ("LOGFLOW_MAX_PAGE_BYTES", "-1", "must be a whole number of 1 or more, not -1"),
+    ("LOGFLOW_PAST_WINDOW_DAYS", "-1", "must be a whole number from 0 (no bound) to 36500, not -1"),
     ("LOGFLOW_BATCH_BYTES", "0", "must be a whole number of 1 or more, not 0"),
     ("LOGFLOW_RETRY_AFTER_SECONDS", "0", "must be a whole number of 1 or more, not 0"),
     # Where 0 means something, below it does not.
