@@ -58,11 +58,11 @@ Limit = collections.namedtuple("Limit", "key rate burst")
 def encode(project, received_at, records, encoded=None):
     """One request's records as a spool payload (JSON, the record count first).
 
-    `encoded` is orjson's encoding of `records`, when the caller has it already.
+    With `encoded`, the caller's JSON list of the records, `records` is only their count.
     """
     # The count leads so the Redis claim script can read it without a JSON parser.
     return b'{"count":%d,"project":%s,"received_at":%s,"records":%s}' % (
-        len(records), orjson.dumps(project), orjson.dumps(received_at),
+        len(records) if encoded is None else records, orjson.dumps(project), orjson.dumps(received_at),
         orjson.dumps(records) if encoded is None else encoded)
 
 
