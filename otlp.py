@@ -1,11 +1,13 @@
 """OTLP/HTTP logs: export requests (protobuf or JSON) to raw records, and answers in the request's encoding.
 
-Pure functions, no I/O. Each OTLP log record becomes a dict that
+Pure functions, no I/O. The export is scanned first (wire.py), so that its
+records are counted and measured before any is decoded. Each OTLP log record becomes a dict that
 records.normalize() reads like any record sent to POST /logs, so both
 routes share validation, limits and the queue.
 """
 import base64
 import datetime
+import functools
 import math
 import uuid
 
@@ -13,10 +15,13 @@ import orjson
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
-from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (ExportLogsServiceRequest,
-                                                                    ExportLogsServiceResponse)
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 import records
+import wire
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -43,69 +48,175 @@ def response_type(content_type):
     return PROTOBUF if records.media_type_of(content_type) == PROTOBUF else JSON
 
 
-def decode(data, content_type):
-    """(raw records, where each one was in the request) from an ExportLogsServiceRequest body."""
+def decode(data, content_type, limits):
+    """(raw records, where each one was in the request) from an ExportLogsServiceRequest body.
+
+    The records come as a records.Unread list: found by a scan of the body's
+    structure (records.TooManyRecords past limits.max_records, while scanning),
+    each decoded only when normalized. A record over four times
+    limits.max_record_bytes as sent, with its resource and scope, is refused
+    unread; their objects could cost a worker many times that.
+    """
     media_type = records.media_type_of(content_type)
     if media_type == PROTOBUF:
-        request = ExportLogsServiceRequest()
-        try:
-            request.ParseFromString(data)
-        except DecodeError as error:
-            raise records.InvalidBody("the body is not a protobuf ExportLogsServiceRequest: %s"
-                                      % error) from None
+        scan, parts = _protobuf_records, PROTOBUF_PARTS
     elif media_type == JSON:
-        request = _parse_json(data)
+        scan, parts = _json_records, JSON_PARTS
     else:
         raise records.UnsupportedMediaType("Content-Type %s is not supported; OTLP/HTTP sends %s or %s"
                                            % (media_type[:64], PROTOBUF, JSON))
-    raw_records, locations = [], []
-    for i, resource_logs in enumerate(request.resource_logs):
-        resource = attributes_of(resource_logs.resource.attributes)
-        for j, scope_logs in enumerate(resource_logs.scope_logs):
-            scope = scope_of(scope_logs.scope)
-            for k, log in enumerate(scope_logs.log_records):
-                raw_records.append(record_of(log, resource, scope))
-                locations.append("resourceLogs[%d].scopeLogs[%d].logRecords[%d]" % (i, j, k))
-    return raw_records, locations
-
-
-def _parse_json(data):
-    """An ExportLogsServiceRequest from OTLP/JSON: proto3 JSON, but trace and span ids in hex."""
+    budget = [budget_of(limits)]
+    found, count, most = records.Unread(), 0, SENT_FACTOR * limits.max_record_bytes
+    locations = []
     try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError as error:
-        raise records.InvalidBody("the body is not valid JSON: %s" % error) from None
-    if not isinstance(value, dict):
-        raise records.InvalidBody("the body must be a JSON object (an ExportLogsServiceRequest)")
-    for log in _json_log_records(value):
+        for i, resource, scopes in scan(data, budget):
+            resource = _Part(data, resource, parts[0])
+            for j, scope, spans in scopes:
+                scope = _Part(data, scope, parts[1])
+                for k, span in enumerate(spans):
+                    count += 1
+                    if count > limits.max_records:
+                        raise records.TooManyRecords("a request may hold at most %d records" % limits.max_records)
+                    locations.append("resourceLogs[%d].scopeLogs[%d].logRecords[%d]" % (i, j, k))
+                    if span[1] - span[0] + resource.size + scope.size > most:
+                        found.append(records.InvalidRecord(
+                            "record is larger than %d bytes as sent, with its resource and scope" % most))
+                    else:
+                        found.append(functools.partial(_record, data, span, parts[2], resource, scope))
+    except wire.Unreadable as error:
+        raise records.InvalidBody("the body is not an OTLP %s ExportLogsServiceRequest: %s"
+                                  % ("protobuf" if scan is _protobuf_records else "JSON", error)) from None
+    except wire.TooMany:
+        raise records.TooManyRecords("a request may hold at most %d records, and %d protobuf fields or JSON"
+                                     " members and elements in all" % (limits.max_records, budget_of(limits))) from None
+    return found, locations
+
+
+def budget_of(limits):
+    """The fields (or JSON members and elements) an export may hold around and including its records.
+
+    For each record a resource, a scope and their lists' entries and schema
+    URLs, with room for fields this code does not know: honest exports hold
+    far fewer, while millions of empty entries are refused as they are counted.
+    """
+    return 8 * limits.max_records + 64
+
+
+# How far a record's size as sent may exceed LOGFLOW_MAX_RECORD_BYTES before it
+# is refused unread: OTLP spells attributes at length, in JSON most of all.
+SENT_FACTOR = 4
+
+
+def _protobuf_records(data, budget):
+    """Yield (i, resource spans, scopes) of each ResourceLogs; scopes yield (j, scope spans, record spans)."""
+    resource_logs = [span for number, span in wire.protobuf_fields(data, 0, len(data), budget) if number == 1]
+    for i, (start, end) in enumerate(resource_logs):
+        fields = list(wire.protobuf_fields(data, start, end, budget))
+        # A message field sent twice is merged, as protobuf parsers do: its spans are read together.
+        yield i, [span for number, span in fields if number == 1], _protobuf_scopes(
+            data, [span for number, span in fields if number == 2], budget)
+
+
+def _protobuf_scopes(data, scope_logs, budget):
+    for j, (start, end) in enumerate(scope_logs):
+        fields = list(wire.protobuf_fields(data, start, end, budget))
+        yield j, [span for number, span in fields if number == 1], [
+            span for number, span in fields if number == 2]
+
+
+# OTLP/JSON's shape around its records, as wire.walk() reads it; proto3 JSON
+# takes both spellings of each field name.
+_SCOPE_LOGS = {b"scope": ("scope", "span"), b"logRecords": ("records", ["span"]),
+               b"log_records": ("records", ["span"])}
+_RESOURCE_LOGS = {b"resource": ("resource", "span"), b"scopeLogs": ("scopes", [_SCOPE_LOGS]),
+                  b"scope_logs": ("scopes", [_SCOPE_LOGS])}
+_EXPORT = {b"resourceLogs": ("resources", [_RESOURCE_LOGS]), b"resource_logs": ("resources", [_RESOURCE_LOGS])}
+
+
+def _json_records(data, budget):
+    """_protobuf_records() of an OTLP/JSON body."""
+    start = wire.skip_whitespace(data, 0)
+    if data[start:start + 1] != b"{":
+        raise wire.Unreadable("the body must be a JSON object")
+    export, end = wire.walk(data, start, _EXPORT, budget)
+    if wire.skip_whitespace(data, end) != len(data):
+        raise wire.Unreadable("trailing characters at byte %d" % end)
+    for i, resource_logs in enumerate(_joined(export["resources"])):
+        yield i, resource_logs["resource"], (
+            (j, scope_logs["scope"], list(_joined(scope_logs["records"])))
+            for j, scope_logs in enumerate(_joined(resource_logs["scopes"])))
+
+
+def _joined(arrays):
+    """The items of arrays one after the other (a field given under both its names has two)."""
+    return (item for array in arrays for item in array)
+
+
+def _protobuf_reader(message_class):
+    """A reader of one protobuf message of message_class from its spans in the body."""
+    def read(data, spans):
+        # A message field sent twice is merged, as protobuf parsers do: its spans are read together.
+        try:
+            return message_class.FromString(b"".join(data[start:end] for start, end in spans))
+        except DecodeError as error:
+            raise records.InvalidBody("the body is not a protobuf ExportLogsServiceRequest: %s" % error) from None
+    return read
+
+
+def _json_reader(message_class):
+    """A reader of one OTLP/JSON message of message_class from its spans in the body: proto3 JSON, but ids in hex."""
+    def read(data, spans):
+        message = message_class()
+        if not spans:
+            return message
+        # A name given twice in one object: the last counts, as for any JSON object here.
+        start, end = spans[-1]
+        try:
+            value = orjson.loads(data[start:end])
+        except orjson.JSONDecodeError as error:
+            raise records.InvalidBody("the body is not valid JSON: %s" % error) from None
+        if not isinstance(value, dict):
+            raise records.InvalidBody("an OTLP/JSON %s must be an object" % message_class.__name__)
         for name in ("traceId", "trace_id", "spanId", "span_id"):
-            if isinstance(log.get(name), str):
+            if isinstance(value.get(name), str):
                 try:
-                    log[name] = base64.b64encode(bytes.fromhex(log[name])).decode()
+                    value[name] = base64.b64encode(bytes.fromhex(value[name])).decode()
                 except ValueError:
-                    raise records.InvalidBody("%s %r is not hex" % (name, log[name][:64])) from None
-    request = ExportLogsServiceRequest()
-    try:
-        # OTLP/JSON receivers must ignore fields they do not know.
-        json_format.ParseDict(value, request, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError) as error:
-        raise records.InvalidBody("the body is not an OTLP/JSON ExportLogsServiceRequest: %s"
-                                  % str(error)[:500]) from None
-    return request
+                    raise records.InvalidBody("%s %r is not hex" % (name, value[name][:64])) from None
+        try:
+            # OTLP/JSON receivers must ignore fields they do not know.
+            json_format.ParseDict(value, message, ignore_unknown_fields=True)
+        except (json_format.ParseError, ValueError, TypeError) as error:
+            raise records.InvalidBody("the body is not an OTLP/JSON ExportLogsServiceRequest: %s"
+                                      % str(error)[:500]) from None
+        return message
+    return read
 
 
-def _json_log_records(value):
-    """The log record objects of an OTLP/JSON request, whatever else its shape; ParseDict judges the rest."""
-    for resource_logs in _objects(value, "resourceLogs", "resource_logs"):
-        for scope_logs in _objects(resource_logs, "scopeLogs", "scope_logs"):
-            yield from _objects(scope_logs, "logRecords", "log_records")
+# The readers of a resource, a scope and a log record, by encoding.
+PROTOBUF_PARTS = tuple(map(_protobuf_reader, (Resource, InstrumentationScope, LogRecord)))
+JSON_PARTS = tuple(map(_json_reader, (Resource, InstrumentationScope, LogRecord)))
 
 
-def _objects(parent, *names):
-    for name in names:
-        items = parent.get(name)
-        if isinstance(items, list):
-            yield from (item for item in items if isinstance(item, dict))
+class _Part:
+    """A resource or scope of an export: read when its first record is, then shared by its records."""
+
+    def __init__(self, data, spans, read):
+        self.data, self.spans, self.read = data, spans, read
+        self.size = sum(end - start for start, end in spans)
+        self.value = None
+
+    def get(self, convert):
+        """convert() of the decoded message, decoded once."""
+        if self.value is None:
+            self.value = convert(self.read(self.data, self.spans))
+        return self.value
+
+
+def _record(data, span, read, resource, scope):
+    """The raw record of the log record at span, with its resource's and scope's metadata."""
+    return record_of(read(data, [span]), resource.get(lambda message: attributes_of(message.attributes)),
+                     scope.get(scope_of))
 
 
 def record_of(log, resource, scope):

@@ -15,6 +15,8 @@ import uuid
 
 import orjson
 
+import wire
+
 LEVELS = ("DEBUG", "INFO", "WARN", "ERROR", "CRITICAL")
 
 LEVEL_NAMES = {
@@ -70,45 +72,137 @@ class InvalidRecord(ValueError):
     """One record of a batch cannot be accepted."""
 
 
+class TooManyRecords(ValueError):
+    """The request holds more records than LOGFLOW_MAX_RECORDS; found while scanning, before they are built."""
+
+
+class Unread(list):
+    """Records found in a body but not built yet: each item is a function that reads one record
+    (raising InvalidBody if it cannot), or the InvalidRecord that refused it unread.
+
+    normalize_many() reads them one at a time and keeps only their JSON, so a
+    request never holds all its records' objects at once.
+    """
+
+
+# A body whose parse could build more JSON values than this (by values_in)
+# is read a record at a time. Measured with tracemalloc, orjson builds at
+# most about 100 bytes of objects per value counted, so about 30 MB here.
+MAX_VALUES_AT_ONCE = 300_000
+
+
+def values_in(data, start=0, end=None):
+    """An upper bound on the JSON values and keys in data[start:end], counted in C without parsing.
+
+    It is also a lower bound on the bytes of their JSON as stored: every
+    bracket, comma, colon and quote counted is written out again.
+    """
+    end = len(data) if end is None else end
+    return (data.count(b"{", start, end) + data.count(b"[", start, end) + data.count(b",", start, end)
+            + data.count(b":", start, end) + data.count(b'"', start, end) // 2)
+
+
+def too_large(limits):
+    """The InvalidRecord of a record larger than LOGFLOW_MAX_RECORD_BYTES as stored."""
+    return InvalidRecord("record is larger than %d bytes as stored" % limits.max_record_bytes)
+
+
 def media_type_of(content_type):
     """The media type of a Content-Type header, lower case, without its parameters."""
     return (content_type or "").split(";")[0].strip().lower()
 
 
-def parse_body(data, content_type):
-    """The list of raw records in a JSON object, JSON array or NDJSON body."""
+def parse_body(data, content_type, limits):
+    """The raw records of a JSON object, JSON array or NDJSON body: a list, or an Unread list for a large one.
+
+    Raises InvalidBody, UnsupportedMediaType, or TooManyRecords as soon as
+    more than limits.max_records records are found.
+    """
     media_type = media_type_of(content_type)
     if media_type in NDJSON_TYPES:
-        return _parse_lines(data)
+        return _parse_lines(data, limits)
     if media_type not in JSON_TYPES and not media_type.endswith("+json"):
         raise UnsupportedMediaType(
             "Content-Type %s is not supported; send application/json or "
             "application/x-ndjson" % media_type)
-    if not data.strip():
+    start = wire.skip_whitespace(data, 0)
+    if start == len(data):
         raise InvalidBody("the request body is empty")
+    if values_in(data) > MAX_VALUES_AT_ONCE:
+        return _scan_json(data, start, limits)
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as error:
         # Shippers often send NDJSON labelled as JSON.
         if b"\n" in data.strip():
-            return _parse_lines(data)
+            return _parse_lines(data, limits)
         raise InvalidBody("the body is not valid JSON: %s" % error) from None
-    if isinstance(value, list):
-        return value
-    return [value]
+    raws = value if isinstance(value, list) else [value]
+    if len(raws) > limits.max_records:
+        raise TooManyRecords("a request may hold at most %d records, not %d" % (limits.max_records, len(raws)))
+    return raws
 
 
-def _parse_lines(data):
-    records = []
-    for number, line in enumerate(data.split(b"\n"), 1):
-        if line.strip():
-            try:
-                records.append(orjson.loads(line))
-            except orjson.JSONDecodeError as error:
-                raise InvalidBody("line %d is not valid JSON: %s" % (number, error)) from None
-    if not records:
+def _scan_json(data, start, limits):
+    """parse_body() of a large JSON body: its records found by a scan, each to be read on its own."""
+    try:
+        if data[start:start + 1] == b"[":
+            spans, end = wire.array_spans(data, start, limits.max_records)
+        else:
+            spans = [(start, wire.value_end(data, start))]
+            end = spans[0][1]
+    except wire.TooMany:
+        raise TooManyRecords("a request may hold at most %d records" % limits.max_records) from None
+    except wire.Unreadable as error:
+        if data.find(b"\n", start) >= 0:
+            return _parse_lines(data, limits)
+        raise InvalidBody("the body is not valid JSON: %s" % error) from None
+    if wire.skip_whitespace(data, end) != len(data):
+        if data.find(b"\n", start) >= 0:
+            return _parse_lines(data, limits)
+        raise InvalidBody("the body is not valid JSON: trailing characters at byte %d" % end)
+    return _unread(data, spans, limits, numbered=False)
+
+
+def _parse_lines(data, limits):
+    """The records of an NDJSON body, a line each; an Unread list when the body is large."""
+    try:
+        spans = wire.line_spans(data, limits.max_records)
+    except wire.TooMany:
+        raise TooManyRecords("a request may hold at most %d records" % limits.max_records) from None
+    if not spans:
         raise InvalidBody("the request body holds no records")
-    return records
+    if values_in(data) > MAX_VALUES_AT_ONCE:
+        return _unread(data, spans, limits, numbered=True)
+    view = memoryview(data)
+    return [_read_json(view, start, end, numbered=True) for start, end in spans]
+
+
+def _unread(data, spans, limits, numbered):
+    """An Unread list of the JSON records at spans; those that could not be stored in max_record_bytes are refused unread."""
+    unread = Unread()
+    view = memoryview(data)
+    for start, end in spans:
+        if values_in(data, start, end) > limits.max_record_bytes:
+            unread.append(too_large(limits))
+        else:
+            unread.append(functools.partial(_read_json, view, start, end, numbered))
+    return unread
+
+
+def _read_json(view, start, end, numbered):
+    """The JSON value in view[start:end]; InvalidBody naming its line (numbered) or the body."""
+    try:
+        return orjson.loads(view[start:end])
+    except orjson.JSONDecodeError as error:
+        if numbered:
+            raise InvalidBody("line %d is not valid JSON: %s" % (_line_number(view.obj, start), error)) from None
+        raise InvalidBody("the body is not valid JSON: %s" % error) from None
+
+
+def _line_number(data, position):
+    """The 1-based number of the line holding position."""
+    return data.count(b"\n", 0, position) + 1
 
 
 def format_time(value):
@@ -121,33 +215,40 @@ def format_time(value):
 format_received = functools.lru_cache(maxsize=64)(format_time)
 
 
-def normalize(raw, received_at, limits):
-    """One record in canonical form, plus a list of warnings; raises InvalidRecord."""
-    record, warnings, _ = _made_storable(*_canonical(raw, received_at, limits))
+def normalize(raw, received_at, limits, oldest_day=None):
+    """One record in canonical form, plus a list of warnings; raises InvalidRecord.
+
+    A timestamp before the UTC day oldest_day (None: no bound) is replaced by received_at.
+    """
+    record, warnings, _ = _made_storable(*_canonical(raw, received_at, limits, oldest_day), limits)
     return record, warnings
 
 
-def normalize_many(raws, received_at, limits):
+def normalize_many(raws, received_at, limits, oldest_day=None):
     """normalize() of each raw record, and the JSON of the valid ones' list, encoded once.
 
-    Returns (records, encoded, errors, warnings): errors and warnings are
-    (index in raws, text) pairs in index order. Most requests hold no NUL, no
-    null and nothing JSON cannot carry: one encoding of the whole list shows it.
+    Returns (count of valid records, their JSON list, errors, warnings):
+    errors and warnings are (index in raws, text) pairs in index order. Most
+    requests hold no NUL, no null and nothing JSON cannot carry, and are
+    smaller than one record may be: one encoding of the whole list shows it.
+    An Unread list is read a record at a time instead (and emptied).
     """
+    if isinstance(raws, Unread):
+        return _normalize_unread(raws, received_at, limits, oldest_day)
     valid, errors = [], []
     for index, raw in enumerate(raws):
         try:
-            valid.append((index, *_canonical(raw, received_at, limits)))
+            valid.append((index, *_canonical(raw, received_at, limits, oldest_day)))
         except InvalidRecord as error:
             errors.append((index, str(error)))
-    records = [record for _, record, _ in valid]
-    encoded = _plain_json(records)
-    if encoded is None:
+    encoded = _plain_json([record for _, record, _ in valid])
+    # +2: the list's brackets; no record in a list this short is too large.
+    if encoded is None or len(encoded) > limits.max_record_bytes + 2:
         # Some record needs a closer look: each on its own, as normalize() does.
         storable, parts = [], []
         for index, record, notes in valid:
             try:
-                record, notes, part = _made_storable(record, notes)
+                record, notes, part = _made_storable(record, notes, limits)
             except InvalidRecord as error:
                 errors.append((index, str(error)))
                 continue
@@ -155,21 +256,48 @@ def normalize_many(raws, received_at, limits):
             parts.append(part)
         errors.sort(key=lambda pair: pair[0])
         valid = storable
-        records = [record for _, record, _ in valid]
         encoded = b"[" + b",".join(parts) + b"]"
-    return records, encoded, errors, [(index, note) for index, _, notes in valid for note in notes]
+    return len(valid), encoded, errors, [(index, note) for index, _, notes in valid for note in notes]
 
 
-def _plain_json(value):
-    """orjson's encoding of value when it holds no NUL escape and no null (which may stand for NaN), else None."""
+def _normalize_unread(unread, received_at, limits, oldest_day):
+    """normalize_many() of an Unread list: each record read, normalized and encoded, then let go."""
+    parts, errors, warnings = [], [], []
+    for index in range(len(unread)):
+        item, unread[index] = unread[index], None
+        try:
+            if isinstance(item, InvalidRecord):
+                raise item
+            _, notes, part = _made_storable(*_canonical(item(), received_at, limits, oldest_day), limits)
+        except InvalidRecord as error:
+            errors.append((index, str(error)))
+            continue
+        parts.append(part)
+        warnings.extend((index, note) for note in notes)
+    return len(parts), b"[" + b",".join(parts) + b"]", errors, warnings
+
+
+# Extra list levels around a list of records, so that orjson's own limit of
+# 254 levels refuses exactly the metadata nested deeper than MAX_DEPTH: the
+# list and the record are two levels above the metadata.
+DEPTH_PADDING = 254 - MAX_DEPTH - 2
+
+
+def _encoded(records):
+    """orjson's encoding of a list of records; JSONEncodeError if one holds metadata deeper than MAX_DEPTH, or what JSON cannot carry."""
+    return orjson.dumps([[records]])[DEPTH_PADDING:-DEPTH_PADDING]
+
+
+def _plain_json(records):
+    """_encoded(records) when they hold no NUL escape and no null (which may stand for NaN), else None."""
     try:
-        encoded = orjson.dumps(value)
+        encoded = _encoded(records)
     except orjson.JSONEncodeError:
         return None
     return None if b"\\u0000" in encoded or b"null" in encoded else encoded
 
 
-def _canonical(raw, received_at, limits):
+def _canonical(raw, received_at, limits, oldest_day=None):
     """normalize() but for the storability of its values: (record, warnings); raises InvalidRecord."""
     if not isinstance(raw, dict):
         raise InvalidRecord("a record must be a JSON object")
@@ -210,10 +338,18 @@ def _canonical(raw, received_at, limits):
     if stamp is not None:
         timestamp = parse_timestamp(stamp)
         if (timestamp - received_at).total_seconds() > limits.future_window_seconds:
+            replaced = "timestamp is too far in the future; replaced by the time received"
+        elif oldest_day is not None and timestamp.date() < oldest_day:
+            # Older than the project keeps: it would be pruned within the hour, and a
+            # request could otherwise open a daily file for each of a thousand days.
+            replaced = "timestamp is before %s, older than this project keeps; replaced by the time received" % oldest_day
+        else:
+            replaced = None
+        if replaced:
             # A copy: the caller's metadata is left as it was sent.
             metadata = dict(metadata)
             metadata[_free_key("original_timestamp", metadata)] = stamp
-            warnings.append("timestamp is too far in the future; replaced by the time received")
+            warnings.append(replaced)
             timestamp = None
 
     record = {
@@ -226,28 +362,29 @@ def _canonical(raw, received_at, limits):
     return record, warnings
 
 
-def _made_storable(record, warnings):
+def _made_storable(record, warnings, limits):
     """A record of _canonical() and its warnings, made storable, and its JSON; raises InvalidRecord.
 
     The JSON is the record's as an item of a list, as the spool payload holds
-    it: one level deeper than the record alone, which orjson may still write
-    when the list is one level too deep for it.
+    it: deeper metadata than MAX_DEPTH is refused here, and the record's size
+    as stored is its length.
     """
     # Fast path: a record orjson writes without NUL escapes or nulls (which
     # may stand for NaN) is storable as it is; only the rest is walked.
     encoded = _plain_json([record])
-    if encoded is not None:
-        return record, warnings, encoded[1:-1]
-    replaced = set()
-    record = _storable(record, 0, replaced)
-    try:
-        encoded = orjson.dumps([record])
-    except orjson.JSONEncodeError:
-        raise InvalidRecord("metadata is nested deeper than %d levels" % MAX_DEPTH) from None
-    if "NUL" in replaced:
-        warnings.append("NUL characters were replaced by U+FFFD")
-    if "surrogate" in replaced:
-        warnings.append("lone UTF-16 surrogates were replaced by U+FFFD")
+    if encoded is None:
+        replaced = set()
+        record = _storable(record, 0, replaced)
+        try:
+            encoded = _encoded([record])
+        except orjson.JSONEncodeError:
+            raise InvalidRecord("metadata is nested deeper than %d levels" % MAX_DEPTH) from None
+        if "NUL" in replaced:
+            warnings.append("NUL characters were replaced by U+FFFD")
+        if "surrogate" in replaced:
+            warnings.append("lone UTF-16 surrogates were replaced by U+FFFD")
+    if len(encoded) - 2 > limits.max_record_bytes:
+        raise too_large(limits)
     return record, warnings, encoded[1:-1]
 
 

@@ -175,6 +175,9 @@ def test_severity_number_ranges_then_text_give_the_level(client, key, project):
 
 
 def test_timestamp_is_the_time_else_the_observed_time_else_the_time_received(client, key, project):
+    with models.database.connection_context():
+        # Kept forever, so that 1970 is within the past window.
+        models.Project.update(retention_days=0).execute()
     before = models.utcnow()
     request = export({"body": text("time"), "timeUnixNano": str(NANOS), "observedTimeUnixNano": "1"},
                      {"body": text("observed"), "observedTimeUnixNano": NANOS},

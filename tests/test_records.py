@@ -168,12 +168,12 @@ def test_message_limit_counts_utf8_bytes():
 
 
 def test_parse_body_shapes():
-    assert records.parse_body(b'{"message": "a"}', "application/json") == [{"message": "a"}]
-    assert records.parse_body(b'[{"message": "a"}, 1]', "application/json") == [{"message": "a"}, 1]
+    assert records.parse_body(b'{"message": "a"}', "application/json", LIMITS) == [{"message": "a"}]
+    assert records.parse_body(b'[{"message": "a"}, 1]', "application/json", LIMITS) == [{"message": "a"}, 1]
     ndjson = b'{"message": "a"}\n\n{"message": "b"}\n'
-    assert records.parse_body(ndjson, "application/x-ndjson") == [{"message": "a"}, {"message": "b"}]
+    assert records.parse_body(ndjson, "application/x-ndjson", LIMITS) == [{"message": "a"}, {"message": "b"}]
     # NDJSON sent as JSON, as some shippers do.
-    assert len(records.parse_body(ndjson, "application/json; charset=utf-8")) == 2
+    assert len(records.parse_body(ndjson, "application/json; charset=utf-8", LIMITS)) == 2
 
 
 @pytest.mark.parametrize("body, content_type", [
@@ -184,12 +184,12 @@ def test_parse_body_shapes():
 ])
 def test_unreadable_bodies(body, content_type):
     with pytest.raises(InvalidBody):
-        records.parse_body(body, content_type)
+        records.parse_body(body, content_type, LIMITS)
 
 
 def test_unsupported_content_type():
     with pytest.raises(UnsupportedMediaType):
-        records.parse_body(b"<log/>", "application/xml")
+        records.parse_body(b"<log/>", "application/xml", LIMITS)
 
 
 def test_a_forked_process_draws_ids_of_its_own():

@@ -15,6 +15,7 @@ import models
 import storage
 import tasks
 from helpers import drain_all, post_logs, stored_logs, wait_for
+from logflow import create_app
 from models import ApiKey, Project
 from test_manage import run  # noqa: F401  (the fixture)
 
@@ -33,11 +34,14 @@ def record(moment, message):
 
 
 @pytest.fixture
-def history(client, project, key, bound):
+def history(project, key, bound):
     """Two projects with records on either side of the 30-day cutoff, written to rows and files.
 
     `project` keeps the default 30 days; "archive" keeps 365, so its old records stay.
+    Records older than a project keeps are stored as sent only without a past
+    window, as a version before LOGFLOW_PAST_WINDOW_DAYS stored them.
     """
+    client = create_app(bound.replace(past_window_days=0)).test_client()
     with models.database.connection_context():
         archive = Project.create(name="archive", retention_days=365)
         archive_key = ApiKey.issue(archive)
