@@ -1,0 +1,262 @@
+"""Issue 12's amplification: a 10 KB request never costs a worker gigabytes or seconds, and no record is unbounded.
+
+In process on both backends (what is refused, what is stored), then against
+real gunicorn, reading each worker's peak memory (VmHWM) from /proc.
+"""
+import concurrent.futures
+import datetime
+import gzip
+import http.client
+import time
+import uuid
+
+import orjson
+import pytest
+
+import models
+import records
+from helpers import drain_all, file_records, post_logs, stored_logs
+from hostile import bodies, dense_records, gzip_members
+from logflow import create_app
+from processes import child_pids, make_service, unique_database_name
+from test_otlp import as_protobuf, export, post_otlp, text
+
+GZIP = {"Content-Encoding": "gzip"}
+# What a refusal may take, and a worker's peak resident memory, from the issue.
+REFUSAL_SECONDS = 1.0
+PEAK_MEMORY_KIB = 200 * 1024
+
+
+def timed(send):
+    started = time.monotonic()
+    response = send()
+    return response, time.monotonic() - started
+
+
+@pytest.mark.parametrize("name", list(bodies()))
+def test_a_small_hostile_request_is_refused_within_a_second_and_nothing_is_queued(client, key, bound, name):
+    path, content_type, body = bodies()[name]
+    assert len(body) < 20_000
+    response, seconds = timed(lambda: client.post(path, data=body, content_type=content_type,
+                                                  headers=dict(GZIP, **{"X-API-Key": key})))
+    assert seconds < REFUSAL_SECONDS, (name, seconds)
+    if name.startswith("one record"):
+        assert response.status_code == 422
+        assert response.json["errors"] == [{"index": 0, "error": "record is larger than 262144 bytes as stored"}]
+    else:
+        assert response.status_code == 413, response.get_data()[:300]
+    drain_all()
+    assert stored_logs() == [] and file_records(bound.log_dir) == []
+
+
+def test_a_record_over_the_size_limit_is_rejected_by_index_and_the_others_stored(bound, key):
+    client = create_app(bound.replace(max_record_bytes=2000)).test_client()
+    batch = [{"message": "small"},
+             {"message": "metadata too big", "metadata": {"blob": "x" * 2000}},
+             {"message": "many fields", **{"f%d" % n: n for n in range(300)}},
+             {"message": "just fits", "metadata": {"blob": "y" * 1800}}]
+    response = post_logs(client, key, batch)
+    assert response.status_code == 202
+    assert response.json["errors"] == [{"index": 1, "error": "record is larger than 2000 bytes as stored"},
+                                       {"index": 2, "error": "record is larger than 2000 bytes as stored"}]
+    drain_all()
+    assert sorted(row["message"] for row in stored_logs()) == ["just fits", "small"]
+    assert sorted(line["message"] for line in file_records(bound.log_dir)) == ["just fits", "small"]
+
+
+def test_large_bodies_are_read_a_record_at_a_time_with_the_same_outcome(bound, key):
+    """Past records.MAX_VALUES_AT_ONCE a body is scanned, not parsed whole: the same records, errors and warnings."""
+    client = create_app(bound.replace(max_record_bytes=40_000)).test_client()
+    filler = {"a": [[] for _ in range(500)]}
+    batch = ([{"message": "m%d" % n, "metadata": filler} for n in range(700)]
+             + [{"message": "too big", "metadata": {"a": [[] for _ in range(30_000)]}},
+                {"msg": "alias", "nul": "a\u0000b"}, {"level": "info"}, "not an object"])
+    lines = [orjson.dumps(record) for record in batch] + [deep_record(251)]
+    body = b"[" + b",".join(lines) + b"]"
+    assert records.values_in(body) > records.MAX_VALUES_AT_ONCE
+    for content_type, data in (("application/json", body), ("application/x-ndjson", b"\n".join(lines))):
+        assert isinstance(records.parse_body(data, content_type, bound), records.Unread)
+        response = post_logs(client, key, gzip.compress(data), GZIP, content_type)
+        assert response.status_code == 202, response.json
+        assert response.json["accepted"] == 701
+        assert response.json["errors"] == [
+            {"index": 700, "error": "record is larger than 40000 bytes as stored"},
+            {"index": 702, "error": "message is required"},
+            {"index": 703, "error": "a record must be a JSON object"},
+            {"index": 704, "error": "metadata is nested deeper than 250 levels"}]
+        assert response.json["warnings"] == [{"index": 701, "warning": "NUL characters were replaced by U+FFFD"}]
+    drain_all()
+    rows = stored_logs()
+    assert len(rows) == 1402 and {row["message"] for row in rows} >= {"m0", "m699", "alias"}
+    assert next(row for row in rows if row["message"] == "alias")["metadata"] == {"nul": "a\ufffdb"}
+
+
+def test_a_broken_record_in_a_large_body_refuses_the_body(client, key):
+    body = b"[" + b",".join([b'{"message": "m", "metadata": {"a": [' + b"[]," * 999 + b"[]]}}"] * 200)
+    for broken, content_type in ((body + b',{"message": }]', "application/json"),
+                                 (body.replace(b"},{", b"}\n{") + b'\n{"message": }', "application/x-ndjson")):
+        if content_type == "application/x-ndjson":
+            broken = broken[1:]
+        response = post_logs(client, key, broken, content_type=content_type)
+        assert response.status_code == 400, response.json
+        assert "not valid JSON" in response.json["error"]
+    drain_all()
+    assert stored_logs() == []
+
+
+def deep_record(depth):
+    """A record whose metadata is nested depth levels, as JSON text: orjson writes no deeper than 254."""
+    return b'{"message": "depth %d", "metadata": ' % depth + b'{"a": ' * depth + b"1" + b"}" * (depth + 1)
+
+
+def test_metadata_nested_past_250_levels_is_rejected_exactly(client, key):
+    batch = b",".join(deep_record(depth) for depth in (249, 250, 251, 252, 253))
+    response = post_logs(client, key, b"[" + batch + b"]")
+    assert response.status_code == 202
+    assert [error["index"] for error in response.json["errors"]] == [2, 3, 4]
+    drain_all()
+    assert sorted(row["message"] for row in stored_logs()) == ["depth 249", "depth 250"]
+
+
+def test_an_otlp_record_over_the_size_limit_is_rejected_by_index(bound, key):
+    client = create_app(bound.replace(max_record_bytes=3000)).test_client()
+    request = export({"body": text("fits")}, {"body": text("x" * 4000)},
+                     {"body": text("sent big"), "attributes": [{"key": "k%d" % n, "value": text("v")}
+                                                             for n in range(400)]})
+    for content_type, body in (("application/json", orjson.dumps(request)),
+                               ("application/x-protobuf", as_protobuf(request))):
+        response = post_otlp(client, key, body, content_type)
+        assert response.status_code == 200
+    drain_all()
+    assert [row["message"] for row in stored_logs()] == ["fits", "fits"]
+
+
+def test_an_otlp_resource_too_large_rejects_its_records_unread(bound, key):
+    client = create_app(bound.replace(max_record_bytes=1000)).test_client()
+    big = {"attributes": [{"key": "k", "value": text("v" * 5000)}]}
+    request = {"resourceLogs": [
+        {"resource": big, "scopeLogs": [{"logRecords": [{"body": text("a")}, {"body": text("b")}]}]},
+        {"scopeLogs": [{"logRecords": [{"body": text("c")}]}]}]}
+    response = post_otlp(client, key, orjson.dumps(request))
+    assert response.status_code == 200
+    rejected = response.json["partialSuccess"]
+    assert rejected["rejectedLogRecords"] == "2" and "larger than 4000 bytes as sent" in rejected["errorMessage"]
+    drain_all()
+    assert [row["message"] for row in stored_logs()] == ["c"]
+
+
+def days_ago(days, hour=12):
+    moment = datetime.datetime.combine(models.utcnow().date() - datetime.timedelta(days=days), datetime.time(hour))
+    return moment.isoformat() + "Z"
+
+
+def test_a_timestamp_older_than_the_project_keeps_takes_the_time_received(bound, project, key, client):
+    """The default retention is 30 days: older records would be pruned within the hour, and one request
+    with a thousand days could open a thousand daily files."""
+    batch = [{"message": "day %d" % day, "timestamp": days_ago(day)} for day in range(1000)]
+    before = models.utcnow()
+    response = post_logs(client, key, batch)
+    assert response.status_code == 202 and len(response.json["warnings"]) == 1000 - 31
+    assert response.json["warnings"][0] == {"index": 31, "warning": (
+        "timestamp is before %s, older than this project keeps; replaced by the time received"
+        % (models.utcnow().date() - datetime.timedelta(days=30)))}
+    drain_all()
+    rows = {row["message"]: row for row in stored_logs()}
+    assert rows["day 30"]["timestamp"] < before and rows["day 30"]["metadata"] == {}
+    assert rows["day 31"]["timestamp"] >= before
+    assert rows["day 999"]["metadata"] == {"original_timestamp": days_ago(999)}
+    days = {line["timestamp"][:10] for line in file_records(bound.log_dir)}
+    assert len(days) == 31
+
+
+@pytest.mark.parametrize("retention, window, kept", [
+    (365, None, True),    # the project's own retention
+    (0, None, True),      # kept forever: no bound
+    (None, 0, True),      # LOGFLOW_PAST_WINDOW_DAYS=0: no bound
+    (365, 50, False),     # the setting wins over the project's retention
+])
+def test_the_past_window_follows_the_retention_unless_set(bound, project, key, retention, window, kept):
+    with models.database.connection_context():
+        models.Project.update(retention_days=retention).execute()
+    client = create_app(bound.replace(past_window_days=window)).test_client()
+    response = post_logs(client, key, [{"message": "backfill", "timestamp": days_ago(100)}])
+    assert response.status_code == 202 and ("warnings" not in response.json) == kept
+    drain_all()
+    (row,) = stored_logs()
+    assert (row["timestamp"].isoformat() + "Z" == days_ago(100)) == kept
+
+
+def test_concatenated_gzip_members_take_linear_time(client, key):
+    def seconds(count):
+        body = gzip_members(count)
+        best = min(timed(lambda: post_logs(client, key, body, GZIP))[1] for _ in range(3))
+        return best
+    small, large = seconds(10_000), seconds(52_000)
+    # Linear: 5.2 times as long; it was 22 times (0.03 s and 0.67 s), as each member copied the rest.
+    assert large < 11 * small, (small, large)
+    response = post_logs(client, key, gzip_members(52_000), GZIP)
+    assert response.status_code == 202 and response.json["accepted"] == 1
+
+
+@pytest.fixture
+def service(tmp_path, postgres_server, redis_server):
+    """gunicorn with the Procfile's web line on PostgreSQL and Redis; no consumer."""
+    svc = make_service(tmp_path, postgres_server.create_database(unique_database_name("bounds")), redis_server.url)
+    svc.start_web()
+    yield svc
+    svc.close()
+
+
+def post_raw(service, path, body, content_type, timeout=60):
+    """(status, seconds to the answer) of one gzipped POST over a connection of its own."""
+    host, port = service.base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    started = time.monotonic()
+    try:
+        connection.request("POST", path, body=body, headers={
+            "X-API-Key": service.key, "Content-Type": content_type, "Content-Encoding": "gzip"})
+        response = connection.getresponse()
+        response.read()
+        return response.status, time.monotonic() - started
+    finally:
+        connection.close()
+
+
+def peak_memory_kib(pid):
+    """The peak resident memory of a process (VmHWM), in KiB."""
+    with open("/proc/%d/status" % pid) as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM for %d" % pid)
+
+
+def test_gunicorn_workers_stay_small_and_refuse_hostile_requests_within_a_second(service):
+    workers = child_pids(service.processes[0].pid)
+    assert len(workers) == 2
+    answers = {}
+    for name, (path, content_type, body) in bodies().items():
+        answers[name] = post_raw(service, path, body, content_type)
+    # Eight at once, as the issue's attacker sent them.
+    path, content_type, body = bodies()["NDJSON, 3.4 million {} lines"]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        eight = list(pool.map(lambda _: post_raw(service, path, body, content_type), range(8)))
+    peaks = {pid: peak_memory_kib(pid) for pid in workers}
+    print("\n".join("%s: %d in %.3f s" % (name, *answer) for name, answer in answers.items()))
+    print("eight NDJSON at once: %s; peak memory of the workers: %s KiB" % (eight, peaks))
+    assert all(status in (413, 422) and seconds < REFUSAL_SECONDS for status, seconds in answers.values()), answers
+    assert all(status == 413 for status, _ in eight), eight
+    assert max(peaks.values()) < PEAK_MEMORY_KIB, peaks
+
+
+def test_gunicorn_workers_stay_small_on_the_largest_requests_within_the_limits(service):
+    """10 MB of records, each within every limit: accepted, read a record at a time."""
+    workers = child_pids(service.processes[0].pid)
+    plain = gzip.compress(orjson.dumps([{"id": str(uuid.uuid4()), "message": "m" * 9000, "level": "info",
+                                         "metadata": {"n": n, "tags": ["a", "b"]}} for n in range(1000)]))
+    for body in (plain, dense_records()):
+        status, seconds = post_raw(service, "/logs", body, "application/json")
+        assert status == 202, status
+    peaks = {pid: peak_memory_kib(pid) for pid in workers}
+    print("peak memory of the workers: %s KiB" % peaks)
+    assert max(peaks.values()) < PEAK_MEMORY_KIB, peaks
