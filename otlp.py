@@ -66,7 +66,7 @@ def decode(data, content_type, limits):
         raise records.UnsupportedMediaType("Content-Type %s is not supported; OTLP/HTTP sends %s or %s"
                                            % (media_type[:64], PROTOBUF, JSON))
     budget = [budget_of(limits)]
-    found, count, most = records.Unread(), 0, SENT_FACTOR * limits.max_record_bytes
+    found, count, most = records.Unread(), 0, records.SENT_FACTOR * limits.max_record_bytes
     locations = []
     try:
         for i, resource, scopes in scan(data, budget):
@@ -79,8 +79,7 @@ def decode(data, content_type, limits):
                         raise records.TooManyRecords("a request may hold at most %d records" % limits.max_records)
                     locations.append("resourceLogs[%d].scopeLogs[%d].logRecords[%d]" % (i, j, k))
                     if span[1] - span[0] + resource.size + scope.size > most:
-                        found.append(records.InvalidRecord(
-                            "record is larger than %d bytes as sent, with its resource and scope" % most))
+                        found.append(records.too_large_as_sent(limits, ", with its resource and scope"))
                     else:
                         found.append(functools.partial(_record, data, span, parts[2], resource, scope))
     except wire.Unreadable as error:
@@ -100,11 +99,6 @@ def budget_of(limits):
     far fewer, while millions of empty entries are refused as they are counted.
     """
     return 8 * limits.max_records + 64
-
-
-# How far a record's size as sent may exceed LOGFLOW_MAX_RECORD_BYTES before it
-# is refused unread: OTLP spells attributes at length, in JSON most of all.
-SENT_FACTOR = 4
 
 
 def _protobuf_records(data, budget):

@@ -42,7 +42,7 @@ def test_a_small_hostile_request_is_refused_within_a_second_and_nothing_is_queue
     assert seconds < REFUSAL_SECONDS, (name, seconds)
     if name.startswith("one record"):
         assert response.status_code == 422
-        assert response.json["errors"] == [{"index": 0, "error": "record is larger than 262144 bytes as stored"}]
+        assert response.json["errors"] == [{"index": 0, "error": "record is larger than 1048576 bytes as sent"}]
     else:
         assert response.status_code == 413, response.get_data()[:300]
     drain_all()
