@@ -239,7 +239,7 @@ def normalize(raw, received_at, limits, oldest_day=None):
 
     A timestamp before the UTC day oldest_day (None: no bound) is replaced by received_at.
     """
-    record, warnings, _ = _made_storable(*_canonical(raw, received_at, limits, oldest_day), limits)
+    record, warnings, _ = _made_storable(*_canonical(raw, received_at, limits, _midnight(oldest_day)), limits)
     return record, warnings
 
 
@@ -252,12 +252,13 @@ def normalize_many(raws, received_at, limits, oldest_day=None):
     smaller than one record may be: one encoding of the whole list shows it.
     An Unread list is read a record at a time instead (and emptied).
     """
+    oldest = _midnight(oldest_day)
     if isinstance(raws, Unread):
-        return _normalize_unread(raws, received_at, limits, oldest_day)
+        return _normalize_unread(raws, received_at, limits, oldest)
     valid, errors = [], []
     for index, raw in enumerate(raws):
         try:
-            valid.append((index, *_canonical(raw, received_at, limits, oldest_day)))
+            valid.append((index, *_canonical(raw, received_at, limits, oldest)))
         except InvalidRecord as error:
             errors.append((index, str(error)))
     encoded = _plain_json([record for _, record, _ in valid])
@@ -279,7 +280,12 @@ def normalize_many(raws, received_at, limits, oldest_day=None):
     return len(valid), encoded, errors, [(index, note) for index, _, notes in valid for note in notes]
 
 
-def _normalize_unread(unread, received_at, limits, oldest_day):
+def _midnight(day):
+    """The first moment of a UTC day, as timestamps compare (None stays None)."""
+    return None if day is None else datetime.datetime.combine(day, datetime.time())
+
+
+def _normalize_unread(unread, received_at, limits, oldest):
     """normalize_many() of an Unread list: each record read, normalized and encoded, then let go."""
     parts, errors, warnings = [], [], []
     for index in range(len(unread)):
@@ -287,7 +293,7 @@ def _normalize_unread(unread, received_at, limits, oldest_day):
         try:
             if isinstance(item, InvalidRecord):
                 raise item
-            _, notes, part = _made_storable(*_canonical(item(), received_at, limits, oldest_day), limits)
+            _, notes, part = _made_storable(*_canonical(item(), received_at, limits, oldest), limits)
         except InvalidRecord as error:
             errors.append((index, str(error)))
             continue
@@ -316,8 +322,11 @@ def _plain_json(records):
     return None if b"\\u0000" in encoded or b"null" in encoded else encoded
 
 
-def _canonical(raw, received_at, limits, oldest_day=None):
-    """normalize() but for the storability of its values: (record, warnings); raises InvalidRecord."""
+def _canonical(raw, received_at, limits, oldest=None):
+    """normalize() but for the storability of its values: (record, warnings); raises InvalidRecord.
+
+    oldest is the first moment a timestamp may keep (None: any).
+    """
     if not isinstance(raw, dict):
         raise InvalidRecord("a record must be a JSON object")
     warnings = []
@@ -358,10 +367,11 @@ def _canonical(raw, received_at, limits, oldest_day=None):
         timestamp = parse_timestamp(stamp)
         if (timestamp - received_at).total_seconds() > limits.future_window_seconds:
             replaced = "timestamp is too far in the future; replaced by the time received"
-        elif oldest_day is not None and timestamp.date() < oldest_day:
+        elif oldest is not None and timestamp < oldest:
             # Older than the project keeps: it would be pruned within the hour, and a
             # request could otherwise open a daily file for each of a thousand days.
-            replaced = "timestamp is before %s, older than this project keeps; replaced by the time received" % oldest_day
+            replaced = ("timestamp is before %s, older than this project keeps; replaced by the time received"
+                        % oldest.date())
         else:
             replaced = None
         if replaced:
