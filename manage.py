@@ -16,17 +16,37 @@ import tasks
 from models import ApiKey, Log, Project, Quarantined
 
 
+def escape(text):
+    """Text with each control character shown as an escape (ESC as \\x1b, CR as \\r, U+202E as \\u202e), for a terminal to print, not obey."""
+    return models.CONTROL_CHARACTERS.sub(lambda match: shown_as(match.group()), text)
+
+
+def shown_as(character):
+    # \uXXXX above C0, so that escaped JSON (tail's metadata, quarantine show) stays JSON.
+    code = ord(character)
+    return {"\t": "\\t", "\n": "\\n", "\r": "\\r"}.get(character) or (
+        "\\x%02x" % code if code < 0x20 else "\\u%04x" % code)
+
+
 def fail(message):
     """Print an error to stderr and exit non-zero."""
-    click.echo("error: %s" % message, err=True)
+    click.echo("error: %s" % escape(message), err=True)
     sys.exit(1)
 
 
 def find_project(name_or_id):
+    """The project an argument means: all ASCII digits are an id, anything else a name; exits if there is none."""
     project = Project.lookup(name_or_id)
-    if project is None:
+    if project is not None:
+        return project
+    if not models.is_id(name_or_id):
         fail("no project named %r" % name_or_id)
-    return project
+    named = Project.get_or_none(Project.name == name_or_id)
+    if named is not None:
+        # Names that are numbers were allowed before; such a project answers to its id only.
+        fail("no project with id %s; the project named %r has id %d: a number names an id, so give %d"
+             % (name_or_id, named.name, named.id, named.id))
+    fail("no project with id %s (a number names a project's id)" % name_or_id)
 
 
 def storage_option(value):
@@ -98,13 +118,16 @@ def init_db():
 @click.option("--storage", callback=lambda ctx, param, value: storage_option(value),
               help="Writers for this project: db, file or db,file (default: LOGFLOW_STORAGE).")
 def add_project(name, storage):
-    """Create a project and print its first API key (shown only this once)."""
+    """Create a project and print its first API key (shown only this once); a name cannot be a number, which means an id."""
+    problem = Project.name_problem(name)
+    if problem:
+        fail("%s: %r" % (problem, name))
     if Project.get_or_none(Project.name == name):
         fail("a project named %r already exists" % name)
     with models.database.atomic():
         project = Project.create(name=name, storage=storage)
         key = ApiKey.issue(project)
-    click.echo("project %s created (id %d)" % (name, project.id), err=True)
+    click.echo("project %s created (id %d)" % (escape(name), project.id), err=True)
     click.echo("API key (shown once, store it now):", err=True)
     click.echo(key)
 
@@ -137,7 +160,7 @@ def set_rate_limit(project, rate):
     project.rate_limit = rate
     project.save()
     effective = tasks.runtime.settings.rate_limit if rate is None else rate
-    click.echo("project %s: %s%s" % (project.name, "%d records per second" % effective if effective
+    click.echo("project %s: %s%s" % (escape(project.name), "%d records per second" % effective if effective
                                      else "no rate limit", " (the default)" if rate is None else ""))
 
 
@@ -150,7 +173,7 @@ def set_retention(project, days):
     project.retention_days = days
     project.save()
     kept = project.retention(tasks.runtime.settings.retention_days)
-    click.echo("project %s: %s%s" % (project.name, "%d days" % kept if kept else "kept forever",
+    click.echo("project %s: %s%s" % (escape(project.name), "%d days" % kept if kept else "kept forever",
                                      " (the default)" if days is None else ""))
 
 
@@ -162,8 +185,8 @@ def list_projects():
         prefixes = [key.prefix + "…" + ("(read)" if key.scope == "read" else "")
                     for key in project.keys.where(ApiKey.revoked_at.is_null())]
         rate = "default" if project.rate_limit is None else str(project.rate_limit or "none")
-        rows.append((project.id, project.name, "yes" if project.is_active else "no",
-                     project.storage or "default", rate, " ".join(prefixes) or "-"))
+        rows.append((project.id, escape(project.name), "yes" if project.is_active else "no",
+                     escape(project.storage or "default"), rate, escape(" ".join(prefixes) or "-")))
     click.echo("%-4s %-24s %-7s %-8s %-8s %s" % ("id", "name", "active", "storage", "rate/s", "keys"))
     for row in rows:
         click.echo("%-4d %-24s %-7s %-8s %-8s %s" % row)
@@ -193,14 +216,14 @@ def revoke_key(prefix):
         fail("%d live keys share prefix %r; none was revoked" % (len(keys), prefix))
     keys[0].revoked_at = models.utcnow()
     keys[0].save()
-    click.echo("revoked %s…; web processes refuse it within LOGFLOW_KEY_CACHE_SECONDS" % prefix)
+    click.echo("revoked %s…; web processes refuse it within LOGFLOW_KEY_CACHE_SECONDS" % escape(prefix))
 
 
 def set_active(project, active):
     project = find_project(project)
     project.is_active = active
     project.save()
-    click.echo("project %s %s" % (project.name, "activated" if active else "deactivated"))
+    click.echo("project %s %s" % (escape(project.name), "activated" if active else "deactivated"))
 
 
 @cli.command()
@@ -242,8 +265,8 @@ def quarantine_list(limit):
     click.echo("%d quarantined record%s" % (total, "" if total == 1 else "s"))
     for entry in Quarantined.select().order_by(Quarantined.id).limit(limit):
         click.echo("%-6d %-5s project %-5d %s  %s" % (
-            entry.id, entry.writer, entry.project, entry.quarantined_at.isoformat(timespec="seconds"),
-            entry.error.splitlines()[0][:100] if entry.error else ""))
+            entry.id, escape(entry.writer), entry.project, entry.quarantined_at.isoformat(timespec="seconds"),
+            escape(entry.error.splitlines()[0][:100]) if entry.error else ""))
 
 
 @quarantine.command("show")
@@ -251,10 +274,12 @@ def quarantine_list(limit):
 def quarantine_show(entry_id):
     """Print one quarantined record in full, with its error."""
     [entry] = quarantined(entry_id, False)
-    click.echo(orjson.dumps({
+    shown = orjson.dumps({
         "id": entry.id, "writer": entry.writer, "project": entry.project,
         "received_at": entry.received_at, "quarantined_at": entry.quarantined_at.isoformat(),
-        "error": entry.error, "record": orjson.loads(entry.record)}, option=orjson.OPT_INDENT_2))
+        "error": entry.error, "record": orjson.loads(entry.record)}, option=orjson.OPT_INDENT_2).decode()
+    # JSON escapes C0 characters within strings, so each newline left is the layout's own.
+    click.echo("\n".join(escape(line) for line in shown.split("\n")))
 
 
 @quarantine.command("replay")
@@ -301,7 +326,7 @@ def prune(dry_run):
             else:
                 parts.append("file: %s %d files, %s %d" % (
                     delete, counts["deleted"], compress, counts["compressed"]))
-        click.echo("%s (id %d, %s): %s" % (done["project"], done["id"], kept, "; ".join(parts)))
+        click.echo("%s (id %d, %s): %s" % (escape(done["project"]), done["id"], kept, escape("; ".join(parts))))
     if failed:
         fail("some writers could not prune; see above")
 
@@ -334,7 +359,7 @@ def stats(project):
         hour = Log.count_levels(each.id, now - datetime.timedelta(hours=1))
         day = Log.count_levels(each.id, now - datetime.timedelta(days=1))
         for level in records.LEVELS:
-            click.echo("%-4d %-24s %-8s %9d %9d" % (each.id, each.name, level, hour.get(level, 0),
+            click.echo("%-4d %-24s %-8s %9d %9d" % (each.id, escape(each.name), level, hour.get(level, 0),
                                                     day.get(level, 0)))
     if unreadable_queue is not None:
         raise unreadable_queue  # DatabaseCommand makes it one line, exit status 1, as for other commands
@@ -348,10 +373,11 @@ FOLLOW_INTERVAL_SECONDS = 1.0
 def echo_log(log):
     """Print one log as a line: time, level (coloured on a terminal), message, compact metadata."""
     shown = query.render(log)
-    metadata = "  " + orjson.dumps(shown["metadata"]).decode() if shown["metadata"] else ""
+    # Escaped whether or not stdout is a terminal: a pipe often ends in one (less -R, a pager).
+    metadata = "  " + escape(orjson.dumps(shown["metadata"]).decode()) if shown["metadata"] else ""
     click.echo("%s %s %s%s" % (shown["timestamp"], click.style(shown["level"].ljust(8),
                                                                fg=LEVEL_COLOURS[shown["level"]]),
-                               shown["message"], metadata))
+                               escape(shown["message"]), metadata))
 
 
 @cli.command()
@@ -401,7 +427,7 @@ def tail(project, follow, level, min_level, grep, since, lines, lookback):
                     for log in query.logs_since(project.id, log_filter, floor, seen):
                         echo_log(log)
             except (peewee.OperationalError, peewee.InterfaceError) as error:
-                click.echo("database unavailable (%s); retrying" % str(error).strip(), err=True)
+                click.echo("database unavailable (%s); retrying" % escape(str(error).strip()), err=True)
     except KeyboardInterrupt:
         # Ctrl-C is how --follow ends.
         pass

@@ -3,6 +3,7 @@ import contextlib
 import datetime
 import hashlib
 import os
+import re
 import secrets
 import sqlite3
 import time
@@ -29,6 +30,17 @@ SHOWN_PREFIX_LENGTH = len(KEY_PREFIX) + 8
 def utcnow():
     """The current time as a naive UTC datetime, the form every column stores."""
     return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+
+
+# Characters a terminal acts on instead of showing: C0 controls, DEL, C1
+# controls, and the bidirectional embeddings, overrides and isolates, which
+# reorder the text that follows them.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def is_id(text):
+    """True for a text of ASCII digits only: what manage.py reads as a project id, never as a name."""
+    return text.isascii() and text.isdigit()
 
 
 def hash_key(plaintext):
@@ -158,11 +170,24 @@ class Project(BaseModel):
 
     @classmethod
     def lookup(cls, name_or_id):
-        """The project with this name, or with this numeric id; None if there is none."""
-        query = cls.name == name_or_id
-        if str(name_or_id).isdigit():
-            query |= cls.id == int(name_or_id)
-        return cls.get_or_none(query)
+        """The project with this id if the text is all ASCII digits, else with this name; None if there is none."""
+        if is_id(name_or_id):
+            # Length first: int() of thousands of digits raises, and no id is that long.
+            return cls.get_or_none(cls.id == int(name_or_id)) if len(name_or_id.lstrip("0")) <= 18 else None
+        return cls.get_or_none(cls.name == name_or_id)
+
+    @staticmethod
+    def name_problem(name):
+        """Why a text cannot name a project (it could be mistaken for an id, or not be seen as typed); None if it can."""
+        if not name.strip():
+            return "a project name cannot be empty or blank"
+        if name.isdigit():
+            return "a project name cannot be a number: numbers are project ids"
+        if CONTROL_CHARACTERS.search(name):
+            return "a project name cannot hold control characters"
+        if name != name.strip():
+            return "a project name cannot start or end with a space"
+        return None
 
     def writers(self, default):
         """The writers this project's records go to."""

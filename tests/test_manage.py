@@ -63,6 +63,77 @@ def test_deactivate_and_activate(run, client):
     assert post_logs(client, key, {"message": "x"}).status_code == 202
 
 
+# What a hostile client or an old version could leave in stored text: a carriage return that
+# overwrites the line, CSI erase-line, OSC title, OSC 52 clipboard write, C1 CSI, DEL, a bidi override.
+HOSTILE = "a\rb\x1b[2Kc\x1b]0;title\x07d\x1b]52;c;ZXZpbA==\x07e\x9bf\x7fg\u202eh"
+# The same text as manage.py shows it.
+ESCAPED = "a\\rb\\x1b[2Kc\\x1b]0;title\\x07d\\x1b]52;c;ZXZpbA==\\x07e\\u009bf\\u007fg\\u202eh"
+
+
+def assert_no_control_characters(text):
+    """No character in the text that a terminal would act on rather than show (newlines between lines aside)."""
+    for line in text.splitlines():
+        assert not models.CONTROL_CHARACTERS.search(line), repr(line)
+
+
+def test_project_names_that_are_numbers_blank_or_hold_control_characters_are_refused(run):
+    for name, reason in [("12", "cannot be a number"), ("\u0661\u0662", "cannot be a number"),
+                         ("", "empty or blank"), ("  ", "empty or blank"), (" shop", "start or end with a space"),
+                         ("a\x1b[2Kb", "control characters"), ("a\tb", "control characters"),
+                         ("a\x9bb", "control characters"), ("a\x7fb", "control characters"),
+                         ("a\u202eb", "control characters"), ("a\u2066b", "control characters")]:
+        refused = run("add-project", name)
+        assert refused.exit_code == 1 and reason in refused.stderr and refused.stdout == "", (name, refused.output)
+        assert_no_control_characters(refused.stderr)
+    with models.database.connection_context():
+        assert models.Project.select().count() == 0
+    assert run("add-project", "shop-2").exit_code == 0 and run("add-project", "1a").exit_code == 0
+
+
+def test_a_number_is_an_id_never_a_name(run):
+    run("add-project", "first")
+    with models.database.connection_context():
+        for number in range(2, 12):
+            models.Project.create(name="p%d" % number)
+        # A name older versions accepted; project 1 was updated since, as projects are.
+        named_one = models.Project.create(name="1")
+        models.Project.update(storage="db").where(models.Project.id == 1).execute()
+    assert named_one.id == 12
+    assert run("set-rate-limit", "1", "5").stdout.strip() == "project first: 5 records per second"
+    assert run("deactivate", "01").stdout.strip() == "project first deactivated"
+    with models.database.connection_context():
+        assert models.Project.get_by_id(1).rate_limit == 5 and not models.Project.get_by_id(1).is_active
+        assert models.Project.get_by_id(12).rate_limit is None and models.Project.get_by_id(12).is_active
+    # The project named "1" answers to its id; the error says so to whoever asks for a number it is named.
+    assert run("set-rate-limit", "12", "7").stdout.strip() == "project 1: 7 records per second"
+    with models.database.connection_context():
+        models.Project.update(name="40").where(models.Project.id == 12).execute()
+    missing = run("tail", "40")
+    assert missing.exit_code == 1 and "no project with id 40" in missing.stderr and "give 12" in missing.stderr
+    missing = run("stats", "99999999999999999999999")
+    assert missing.exit_code == 1 and "no project with id" in missing.stderr
+    assert "no project named 'nobody'" in run("create-key", "nobody").stderr
+
+
+def test_stored_names_are_shown_escaped_by_every_command(run, bound):
+    with models.database.connection_context():
+        # As older versions let add-project store it.
+        project = models.Project.create(name=HOSTILE)
+        models.ApiKey.issue(project)
+    outputs = [run("list-projects"), run("stats"), run("prune", "--dry-run"), run("set-rate-limit", "1", "5"),
+               run("set-retention", "1", "3"), run("deactivate", "1"), run("activate", "1")]
+    for result in outputs:
+        assert result.exit_code == 0, result.output
+        assert ESCAPED in result.stdout
+        assert_no_control_characters(result.output)
+    # Arguments too, in the errors that repeat them.
+    for arguments in (["tail", "no " + HOSTILE], ["revoke-key", "lf_\x1b]52;c;ZXZpbA==\x07"],
+                      ["add-project", HOSTILE]):
+        refused = run(*arguments)
+        assert refused.exit_code == 1 and "\\x1b" in refused.stderr, refused.output
+        assert_no_control_characters(refused.output)
+
+
 def test_storage_option(run):
     assert run("add-project", "archive", "--storage", "file").exit_code == 0
     with models.database.connection_context():

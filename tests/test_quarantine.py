@@ -12,6 +12,7 @@ import models
 import spool
 import tasks
 from helpers import drain_all, file_records, post_logs, stored_logs, wait_for
+from test_manage import ESCAPED, HOSTILE, assert_no_control_characters
 
 
 def record(message, **fields):
@@ -125,3 +126,23 @@ def test_an_unreachable_database_is_an_outage_not_a_bad_record(bound, project, c
     tasks.configure(bound)
     wait_for(lambda: drain_all() or stored_logs(), timeout=10, message="the retry")
     assert [r["message"] for r in stored_logs()] == ["waits"] and quarantine_rows() == []
+
+
+def test_list_and_show_print_control_characters_escaped(bound, project):
+    hostile = record(HOSTILE, metadata={HOSTILE: HOSTILE})
+    with models.database.connection_context():
+        entry = models.Quarantined.add("db", (project.id, "2026-11-27T12:00:01.000000Z", hostile),
+                                       ValueError("refused \x1b]52;c;ZXZpbA==\x07 \x9b \u202e " + HOSTILE))
+    environment = {"DATABASE_URL": bound.database_url, "REDIS_URL": bound.redis_url,
+                   "LOGFLOW_DATA_DIR": bound.data_dir, "LOGFLOW_LOG_DIR": bound.log_dir}
+    listed = CliRunner().invoke(manage.cli, ["quarantine", "list"], env=environment)
+    assert listed.exit_code == 0, listed.output
+    assert "refused \\x1b]52;c;ZXZpbA==\\x07 \\u009b \\u202e a" in listed.stdout
+    assert_no_control_characters(listed.stdout)
+    shown = CliRunner().invoke(manage.cli, ["quarantine", "show", str(entry.id)], env=environment)
+    assert shown.exit_code == 0, shown.output
+    assert_no_control_characters(shown.stdout)
+    assert ESCAPED.replace("\\x", "\\u00") in shown.stdout  # JSON's own escapes, and the ones JSON leaves out
+    # Still JSON, which reads back as what was quarantined.
+    parsed = orjson.loads(shown.stdout)
+    assert parsed["record"] == hostile and parsed["error"] == entry.error

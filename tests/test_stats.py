@@ -6,6 +6,7 @@ import time
 import models
 import tasks
 from helpers import drain_all, post_logs
+from test_manage import ESCAPED, HOSTILE, assert_no_control_characters
 from test_manage import closed_port, run, unreachable_redis_url  # noqa: F401  (the fixtures)
 
 
@@ -65,3 +66,13 @@ def test_stats_shows_the_database_counts_while_the_queue_is_unreachable(run, cli
     assert result.exit_code == 1, result.output
     [line] = result.stderr.splitlines()
     assert line.startswith("error: the queue is unavailable: Redis: ")
+
+
+def test_a_name_with_control_characters_is_shown_escaped(run, bound):
+    with models.database.connection_context():
+        models.Project.create(name=HOSTILE)  # as versions before names were checked let add-project store it
+    for arguments in (["stats"], ["stats", "1"]):
+        result = run(*arguments)
+        assert result.exit_code == 0, result.output
+        assert result.stdout.count(ESCAPED) == 5  # a line per level
+        assert_no_control_characters(result.stdout)

@@ -4,6 +4,7 @@ import os
 import signal
 import sys
 
+import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -12,6 +13,7 @@ import models
 import query
 from helpers import drain_all, post_logs, wait_for
 from processes import Process
+from test_manage import ESCAPED, HOSTILE, assert_no_control_characters
 
 
 @pytest.fixture
@@ -53,6 +55,22 @@ def test_prints_the_newest_logs_oldest_first_one_per_line(tail, stored):
 def test_the_level_is_coloured_on_a_terminal(tail, stored):
     line = tail("-n", "1", "--level", "ERROR", color=True).stdout
     assert "\x1b[31mERROR   \x1b[0m disk 27 full" in line
+
+
+@pytest.mark.parametrize("color", [False, True])
+def test_control_characters_are_shown_escaped_never_sent_to_the_terminal(client, key, tail, color):
+    metadata = {"k" + HOSTILE: HOSTILE, "n": 1}
+    post_logs(client, key, {"message": HOSTILE, "level": "error", "timestamp": "2026-11-27T10:00:00Z",
+                            "metadata": metadata})
+    drain_all()
+    result = tail("-n", "1", color=color)
+    assert result.exit_code == 0, result.output
+    [line] = result.stdout.splitlines()
+    level = "\x1b[31mERROR   \x1b[0m" if color else "ERROR   "  # the colour is tail's own, on a terminal
+    assert line.startswith("2026-11-27T10:00:00.000000Z %s %s  {" % (level, ESCAPED)), repr(line)
+    assert_no_control_characters(line.replace(level, ""))
+    # The metadata stays JSON, which reads back as what was sent.
+    assert orjson.loads(line.split(ESCAPED + "  ", 1)[1]) == metadata
 
 
 @pytest.mark.parametrize("arguments, expected", [
