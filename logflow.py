@@ -1,4 +1,5 @@
 """The web side: the app factory and the blueprint serving POST /logs."""
+import collections
 import contextlib
 import logging
 import math
@@ -124,9 +125,18 @@ def internal_error(error):
 
 
 class KeyCache:
-    """Key hash → (project id, active, writers, rate limit, scope), trusted for `ttl` seconds so known keys skip the database."""
+    """Key hash → (project id, active, writers, rate limit, scope, retention days), trusted for `ttl` seconds so known keys skip the database.
+
+    During a database outage a key's last lookup (this process's, else the one
+    a web process shared in the spool) keeps serving, but only if no key or
+    project changed since: each lookup notes the spool's key epoch, read before
+    the database, and manage.py advances the epoch after committing a change.
+    A lookup that read the database before a revocation committed therefore
+    carries the epoch before it, however late it is shared.
+    """
 
     max_entries = 10000
+    Entry = collections.namedtuple("Entry", "expires identity epoch")
 
     def __init__(self, ttl, retry_after):
         self.ttl = ttl
@@ -139,57 +149,86 @@ class KeyCache:
         key_hash = models.hash_key(plaintext)
         now = time.monotonic()
         entry = self.entries.get(key_hash)
-        if entry is not None and entry[0] > now:
-            return entry[1]
+        if entry is not None and entry.expires > now:
+            return entry.identity
+        # Before the database, never after: see the class's docstring.
+        epoch = self.epoch()
         try:
             with models.database.connection_context():
                 key = models.ApiKey.find(plaintext)
         except (peewee.PeeweeException, OSError) as error:
             # Keep accepting known keys through a database outage (the records
-            # wait in the queue, not in the database): this process's expired
-            # entry, else the last lookup any web process shared in the queue's
-            # store. Ask the database again once per TTL, not on every request.
-            identity = entry[1] if entry is not None else self.recall(key_hash)
+            # wait in the queue, not in the database). Ask the database again
+            # once per TTL, not on every request.
+            identity = self.last_lookup(key_hash, entry, epoch)
             if identity is None:
                 logger.error("database unavailable, cannot check a key: %s", error)
                 raise APIError(503, "the database is unavailable, so the key cannot be checked;"
                                " retry later", headers={"Retry-After": str(self.retry_after)}) from None
             logger.warning("database unavailable (%s); trusting the last lookup of a key for %g s more",
                            error, self.ttl)
-            self.remember(key_hash, now, identity)
+            self.remember(key_hash, now, identity, epoch)
             return identity
         identity = None
         if key is not None:
             project = key.project
             identity = (project.id, project.is_active, project.writers(default_writers),
                         project.rate_limit, key.scope, project.retention_days)
-            self.share(key_hash, identity)
-        self.remember(key_hash, now, identity)
+            if epoch is not None:
+                self.share(key_hash, identity, epoch)
+        self.remember(key_hash, now, identity, epoch)
         return identity
 
-    def remember(self, key_hash, now, identity):
-        """Trust this identity of a key for ttl seconds from now."""
+    def last_lookup(self, key_hash, entry, epoch):
+        """The identity a lookup in this epoch found, this process's else a shared one; None if there is none."""
+        if epoch is None:
+            # Without the current epoch no earlier lookup can be told current.
+            return None
+        if entry is not None and entry.epoch == epoch:
+            # This process's own lookup, even one that found no key: shared
+            # lookups of a key that is revoked now may be as recent.
+            return entry.identity
+        return self.recall(key_hash, epoch)
+
+    def remember(self, key_hash, now, identity, epoch):
+        """Trust this identity of a key, looked up in this epoch, for ttl seconds from now."""
         with self.lock:
             if len(self.entries) >= self.max_entries:
                 # Unknown keys are cached too, so a flood of them cannot reach
                 # the database; clearing bounds the memory they take.
                 self.entries.clear()
-            self.entries[key_hash] = (now + self.ttl, identity)
+            self.entries[key_hash] = self.Entry(now + self.ttl, identity, epoch)
 
     @staticmethod
-    def share(key_hash, identity):
+    def epoch():
+        """The spool's key epoch, or None when the spool cannot say."""
+        try:
+            return tasks.runtime.spool.epoch(spool.KEY_EPOCH)
+        except SpoolUnavailable as error:
+            logger.debug("could not read the key epoch: %s", error)
+            return None
+
+    @staticmethod
+    def memo_name(key_hash, epoch):
+        """Where a lookup of this epoch is shared: a new epoch's lookups are found under new names only."""
+        # Epoch 0 keeps the name lookups had before epochs, so those stay readable until the first change.
+        return key_hash if epoch == 0 else "%s:%d" % (key_hash, epoch)
+
+    @classmethod
+    def share(cls, key_hash, identity, epoch):
         """Leave a key's identity where every web process finds it during a database outage."""
         try:
-            tasks.runtime.spool.remember(key_hash, orjson.dumps(identity), KNOWN_KEY_SECONDS)
+            tasks.runtime.spool.remember(cls.memo_name(key_hash, epoch), orjson.dumps(identity),
+                                         KNOWN_KEY_SECONDS)
         except SpoolUnavailable as error:
             # Only the outage fallback is missing; the request itself goes on.
             logger.debug("could not share a key lookup: %s", error)
 
-    @staticmethod
-    def recall(key_hash):
-        """A key's identity as a web process last shared it, or None."""
+    @classmethod
+    def recall(cls, key_hash, epoch):
+        """A key's identity as a web process last shared it in this epoch, or None."""
         try:
-            shared = tasks.runtime.spool.recall(key_hash)
+            shared = tasks.runtime.spool.recall(cls.memo_name(key_hash, epoch))
         except SpoolUnavailable:
             return None
         if shared is None:

@@ -49,6 +49,16 @@ def find_project(name_or_id):
     fail("no project with id %s (a number names a project's id)" % name_or_id)
 
 
+def outdate_lookups(done):
+    """After a change to a key or project is committed: web processes no longer trust earlier lookups, even during a database outage."""
+    try:
+        tasks.runtime.spool.advance(spool.KEY_EPOCH)
+    except spool.SpoolUnavailable as error:
+        fail("%s in the database, but the queue's store could not be told (%s): during a database outage,"
+             " web processes may go on trusting their earlier lookups of keys for up to an hour;"
+             " run this command again once the store answers" % (done, error))
+
+
 def storage_option(value):
     if value is None:
         return None
@@ -159,6 +169,7 @@ def set_rate_limit(project, rate):
     project = find_project(project)
     project.rate_limit = rate
     project.save()
+    outdate_lookups("the rate limit is set")
     effective = tasks.runtime.settings.rate_limit if rate is None else rate
     click.echo("project %s: %s%s" % (escape(project.name), "%d records per second" % effective if effective
                                      else "no rate limit", " (the default)" if rate is None else ""))
@@ -172,6 +183,7 @@ def set_retention(project, days):
     project = find_project(project)
     project.retention_days = days
     project.save()
+    outdate_lookups("the retention is set")
     kept = project.retention(tasks.runtime.settings.retention_days)
     click.echo("project %s: %s%s" % (escape(project.name), "%d days" % kept if kept else "kept forever",
                                      " (the default)" if days is None else ""))
@@ -211,11 +223,17 @@ def revoke_key(prefix):
     prefix = prefix.rstrip("…")[:models.SHOWN_PREFIX_LENGTH]
     keys = list(ApiKey.select().where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_null()))
     if not keys:
+        if ApiKey.select().where(ApiKey.prefix == prefix).exists():
+            # Run again after the store was unreachable (outdate_lookups): finish the job.
+            outdate_lookups("the key was revoked")
+            click.echo("%s… was revoked already; no web process trusts an earlier lookup of it" % escape(prefix))
+            return
         fail("no live key with prefix %r (give the whole prefix list-projects shows)" % prefix)
     if len(keys) > 1:
         fail("%d live keys share prefix %r; none was revoked" % (len(keys), prefix))
     keys[0].revoked_at = models.utcnow()
     keys[0].save()
+    outdate_lookups("the key is revoked")
     click.echo("revoked %s…; web processes refuse it within LOGFLOW_KEY_CACHE_SECONDS" % escape(prefix))
 
 
@@ -223,6 +241,7 @@ def set_active(project, active):
     project = find_project(project)
     project.is_active = active
     project.save()
+    outdate_lookups("the project is %s" % ("activated" if active else "deactivated"))
     click.echo("project %s %s" % (escape(project.name), "activated" if active else "deactivated"))
 
 

@@ -34,6 +34,10 @@ Batch = collections.namedtuple("Batch", "id attempts payloads more")
 MAX_BATCH_ITEMS = 1000
 # Consumers' heartbeats older than this are forgotten (see beat()).
 HEARTBEATS_KEPT_SECONDS = 86400
+# The epoch of key lookups: manage.py advances it after committing any change to
+# a key or a project, so that lookups cached before it (logflow.KeyCache) are
+# no longer trusted during a database outage.
+KEY_EPOCH = "keys"
 
 
 class SpoolUnavailable(Exception):
@@ -341,6 +345,14 @@ class RedisSpool:
         """The value remembered under a name, or None."""
         return self.client.get("%s:memo:%s" % (self.prefix, name))
 
+    def epoch(self, name):
+        """How many times the named epoch was advanced; 0 before the first time."""
+        return int(self.client.get("%s:epoch:%s" % (self.prefix, name)) or 0)
+
+    def advance(self, name):
+        """Advance the named epoch by one; returns its new value."""
+        return self.client.incr("%s:epoch:%s" % (self.prefix, name))
+
     def add_counters(self, counters):
         """Add (name, amount) pairs to the counters every process shares."""
         with self.client.pipeline(transaction=False) as pipe:
@@ -411,6 +423,7 @@ class SqliteSpool:
         "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "CREATE TABLE IF NOT EXISTS memos (name TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS heartbeats (name TEXT PRIMARY KEY, at REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS epochs (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     )
 
     # How long a statement waits for another connection's lock.
@@ -490,6 +503,17 @@ class SqliteSpool:
         row = self._connection().execute("SELECT value FROM memos WHERE name = ? AND expires > ?",
                                          (name, time.time())).fetchone()
         return row[0] if row else None
+
+    def epoch(self, name):
+        """How many times the named epoch was advanced; 0 before the first time."""
+        row = self._connection().execute("SELECT value FROM epochs WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else 0
+
+    def advance(self, name):
+        """Advance the named epoch by one; returns its new value."""
+        return self._transaction(lambda connection, now: connection.execute(
+            "INSERT INTO epochs VALUES (?, 1) ON CONFLICT (name) DO UPDATE"
+            " SET value = value + 1 RETURNING value", (name,)).fetchone()[0])
 
     def add_counters(self, counters):
         """Add (name, amount) pairs to the counters every process shares."""
