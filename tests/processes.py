@@ -10,6 +10,7 @@ and prints the one-line summary the fault tests report:
 import collections
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -93,6 +94,16 @@ class Process:
                 self.popen.wait(timeout=10)
 
 
+def procfile_command(name):
+    """The command of one line of the repository's Procfile (web, worker), unexpanded."""
+    with open(os.path.join(ROOT, "Procfile")) as procfile:
+        for line in procfile:
+            process, _, command = line.partition(":")
+            if process.strip() == name:
+                return command.strip()
+    raise LookupError("the Procfile has no %s line" % name)
+
+
 def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -155,27 +166,31 @@ class Service:
         self.processes = []
         self.base_url = None
 
-    def _spawn(self, name, argv):
+    def _spawn(self, name, argv, env=None):
         log_path = self.tmp_path / ("%s-%d.log" % (name, len(self.processes)))
-        process = Process(name, argv, self.env, log_path)
+        process = Process(name, argv, env or self.env, log_path)
         self.processes.append(process)
         return process
 
-    def start_web(self):
-        """Start gunicorn and return once /healthz answers."""
+    def start_web(self, *extra_args):
+        """Start the Procfile's web line, as honcho runs it (through sh), and return once /healthz answers.
+
+        extra_args are appended to the line: gunicorn's last flag wins (a test may try another --worker-class).
+        """
         port = free_port()
-        web = self._spawn("gunicorn", [
-            sys.executable, "-m", "gunicorn", "logflow:create_app()", "--bind", "127.0.0.1:%d" % port,
-            "--worker-class", "gthread", "--workers", "2", "--threads", "4",
-            # The default control socket is one path per user: concurrent gunicorns would share it.
-            "--no-control-socket"])
+        # sh expands the line's ${LOGFLOW_BIND:-...} and finds gunicorn beside this interpreter;
+        # exec makes the pid we signal gunicorn's master.
+        env = dict(self.env, LOGFLOW_BIND="127.0.0.1:%d" % port,
+                   PATH=os.path.dirname(sys.executable) + os.pathsep + self.env.get("PATH", os.defpath))
+        process = self._spawn("gunicorn", ["sh", "-c", " ".join(
+            ["exec", procfile_command("web")] + [shlex.quote(arg) for arg in extra_args])], env)
         self.base_url = "http://127.0.0.1:%d" % port
 
         def healthy():
-            web.check_alive()
+            process.check_alive()
             return get_status(self.base_url + "/healthz", timeout=2) == 200
         wait_for(healthy, timeout=30, interval=0.1, message="gunicorn /healthz")
-        return web
+        return process
 
     def start_consumer(self):
         """Start huey_consumer as the Procfile's worker does (it needs no readiness wait)."""
