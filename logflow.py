@@ -3,12 +3,14 @@ import collections
 import contextlib
 import logging
 import math
+import os
 import pathlib
 import socket
 import threading
 import time
 import zlib
 
+import gunicorn.http.errors
 import orjson
 import peewee
 from flask import Blueprint, Flask, current_app, request
@@ -285,30 +287,87 @@ def receive(timeout):
     """The raw body, read within `timeout` seconds in all; 408 for a client that sends too slowly.
 
     A web worker has few threads: a client trickling its body must not hold
-    one for long. Under gunicorn each read also times out on the socket.
+    one for long. The Procfile's worker (server.py) gives a request a thread
+    only once its body has arrived; with any other gunicorn worker, the body
+    is read here. gunicorn's body reader loops over recv() until it has what
+    it was asked for, so a socket timeout would bound each gap between bytes,
+    not the whole body: body_deadlines stops the read instead.
     """
     sock = request.environ.get("gunicorn.socket")
     if sock is not None:
-        sock.settimeout(timeout)
-    deadline = time.monotonic() + timeout
+        body_deadlines.watch(sock, time.monotonic() + timeout)
     chunks = []
+    failure = None
     try:
         while chunk := request.stream.read(1 << 16):
             chunks.append(chunk)
-            if time.monotonic() > deadline:
-                raise TimeoutError()
-    except (TimeoutError, ClientDisconnected):
-        # Werkzeug reports a read that timed out as a disconnect. Reading no
-        # more from this client ends its connection once the 408 is sent,
-        # instead of a thread waiting for the rest of its body.
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RD)
-        raise APIError(408, "the body did not arrive within %g seconds" % timeout) from None
+    except (ClientDisconnected, gunicorn.http.errors.ParseException) as error:
+        # Werkzeug reports a read that raised OSError (gunicorn's NoMoreData
+        # for a chunked body cut short) as a disconnect; ParseException is
+        # gunicorn's refusal of the chunked framing (a size that is not hex...).
+        failure = error
     finally:
-        if sock is not None:
-            sock.settimeout(None)
-    return b"".join(chunks)
+        timed_out = sock is not None and body_deadlines.release(sock)
+    if timed_out:
+        raise APIError(408, "the body did not arrive within %g seconds" % timeout)
+    body = b"".join(chunks)
+    if isinstance(failure, gunicorn.http.errors.ParseException):
+        raise APIError(400, "the body's chunked framing is not valid: %s" % str(failure)[:200])
+    if failure is not None or len(body) < (request.content_length or 0):
+        raise APIError(400, "the connection closed before the whole body arrived")
+    return body
+
+
+class BodyDeadlines:
+    """Sockets whose body is being read, with their deadlines; one thread per process stops reading those past it.
+
+    Shutting a socket down for reading (SHUT_RD) ends a recv() blocked in
+    another thread at once, with no data, and leaves the socket writable for
+    the 408. The hot path is a lock and a dict entry; the thread checks the
+    entries every `tick` seconds, so a 408 comes at most that late.
+    """
+
+    tick = 0.1
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.deadlines = {}  # socket -> deadline (time.monotonic()), None once it passed
+        self.thread = None
+        # A forked child has no thread of its parent's: it starts its own.
+        os.register_at_fork(after_in_child=self.forget_thread)
+
+    def forget_thread(self):
+        self.thread = None
+        self.lock = threading.Lock()
+        self.deadlines = {}
+
+    def watch(self, sock, deadline):
+        """Shut sock down for reading if it is still watched at deadline."""
+        with self.lock:
+            self.deadlines[sock] = deadline
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.run, name="body-deadlines", daemon=True)
+                self.thread.start()
+
+    def release(self, sock):
+        """Stop watching sock; True if its deadline passed (reading from it was shut down)."""
+        with self.lock:
+            return self.deadlines.pop(sock, 0) is None
+
+    def run(self):
+        while True:
+            time.sleep(self.tick)
+            now = time.monotonic()
+            with self.lock:
+                # Under the lock: once release() returns, its socket is never shut down.
+                for sock, deadline in self.deadlines.items():
+                    if deadline is not None and deadline <= now:
+                        self.deadlines[sock] = None
+                        with contextlib.suppress(OSError):  # the client is gone already
+                            sock.shutdown(socket.SHUT_RD)
+
+
+body_deadlines = BodyDeadlines()
 
 
 # Compressed input is fed to zlib this much at a time: what zlib copies into
