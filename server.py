@@ -1,0 +1,421 @@
+"""LogFlow's gunicorn worker: gthread, but a connection gets a thread only once its whole request has arrived.
+
+gunicorn's gthread worker hands every new or reawakened connection to a
+thread, which then blocks reading the request: an idle connection held a
+thread for 5 s before going back to the poller, and a head or body trickled
+a byte at a time held one for as long as the client liked, so a few hundred
+idle connections, or one slow client per thread, stalled everyone.
+BufferingWorker reads requests in the worker's event loop, without blocking,
+as a buffering proxy would: the head (within gunicorn's limits), then a body
+of up to LOGFLOW_MAX_BODY_BYTES, each within LOGFLOW_BODY_TIMEOUT_SECONDS
+(else 408), and only then gives the connection a thread, gunicorn's parser
+reading what arrived from memory. What it leaves to a thread (TLS, framing
+gunicorn must judge) is still bounded by logflow.receive()'s deadline.
+
+It also answers gunicorn's own refusals (400, 414, 431, 501...) in JSON.
+Run it with `gunicorn --worker-class server.BufferingWorker` (the Procfile's web line).
+"""
+import selectors
+import socket
+import time
+from functools import partial
+
+import orjson
+from gunicorn import http
+from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
+from gunicorn.http.message import DEFAULT_MAX_HEADERFIELD_SIZE, MAX_HEADERS, MAX_REQUEST_LINE
+from gunicorn.http2 import negotiation
+from gunicorn.workers.gthread import ThreadWorker
+
+import config
+
+# Bytes of requests one worker process holds while they arrive: beyond it the
+# connections parked longest are closed. A body is at most
+# LOGFLOW_MAX_BODY_BYTES (1 MiB) and arrives in milliseconds from a client
+# that is not slow on purpose.
+PARKED_BYTES = 64 << 20
+# How long a thread may wait for what the application left unread of a body
+# (a 401 answered before reading it, say) before the connection is closed
+# instead of kept alive: it is normally here already. gthread waits 5 s.
+DRAIN_SECONDS = 0.01
+# How long, and for how many bytes, a connection being closed is read (and
+# what it sends thrown away) after its last response, as gunicorn's
+# util.close_graceful does: closing with unread data would reset the
+# connection, and the client could lose that response.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 << 10
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Arrival:
+    """What a parked connection has sent of its request so far, and by when the rest must come."""
+
+    __slots__ = ("data", "deadline", "scanned", "head_end", "body_end", "chunk_at")
+
+    def __init__(self, data, deadline):
+        self.data = bytearray(data)
+        self.deadline = deadline
+        self.scanned = 0  # bytes of the head searched for its end so far
+        self.head_end = None  # just past the head's CRLF CRLF, once it is here
+        self.body_end = None  # just past a Content-Length body
+        self.chunk_at = None  # where the next chunk-size line of a chunked body starts
+
+
+class BufferingWorker(ThreadWorker):
+    """gthread that keeps a connection in its selector until its whole request (head, then body) is here."""
+
+    def init_process(self):
+        settings = config.load()
+        # The head gets as long as the body, each: one setting says how long a
+        # slow client may keep LogFlow waiting (see the README).
+        self.client_timeout = settings.body_timeout_seconds
+        self.max_body = settings.max_body_bytes
+        self.max_line, self.max_headers = head_limits(self.cfg)
+        self.parked = {}  # connection -> Arrival, earliest deadline first
+        self.parked_bytes = 0
+        self.lingering = {}  # connection being closed -> [deadline, bytes read], earliest deadline first
+        super().init_process()
+
+    def enqueue_req(self, conn):
+        """Give the connection a thread if its request is all here; else park it until it is.
+
+        gthread calls this for every connection that may have a request to
+        read: accepted, kept alive and readable again, or with bytes read
+        ahead behind its previous request.
+        """
+        if getattr(conn, "request_ready", False) or self.cfg.is_ssl \
+                or negotiation.prior_knowledge_allowed(self.cfg, conn.client):
+            # TLS records and an HTTP/2 preface are not read here: gthread's own way.
+            conn.request_ready = False
+            super().enqueue_req(conn)
+            return
+        read_ahead = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
+        conn.sock.setblocking(False)
+        self.parked[conn] = Arrival(read_ahead, time.monotonic() + self.client_timeout)
+        self.parked_bytes += len(read_ahead)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.receive, conn))
+        # A kept-alive connection is readable already; an accepted one often has its request too.
+        self.receive(conn)
+
+    def receive(self, conn, _sock=None):
+        """Read what the client has sent, without blocking, and see whether the request is complete."""
+        arrival = self.parked.get(conn)
+        if arrival is None:
+            return  # handed over or closed by an earlier event of the same round
+        try:
+            data = conn.sock.recv(1 << 16)
+        except BlockingIOError:
+            data = None
+        except OSError:
+            data = b""
+        if data == b"":
+            # Closed by the client before its request was complete: nothing to answer.
+            self.unpark(conn)
+            self.close(conn)
+            return
+        if data:
+            arrival.data += data
+            self.parked_bytes += len(data)
+        if arrival.head_end is None:
+            self.check_head(conn, arrival)
+        if conn in self.parked and arrival.head_end is not None:
+            self.check_body(conn, arrival)
+        self.evict()
+
+    def check_head(self, conn, arrival):
+        """Note where a complete head ends and how its body is framed; refuse one too long, as gunicorn would."""
+        data = arrival.data
+        # Only what came since the last look is searched: a head trickled a
+        # byte at a time is not scanned again on every byte.
+        since, arrival.scanned = max(arrival.scanned - 3, 0), len(data)
+        end = data.find(b"\r\n\r\n", since)
+        if end >= 0:
+            self.start_body(conn, arrival, end + 4)
+        elif has_bare_lf(data, since):
+            self.hand_over(conn)  # which gunicorn refuses at once (400)
+        else:
+            # gunicorn's parser would refuse these only after more bytes came:
+            # the same refusals, now (max_line is None when unlimited).
+            line_end = data.find(b"\r\n")
+            line_length = len(data) - 2 if line_end < 0 else line_end
+            if self.max_line is not None and line_length > self.max_line:
+                self.refuse(conn, LimitRequestLine(line_length, self.max_line))
+            elif line_end >= 0 and len(data) - line_end - 2 > self.max_headers:
+                self.refuse(conn, LimitRequestHeaders("max buffer headers"))
+
+    def start_body(self, conn, arrival, head_end):
+        """The head is here: hand the connection over unless a body must follow, whose deadline starts now."""
+        head = bytes(arrival.data[:head_end])
+        kind, length, without_expect = body_framing(head)
+        if kind is None or (kind == "length" and (length == 0 or length > self.max_body)):
+            # No body, a body LogFlow refuses unread (413), or framing gunicorn
+            # should judge: the thread reads nothing, or logflow.receive()
+            # bounds what it reads.
+            self.hand_over(conn)
+            return
+        if without_expect is not None:
+            # The client waits for this before it sends the body; gunicorn must not send it again.
+            send(conn.sock, CONTINUE)
+            arrival.data[:head_end] = without_expect
+            head_end = len(without_expect)
+        arrival.head_end = head_end
+        if kind == "length":
+            arrival.body_end = head_end + length
+        else:
+            arrival.chunk_at = head_end
+        # Still the earliest deadline last: moved to the end of the dict.
+        del self.parked[conn]
+        arrival.deadline = time.monotonic() + self.client_timeout
+        self.parked[conn] = arrival
+
+    def check_body(self, conn, arrival):
+        """Hand the connection over once its body is all here, or once it is larger than LogFlow takes (413)."""
+        if arrival.body_end is not None:
+            complete = len(arrival.data) >= arrival.body_end
+        else:
+            try:
+                end, arrival.chunk_at = chunked_end(arrival.data, arrival.chunk_at, self.max_line or MAX_REQUEST_LINE)
+            except ValueError:
+                end = 0  # malformed: gunicorn's reader refuses it (400), from what is here already
+            complete = end is not None
+        if complete or len(arrival.data) - arrival.head_end > self.max_body:
+            self.hand_over(conn)
+
+    def hand_over(self, conn):
+        """Put what arrived back where gunicorn's parser reads first, and give the connection a thread."""
+        data = self.unpark(conn)
+        conn.sock.setblocking(True)
+        if conn.parser is None:
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.parser.unreader.unread(bytes(data))
+        conn.data_ready = True  # gthread would otherwise wait up to 5 s for data first
+        conn.request_ready = True
+        self.enqueue_req(conn)
+
+    def refuse(self, conn, error):
+        """Answer gunicorn's refusal of a head (in JSON, see handle_error) and close the connection."""
+        self.unpark(conn)
+        self.handle_error(None, conn.sock, conn.client, error)
+        self.close_gracefully(conn)
+
+    def unpark(self, conn):
+        """Stop waiting for the connection's request; returns what arrived of it."""
+        data = self.parked.pop(conn).data
+        self.parked_bytes -= len(data)
+        self.poller.unregister(conn.sock)
+        return data
+
+    def close(self, conn):
+        self.nr_conns -= 1
+        conn.close()
+
+    def evict(self):
+        """Close the connections parked longest while parked requests take too much memory, or would stop accepting.
+
+        gthread stops accepting at worker_connections: parked connections
+        must not be the reason, or idle ones would lock everyone else out.
+        """
+        while self.parked and (self.parked_bytes > PARKED_BYTES or self.nr_conns >= self.worker_connections):
+            self.expire(next(iter(self.parked)), 503, "SERVICE UNAVAILABLE",
+                        "too many connections are sending their requests slowly; retry")
+
+    def expire(self, conn, status, reason, message):
+        """Refuse a parked connection that sent part of a request; close one that sent nothing without a word.
+
+        reason is written as the application's own status lines are (werkzeug's, in capitals).
+        """
+        if self.unpark(conn):
+            write_json(conn.sock, status, reason, message)
+            self.close_gracefully(conn)
+        else:
+            self.close(conn)
+
+    def finish_request(self, conn, fs):
+        """gthread's, except that a connection to close lingers in the poller, not in a loop that blocks it.
+
+        gthread reads what the client still sends for up to 2 s on the event
+        loop's own thread (util.close_graceful): a client that kept sending
+        after its last response stalled every connection of the worker that long.
+        """
+        if fs.cancelled() or fs.exception() is not None or fs.result() is not False:
+            super().finish_request(conn, fs)
+        else:
+            self.close_gracefully(conn)
+
+    def close_gracefully(self, conn):
+        """Half-close the connection, and close it once the client has (see LINGER_SECONDS), from the poller."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.setblocking(False)
+        except OSError:
+            self.close(conn)
+            return
+        self.lingering[conn] = [time.monotonic() + LINGER_SECONDS, 0]
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.linger, conn))
+
+    def linger(self, conn, _sock=None):
+        """Read and drop what a closing connection sends; close it at its end, or past LINGER_BYTES."""
+        try:
+            data = conn.sock.recv(LINGER_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        lingering = self.lingering.get(conn)
+        if lingering is None:
+            return  # closed by an earlier event of the same round
+        lingering[1] += len(data)
+        if not data or lingering[1] >= LINGER_BYTES:
+            self.stop_lingering(conn)
+
+    def stop_lingering(self, conn):
+        del self.lingering[conn]
+        self.poller.unregister(conn.sock)
+        self.close(conn)
+
+    def murder_pending(self):
+        """gthread's expiry of waiting connections, run once a second: parked and lingering ones past their deadline too."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn, (deadline, _) in list(self.lingering.items()):
+            if deadline > now:
+                break
+            self.stop_lingering(conn)
+        for conn, arrival in list(self.parked.items()):
+            # A stopping worker closes at once the connections that sent nothing yet.
+            if arrival.deadline <= now or not (self.alive or arrival.data):
+                self.expire(conn, 408, "REQUEST TIMEOUT", "the request %s did not arrive within %g seconds" % (
+                    "head" if arrival.head_end is None else "body", self.client_timeout))
+            elif self.alive:
+                break  # earliest deadline first: the rest expire later
+
+    def _keepalive_after(self, conn, keepalive):
+        """gthread's choice to keep a connection, without a thread waiting seconds for a body the application left."""
+        return keepalive and bool(conn.parser.finish_body(deadline=time.monotonic() + DRAIN_SECONDS))
+
+    def handle_error(self, req, client, addr, exc):
+        """gunicorn's answer to a request it refuses (its status, log line and access log), with a JSON body."""
+        page = ErrorPage()
+        super().handle_error(req, page, addr, exc)
+        status, reason = page.status()
+        message = str(exc)[:200] if status < 500 else "internal error; see the server log"
+        write_json(client, status, reason, message)
+
+
+def body_framing(head):
+    """(kind, length, head without its Expect: 100-continue or None) of the body a request head announces.
+
+    kind is "length" (Content-Length), "chunked", or None when there is no
+    body or gunicorn should judge the framing (several lengths, other
+    transfer codings, HTTP/1.0 chunks...): only framing read the same way
+    by gunicorn is waited for here.
+    """
+    request_line, *lines = head[:-4].split(b"\r\n")
+    lengths, codings, expects = [], [], []
+    for line in lines:
+        name, _, value = line.partition(b":")
+        name, value = name.lower(), value.strip(b" \t").lower()
+        if name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            codings.extend(coding.strip(b" \t") for coding in value.split(b","))
+        elif name == b"expect":
+            expects.append(value)
+    http11 = request_line.endswith(b" HTTP/1.1")
+    without_expect = None
+    if expects == [b"100-continue"] and http11:
+        without_expect = b"\r\n".join([request_line] + [
+            line for line in lines if line.partition(b":")[0].lower() != b"expect"]) + b"\r\n\r\n"
+    elif expects:
+        return None, None, None  # gunicorn's to answer (417, or ignored in HTTP/1.0)
+    if codings == [b"chunked"] and not lengths and http11:
+        return "chunked", None, without_expect
+    if len(lengths) == 1 and lengths[0].isdigit() and not codings:
+        return "length", int(lengths[0]), without_expect
+    return None, None, None
+
+
+def has_bare_lf(data, start):
+    """Whether data holds, from start on, an LF without the CR that must come before it."""
+    at = data.find(b"\n", start)
+    while at >= 0:
+        if at == 0 or data[at - 1] != ord("\r"):
+            return True
+        at = data.find(b"\n", at + 1)
+    return False
+
+
+def chunked_end(data, at, max_line):
+    """(end of the chunked body starting at `at` or None while incomplete, where to resume); ValueError if malformed.
+
+    Resuming where the last complete chunk ended keeps a body trickled a
+    byte at a time from being scanned again on every byte.
+    """
+    while True:
+        line_end = data.find(b"\r\n", at, at + max_line + 2)
+        if line_end < 0:
+            if len(data) - at > max_line:
+                raise ValueError("chunk-size line too long")
+            return None, at
+        size = bytes(data[at:line_end]).split(b";", 1)[0].rstrip(b" \t")
+        if not size or size.strip(b"0123456789abcdefABCDEF"):
+            raise ValueError("chunk size is not hexadecimal")
+        size = int(size, 16)
+        if size == 0:
+            # The last chunk, then trailer lines up to an empty one.
+            if data[line_end + 2:line_end + 4] == b"\r\n":
+                return line_end + 4, at
+            end = data.find(b"\r\n\r\n", line_end + 2)
+            return (end + 4 if end >= 0 else None), at
+        next_at = line_end + 2 + size + 2
+        if next_at > len(data):
+            return None, at
+        at = next_at
+
+
+def head_limits(cfg):
+    """(longest request line or None, longest header block) gunicorn's parser takes, as http/message.py reckons them."""
+    line = cfg.limit_request_line
+    line = None if line == 0 else MAX_REQUEST_LINE if line < 0 or line > MAX_REQUEST_LINE else line
+    fields = cfg.limit_request_fields if 0 < cfg.limit_request_fields <= MAX_HEADERS else MAX_HEADERS
+    field_size = cfg.limit_request_field_size if cfg.limit_request_field_size > 0 else DEFAULT_MAX_HEADERFIELD_SIZE
+    return line, fields * (field_size + 2) + 4
+
+
+class ErrorPage:
+    """Stands in for the client while gunicorn writes its HTML error page, keeping its status line only."""
+
+    def __init__(self):
+        self.written = b""
+
+    def gettimeout(self):
+        return 0.0  # gunicorn's util.write_nonblock then writes at once
+
+    def sendall(self, data):
+        self.written += data
+
+    def status(self):
+        """(status code, reason) gunicorn wrote; 500 if it wrote none."""
+        parts = self.written.split(b"\r\n", 1)[0].split(b" ", 2)
+        if len(parts) == 3 and parts[1].isdigit():
+            return int(parts[1]), parts[2].decode("latin-1")
+        return 500, "Internal Server Error"
+
+
+def write_json(sock, status, reason, message):
+    """Send a whole {"error": message} response that closes the connection."""
+    body = orjson.dumps({"error": message})
+    send(sock, b"HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: application/json\r\n"
+         b"Content-Length: %d\r\n\r\n%s" % (status, reason.encode("latin-1"), len(body), body))
+
+
+def send(sock, response):
+    """Send a short response without blocking (best effort: it fits the socket's buffer, or the client is not reading)."""
+    timeout = sock.gettimeout()
+    try:
+        sock.setblocking(False)
+        sock.sendall(response)
+    except OSError:
+        pass  # the client is gone or reads nothing: gunicorn's own pages are sent the same way
+    finally:
+        sock.settimeout(timeout)
