@@ -527,9 +527,11 @@ def accept(settings, identity, raw_records):
 @bp.get("/logs")
 def list_logs():
     """A page of the project's stored logs, newest first, filtered by the query parameters."""
-    project_id = authenticate(current_app.extensions["logflow"]["settings"], scope="read")[0]
+    settings = current_app.extensions["logflow"]["settings"]
+    project_id = authenticate(settings, scope="read")[0]
     with reading():
-        logs, next_cursor = query.page(project_id, query.parse_filter(request.args.items(multi=True)))
+        logs, next_cursor = query.page(project_id, query.parse_filter(request.args.items(multi=True)),
+                                       settings.max_page_bytes)
     return json_response({"logs": logs, "next_cursor": next_cursor}, 200)
 
 

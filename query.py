@@ -1,7 +1,10 @@
 """Reading stored logs: request parameters → a LogFilter → a Peewee query, keyset cursors, rows as JSON.
 
+Pages are bounded in rows and in bytes: the database sizes the logs first, and
+only those that fit are fetched.
+
 One code path serves both backends; only the SQL for case-insensitive text
-search and for metadata lookups differs between PostgreSQL and SQLite.
+search, metadata lookups and sizes differs between PostgreSQL and SQLite.
 """
 import base64
 import binascii
@@ -14,6 +17,7 @@ import orjson
 import peewee
 from peewee import SQL, EnclosedNodeList, NodeList, Tuple, Value, fn
 
+import config
 import models
 import records
 from models import Log
@@ -31,6 +35,11 @@ SINGLE_PARAMETERS = ("min_level", "since", "until", "q", "limit", "order", "curs
 JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 # Integers a SQLite parameter can carry.
 INT64 = (-2**63, 2**63 - 1)
+# Bytes of stored logs a page holds at most, unless the caller says otherwise (LOGFLOW_MAX_PAGE_BYTES).
+MAX_PAGE_BYTES = config.Settings.max_page_bytes
+# What a log weighs beside its message and metadata: id, level, two times and
+# the JSON around them, rounded up.
+LOG_BYTES = 200
 
 
 class InvalidQuery(ValueError):
@@ -146,9 +155,10 @@ def meta_candidates(given):
                 yield number
 
 
-def encode_cursor(log, order):
-    """An opaque cursor pointing just past this log in this order."""
-    data = orjson.dumps([records.format_time(log.timestamp), str(log.id), order])
+def encode_cursor(position, order):
+    """An opaque cursor pointing just past this (timestamp, id) in this order."""
+    timestamp, log_id = position
+    data = orjson.dumps([records.format_time(timestamp), str(log_id), order])
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
@@ -238,6 +248,21 @@ def metadata_match(path, candidates):
     return match
 
 
+def stored_size():
+    """The bytes of a log's message and metadata, as the database counts them without sending either."""
+    if models.on_postgres():
+        # octet_length(text) reads the stored length; jsonb has none, so its text is measured.
+        return fn.octet_length(Log.message) + fn.octet_length(Log.metadata.cast("text"))
+    return fn.length(Log.message.cast("BLOB")) + fn.length(Log.metadata.cast("BLOB"))
+
+
+def ordered(query, order):
+    """The query in (timestamp, id) order, newest first for desc."""
+    if order == "desc":
+        return query.order_by(Log.timestamp.desc(), Log.id.desc())
+    return query.order_by(Log.timestamp, Log.id)
+
+
 def select_logs(project_id, log_filter):
     """The query for one page of the project's logs (one more than the page, to tell if another follows)."""
     query = Log.select().where(Log.project == project_id)
@@ -256,43 +281,105 @@ def select_logs(project_id, log_filter):
         timestamp, log_id = log_filter.after
         position = Tuple(stored_time(timestamp), stored_id(log_id))
         query = query.where(key < position if log_filter.order == "desc" else key > position)
-    if log_filter.order == "desc":
-        query = query.order_by(Log.timestamp.desc(), Log.id.desc())
-    else:
-        query = query.order_by(Log.timestamp, Log.id)
-    return query.limit(log_filter.limit + 1)
+    return ordered(query, log_filter.order).limit(log_filter.limit + 1)
 
 
-def fetch(project_id, log_filter, columns=()):
-    """One page of the project's Log rows (only these columns, if given), and whether more rows follow it."""
-    rows = list(select_logs(project_id, log_filter).select(*columns))
-    return rows[:log_filter.limit], len(rows) > log_filter.limit
+def count_fitting(sizes, max_bytes):
+    """How many of the leading logs of these sizes fit in max_bytes: at least one, so a page always moves on."""
+    total = 0
+    for count, size in enumerate(sizes):
+        total += size + LOG_BYTES
+        if count and total > max_bytes:
+            return count
+    return len(sizes)
 
 
-def page(project_id, log_filter):
+def select_keys(project_id, log_filter, sized=True):
+    """select_logs' query for the timestamp and id of its rows, and each log's stored_size() if sized."""
+    columns = (Log.timestamp, Log.id) + ((stored_size(),) if sized else ())
+    return select_logs(project_id, log_filter).select(*columns)
+
+
+def stored_rows(query):
+    """A query's rows as the driver returns them: on a page of keys, Peewee's conversions cost more than the query."""
+    return models.database.execute(query).fetchall()
+
+
+def as_python(key):
+    """A (timestamp, id) as stored, as a datetime and a UUID."""
+    return Log.timestamp.python_value(key[0]), Log.id.python_value(key[1])
+
+
+def fetch_keys(project_id, log_filter, max_bytes=None):
+    """The stored (timestamp, id) keys of one page of the project's logs, and the key the next starts after, or None.
+
+    With max_bytes, the page stops before the log that would take its logs
+    past that many bytes, sizes measured by the database.
+    """
+    rows = stored_rows(select_keys(project_id, log_filter, sized=bool(max_bytes)))
+    count = min(len(rows), log_filter.limit)
+    if max_bytes:
+        count = count_fitting([row[2] for row in rows[:count]], max_bytes)
+    keys = [row[:2] for row in rows[:count]]
+    return keys, as_python(keys[-1]) if count < len(rows) else None
+
+
+def among(ids):
+    """Logs whose id is one of these stored ids, in one parameter: a parameter per id cost more than the query."""
+    if models.on_postgres():
+        # psycopg2 hands uuid columns back as UUIDs; the text array takes any spelling.
+        texts = [str(log_id) for log_id in ids]
+        return Log.id == fn.ANY(Value(texts, converter=False, unpack=False).cast("uuid[]"))
+    return NodeList((Log.id, SQL("IN (SELECT value FROM json_each("),
+                     Value(orjson.dumps(list(ids)).decode(), converter=False), SQL("))")))
+
+
+def load(project_id, keys, order):
+    """The project's Log rows of these stored keys, in this order; one deleted since its key was read is missing."""
+    if not keys:
+        return []
+    return list(ordered(Log.select().where(Log.project == project_id, among(log_id for _, log_id in keys)), order))
+
+
+def fetch(project_id, log_filter, max_bytes=MAX_PAGE_BYTES):
+    """One page of the project's Log rows within max_bytes (one at least), and the key the next starts after, or None.
+
+    Keys and sizes first, then only the rows that fit: the driver holds a whole
+    result in memory, so a page of large logs read at once would fill the process.
+    """
+    keys, after = fetch_keys(project_id, log_filter, max_bytes)
+    return load(project_id, keys, log_filter.order), after
+
+
+def page(project_id, log_filter, max_bytes=MAX_PAGE_BYTES):
     """One page of the project's logs as JSON-ready dicts, and the cursor of the next page or None."""
-    rows, more = fetch(project_id, log_filter)
-    return [render(row) for row in rows], encode_cursor(rows[-1], log_filter.order) if more else None
+    rows, after = fetch(project_id, log_filter, max_bytes)
+    return [render(row) for row in rows], encode_cursor(after, log_filter.order) if after else None
 
 
-def pages(project_id, log_filter, columns=()):
-    """Yield the filter's Log rows oldest first, a page (of these columns, if given) at a time."""
+def walk(log_filter, read):
+    """Yield the pages read(log_filter) returns oldest first, each starting after the last, until none follows."""
     log_filter = log_filter.replace(order="asc", after=None, limit=MAX_LIMIT)
     while True:
-        rows, more = fetch(project_id, log_filter, columns)
-        yield rows
-        if not more:
+        items, after = read(log_filter)
+        yield items
+        if after is None:
             return
-        log_filter = log_filter.replace(after=(rows[-1].timestamp, rows[-1].id))
+        log_filter = log_filter.replace(after=after)
 
 
-def logs_from(project_id, log_filter, floor, seen=None):
+def pages(project_id, log_filter, max_bytes=MAX_PAGE_BYTES):
+    """Yield the filter's Log rows oldest first, a page of at most max_bytes of logs at a time."""
+    return walk(log_filter, lambda page_filter: fetch(project_id, page_filter, max_bytes))
+
+
+def logs_from(project_id, log_filter, floor, seen=None, max_bytes=MAX_PAGE_BYTES):
     """Yield every log the filter matches, oldest first; put those timestamped at or after floor into seen, if given.
 
     Only the window logs_since rereads is remembered, so seen stays small
     however long the range printed.
     """
-    for rows in pages(project_id, log_filter):
+    for rows in pages(project_id, log_filter, max_bytes):
         for log in rows:
             if seen is not None and log.timestamp >= floor:
                 seen[log.id] = log.timestamp
@@ -300,18 +387,18 @@ def logs_from(project_id, log_filter, floor, seen=None):
 
 
 def key_pages(project_id, log_filter, floor):
-    """Pages of the (timestamp, id) keys of the filter's logs timestamped at or after floor, oldest first."""
+    """Pages of the stored (timestamp, id) keys of the filter's logs timestamped at or after floor, oldest first."""
     since = max(floor, log_filter.since or floor)
-    return pages(project_id, log_filter.replace(since=since), (Log.timestamp, Log.id))
+    return walk(log_filter.replace(since=since), lambda page_filter: fetch_keys(project_id, page_filter))
 
 
 def remember(project_id, log_filter, floor, seen):
     """Put the ids of the filter's logs timestamped at or after floor into seen, reading their keys only."""
     for keys in key_pages(project_id, log_filter, floor):
-        seen.update((key.id, key.timestamp) for key in keys)
+        seen.update((log_id, timestamp) for timestamp, log_id in map(as_python, keys))
 
 
-def logs_since(project_id, log_filter, floor, seen):
+def logs_since(project_id, log_filter, floor, seen, max_bytes=MAX_PAGE_BYTES):
     """Yield the filter's logs timestamped at or after floor, oldest first, skipping ids in seen.
 
     seen maps the id of each log yielded to its timestamp; ids older than floor
@@ -320,14 +407,20 @@ def logs_since(project_id, log_filter, floor, seen):
     """
     for log_id in [log_id for log_id, timestamp in seen.items() if timestamp < floor]:
         del seen[log_id]
-    # Mostly logs already shown: read their keys only, then the new ones in full.
+    # Mostly logs already shown: read their keys only, then the new ones' sizes,
+    # then the new ones in full, at most max_bytes of them at a time.
     for keys in key_pages(project_id, log_filter, floor):
-        new = [stored_id(key.id) for key in keys if key.id not in seen]
-        if new:
-            for row in (Log.select().where(Log.project == project_id, Log.id.in_(new))
-                        .order_by(Log.timestamp, Log.id)):
+        new = [key[1] for key in keys if as_python(key)[1] not in seen]
+        if not new:
+            continue
+        sized = stored_rows(ordered(Log.select(Log.timestamp, Log.id, stored_size())
+                                    .where(Log.project == project_id, among(new)), "asc"))
+        while sized:
+            count = count_fitting([row[2] for row in sized], max_bytes)
+            for row in load(project_id, [row[:2] for row in sized[:count]], "asc"):
                 seen[row.id] = row.timestamp
                 yield row
+            sized = sized[count:]
 
 
 def find_log(project_id, text):

@@ -1,9 +1,14 @@
 """GET /logs and GET /logs/<id> on both backends: scopes, filters, keyset pages, plans."""
 import base64
+import collections
 import datetime
+import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
 
 import orjson
@@ -19,6 +24,7 @@ import tasks
 from helpers import drain_all, post_logs
 from logflow import KeyCache, create_app
 from models import ApiKey, Project
+from processes import ROOT, child_pids, make_service, unique_database_name
 
 # One data set for every filter case: (message, level, timestamp, metadata).
 SAMPLES = [
@@ -322,7 +328,8 @@ def test_the_newest_logs_of_a_project_come_from_the_index(bound, project, params
     log_filter = query.parse_filter(params.items())
     with models.database.connection_context():
         models.database.execute_sql("ANALYZE")
-        sql, values = query.select_logs(project.id, log_filter).sql()
+        # The page's first query: keys and sizes of its rows.
+        sql, values = query.select_keys(project.id, log_filter).sql()
         if bound.database_url:
             plan = "\n".join(row[0] for row in models.database.execute_sql("EXPLAIN " + sql, values))
             assert "Index Scan Backward using log_project_id_timestamp_id" in plan, plan
@@ -333,3 +340,137 @@ def test_the_newest_logs_of_a_project_come_from_the_index(bound, project, params
             assert "TEMP B-TREE" not in plan, plan
         rows = list(query.select_logs(project.id, log_filter))
     assert len(rows) == 101 and all(row.project_id == project.id for row in rows)
+
+
+MIB = 1024 * 1024
+
+
+def label(message):
+    """The name a test gave a log: its message up to the first space (the rest is padding)."""
+    return message.split(" ", 1)[0]
+
+
+def walk_pages(client, read_key, **params):
+    """The labels of every page of a walk with these parameters, following next_cursor until it is null."""
+    pages, cursor = [], None
+    while True:
+        response = get(client, read_key, **params, **({"cursor": cursor} if cursor else {}))
+        pages.append([label(message) for message in messages(response)])
+        cursor = response.json["next_cursor"]
+        if cursor is None:
+            return pages
+        assert len(pages) < 100, "the walk does not end"
+
+
+def sized_record(name, length, second):
+    """A record whose message is name padded to length bytes, metadata {}, timestamped at 10:00:<second>."""
+    return {"message": (name + " ").ljust(length, "x"), "timestamp": "2026-11-27T10:00:%02dZ" % second}
+
+
+@pytest.mark.parametrize("order, limit, expected", [
+    ("asc", 1000, [["m0", "m1", "m2"], ["m3", "m4"], ["big"], ["m6", "m7", "m8"], ["m9"]]),
+    ("desc", 1000, [["m9", "m8", "m7"], ["m6"], ["big"], ["m4", "m3", "m2"], ["m1", "m0"]]),
+    # Where three logs would fit, limit ends the page first.
+    ("asc", 2, [["m0", "m1"], ["m2", "m3"], ["m4"], ["big"], ["m6", "m7"], ["m8", "m9"]]),
+])
+def test_a_page_stops_before_the_log_that_would_take_it_past_max_page_bytes(bound, key, read_key, order, limit,
+                                                                            expected):
+    # Each log weighs its message, its metadata's JSON text ("{}") and query.LOG_BYTES for the rest.
+    size = 1000 + len("{}") + query.LOG_BYTES
+    client = create_app(bound.replace(max_page_bytes=3 * size + size // 2)).test_client()
+    body = [sized_record("big", 5 * size, n) if n == 5 else sized_record("m%d" % n, 1000, n) for n in range(10)]
+    assert post_logs(client, key, body).status_code == 202
+    drain_all()
+    # Every page but the last has a cursor, and the walk returns each log once, in order.
+    assert walk_pages(client, read_key, order=order, limit=limit) == expected
+
+
+# Message sizes in MiB: bigger than a record may be today, as older versions stored them.
+LARGE = [1.5, 1.5, 1.5, 5, 1.5, 1.5, 1.5]
+
+
+@pytest.fixture
+def large_logs(bound, project):
+    """Logs of LARGE sizes written straight into the table, a second apart; their labels, oldest first."""
+    start = datetime.datetime(2026, 11, 27, 10)
+    rows = [{"id": uuid.uuid4(), "project": project.id, "level": "INFO",
+             "message": ("L%d " % n).ljust(int(mib * MIB), "x"), "metadata": {"n": n},
+             # With microseconds, as the writer stores times on SQLite (text that compares in order).
+             "timestamp": start + datetime.timedelta(seconds=n, microseconds=500), "received_at": start}
+            for n, mib in enumerate(LARGE)]
+    with models.database.connection_context():
+        for row in rows:
+            models.Log.insert(row).execute()
+    return ["L%d" % n for n in range(len(LARGE))]
+
+
+@pytest.mark.parametrize("order, expected", [
+    ("asc", [["L0", "L1"], ["L2"], ["L3"], ["L4", "L5"], ["L6"]]),
+    ("desc", [["L6", "L5"], ["L4"], ["L3"], ["L2", "L1"], ["L0"]]),
+])
+def test_logs_stored_larger_than_today_allows_come_in_pages_of_at_most_4_mib(client, read_key, large_logs,
+                                                                             order, expected):
+    # Two of 1.5 MiB fit the default 4 MiB; a third would not; the 5 MiB log comes alone.
+    assert walk_pages(client, read_key, order=order) == expected
+
+
+def test_tail_reads_pages_within_max_bytes_and_fetches_only_what_fits(bound, project, large_logs, caplog):
+    everything, floor = query.parse_filter([]), datetime.datetime(2026, 1, 1)
+    with models.database.connection_context():
+        assert [[label(log.message) for log in rows] for rows in query.pages(project.id, everything)] == [
+            ["L0", "L1"], ["L2"], ["L3"], ["L4", "L5"], ["L6"]]
+        assert [label(log.message) for log in query.logs_from(project.id, everything, floor)] == large_logs
+        newest, _ = query.fetch(project.id, everything.replace(limit=20))
+        assert [label(log.message) for log in newest] == ["L6", "L5"]
+        seen, shown, statements = {}, [], []
+        with caplog.at_level(logging.DEBUG, logger="peewee"):
+            for log in query.logs_since(project.id, everything, floor, seen):
+                shown.append(label(log.message))
+                # Peewee logs each statement as (sql, params); only those fetching whole rows name received_at.
+                statements.append(sum(isinstance(record.msg, tuple) and "received_at" in record.msg[0]
+                                      for record in caplog.records))
+    assert shown == large_logs and len(seen) == len(large_logs)
+    # Logs yielded after the same statement came from it: whole rows were fetched at most two at a time.
+    assert sorted(collections.Counter(statements).values()) == [1, 1, 1, 2, 2], statements
+
+
+def test_gunicorn_serves_pages_of_logs_of_several_mb_each_within_200_mb(tmp_path, postgres_server, redis_server):
+    service = make_service(tmp_path, postgres_server.create_database(unique_database_name("pages")),
+                           redis_server.url)
+    try:
+        # 20 logs of 6 MB (message and metadata), as a version without LOGFLOW_MAX_RECORD_BYTES stored them.
+        with psycopg2.connect(service.db_url) as connection, connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO logs (id, project_id, level, message, metadata, timestamp, received_at)"
+                " SELECT gen_random_uuid(), projects.id, 'INFO', 'L' || n || ' ' || repeat('x', 3000000),"
+                "        jsonb_build_object('blob', repeat('y', 3000000)),"
+                "        timestamp '2026-11-27 10:00:00' + n * interval '1 second', timestamp '2026-11-27 10:00:00'"
+                " FROM projects, generate_series(1, 20) AS n")
+        created = subprocess.run([sys.executable, "manage.py", "create-key", "e2e", "--scope", "read"],
+                                 cwd=ROOT, env=service.env, check=True, capture_output=True, text=True)
+        read_key = created.stdout.strip()
+        web = service.start_web()
+        walked, cursor, slowest = [], None, 0.0
+        while True:
+            url = service.base_url + "/logs?limit=1000" + ("&cursor=" + cursor if cursor else "")
+            started = time.monotonic()
+            with urllib.request.urlopen(urllib.request.Request(url, headers={"X-API-Key": read_key}),
+                                        timeout=60) as response:
+                page = orjson.loads(response.read())
+            slowest = max(slowest, time.monotonic() - started)
+            walked.append([label(log["message"]) for log in page["logs"]])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+            assert len(walked) < 100, "the walk does not end"
+        peaks = {}
+        for pid in child_pids(web.pid):
+            with open("/proc/%d/status" % pid) as status:
+                peaks[pid] = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    finally:
+        service.close()
+    print("\n20 pages of one 6 MB log: slowest %.2f s; workers' peak RSS %s KiB" % (slowest, sorted(peaks.values())))
+    assert len(peaks) == 2 and max(peaks.values()) < 200 * 1024, "peak RSS of the workers (KiB): %s" % peaks
+    assert slowest < 20, "a page took %.1f s" % slowest
+    # Newest first, one 6 MB log per 4 MiB page, each once.
+    assert walked == [["L%d" % n] for n in range(20, 0, -1)]
