@@ -471,7 +471,7 @@ def test_gunicorn_serves_pages_of_logs_of_several_mb_each_within_200_mb(tmp_path
     finally:
         service.close()
     print("\n20 pages of one 6 MB log: slowest %.2f s; workers' peak RSS %s KiB" % (slowest, sorted(peaks.values())))
-    assert len(peaks) == 2 and max(peaks.values()) < 200 * 1024, "peak RSS of the workers (KiB): %s" % peaks
+    assert peaks and max(peaks.values()) < 200 * 1024, "peak RSS of the workers (KiB): %s" % peaks
     assert slowest < 20, "a page took %.1f s" % slowest
     # Newest first, one 6 MB log per 4 MiB page, each once.
     assert walked == [["L%d" % n] for n in range(20, 0, -1)]
