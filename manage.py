@@ -421,6 +421,7 @@ def tail(project, follow, level, min_level, grep, since, lines, lookback):
         log_filter = query.parse_filter(given)
     except query.InvalidQuery as error:
         fail(str(error))
+    page_bytes = tasks.runtime.settings.max_page_bytes
     # id → timestamp of the logs within the lookback window not to print again.
     seen = {}
     floor = models.utcnow() - datetime.timedelta(seconds=lookback)
@@ -429,13 +430,20 @@ def tail(project, follow, level, min_level, grep, since, lines, lookback):
             # The window's logs older than the last --lines are not new: the
             # first poll must not print them.
             query.remember(project.id, log_filter, floor, seen)
-        newest, _ = query.fetch(project.id, log_filter.replace(limit=lines))
+        newest, page_filter = [], log_filter.replace(limit=lines)
+        # Pages stop early when logs are large (LOGFLOW_MAX_PAGE_BYTES): follow them to --lines.
+        while len(newest) < lines:
+            rows, after = query.fetch(project.id, page_filter, page_bytes)
+            newest.extend(rows)
+            if after is None:
+                break
+            page_filter = page_filter.replace(limit=lines - len(newest), after=after)
         for log in reversed(newest):
             if follow:
                 seen[log.id] = log.timestamp
             echo_log(log)
     else:
-        for log in query.logs_from(project.id, log_filter, floor, seen if follow else None):
+        for log in query.logs_from(project.id, log_filter, floor, seen if follow else None, page_bytes):
             echo_log(log)
     try:
         while follow:
@@ -443,7 +451,7 @@ def tail(project, follow, level, min_level, grep, since, lines, lookback):
             floor = models.utcnow() - datetime.timedelta(seconds=lookback)
             try:
                 with models.database.connection_context():
-                    for log in query.logs_since(project.id, log_filter, floor, seen):
+                    for log in query.logs_since(project.id, log_filter, floor, seen, page_bytes):
                         echo_log(log)
             except (peewee.OperationalError, peewee.InterfaceError) as error:
                 click.echo("database unavailable (%s); retrying" % escape(str(error).strip()), err=True)

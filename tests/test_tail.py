@@ -1,5 +1,6 @@
 """manage.py tail on both backends: what it prints, its filters, and --follow with logs written late."""
 import datetime
+import logging
 import os
 import signal
 import sys
@@ -50,6 +51,18 @@ def test_prints_the_newest_logs_oldest_first_one_per_line(tail, stored):
         '2026-11-27T10:00:29.000000Z INFO     request 29  {"n":29}',
     ]
     assert len(tail().stdout.splitlines()) == 20
+
+
+def test_pages_cut_short_by_their_bytes_still_give_the_lines_asked_for(environment, project, stored, caplog):
+    """LOGFLOW_MAX_PAGE_BYTES applies to tail's reads too, and a page it cuts short does not cut --lines short."""
+    environment["LOGFLOW_MAX_PAGE_BYTES"] = "700"  # about three of these logs (200 bytes each and their text)
+    with caplog.at_level(logging.DEBUG, logger="peewee"):
+        result = CliRunner().invoke(manage.cli, ["tail", "acme", "-n", "7"], env=environment)
+    assert result.exit_code == 0, result.output
+    assert [line.split(None, 2)[2].split("  ")[0] for line in result.stdout.splitlines()] == [
+        "disk %d full" % n if n % 3 == 0 else "request %d" % n for n in range(23, 30)]
+    # Three pages of keys, each followed by its rows.
+    assert sum('"received_at" FROM "logs"' in record.getMessage() for record in caplog.records) == 3
 
 
 def test_the_level_is_coloured_on_a_terminal(tail, stored):
