@@ -27,12 +27,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=5)
     options = parser.parse_args()
-    args = argparse.Namespace(workers=2, threads=4, consumers=1, gunicorn_arg=[], connections=16,
+    args = argparse.Namespace(workers=None, threads=None, consumers=1, gunicorn_arg=[], connections=16,
                               unbalanced=False, wrk_threads=1, aof=False)
     rates = {name: [] for name in APPS}
     with run.Stack(args, tempfile.mkdtemp(prefix="logflow-buffer-")) as stack:
         stack.start()
-        buffered_url = stack.start_gunicorn("logflow-buffered", "buffered:app", run.BENCH)
+        buffered_url = stack.start_gunicorn("logflow-buffered", "bench.buffered:app")
         _, key = stack.add_project("buffer")
         urls = dict(zip(APPS, (stack.logflow_url, buffered_url, stack.hello_url, stack.hello_url + "/queued")))
         for round_number in range(options.repeats):

@@ -1,6 +1,6 @@
 """LogFlow with its push to Redis replaced by an append to a local file: not a mode of LogFlow.
 
-Served by bench/buffer_ceiling.py with LogFlow's own gunicorn flags, it is the
+Served by bench/buffer_ceiling.py on the Procfile's web line (`bench.buffered:app`), it is the
 upper bound of a per-host buffer (each web process appends to a file on its own
 disk; a forwarder would move the files to Redis in bulk): everything else a
 request does is LogFlow's code, unchanged. Nothing reads the files, and there is

@@ -19,6 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 from helpers import wait_for  # noqa: E402
 from processes import HUEY_CONSUMER, free_port  # noqa: E402
+import web  # noqa: E402  (bench/web.py: the Procfile's web line)
 
 
 def stored(folder):
@@ -45,9 +46,7 @@ def main(records=50_000, threads=4):
                          capture_output=True, text=True, check=True).stdout.strip()
     port = free_port()
     processes = [
-        subprocess.Popen([sys.executable, "-m", "gunicorn", "logflow:create_app()", "--no-control-socket",
-                          "--bind", "127.0.0.1:%d" % port, "--worker-class", "gthread",
-                          "--workers", "2", "--threads", "4"], cwd=ROOT, env=env, stderr=subprocess.DEVNULL),
+        subprocess.Popen(web.argv(), cwd=ROOT, env=web.environment(env, port), stderr=subprocess.DEVNULL),
         # The Procfile's worker line: SQLite is polled, so --delay/--max-delay matter here.
         subprocess.Popen([sys.executable, HUEY_CONSUMER, "tasks.huey", "--worker-type", "thread",
                           "--workers", "4", "--graceful-signal", "TERM", "--max-delay", "0.5",

@@ -1,7 +1,7 @@
 """The ceiling for POST /logs: a Flask app that parses the body as LogFlow does and answers 202.
 
-Served by gunicorn with LogFlow's own flags (`--chdir bench 'hello:app'`), so
-the gap between the two is what LogFlow's work per request costs. POST
+Served by the Procfile's web line with only the app changed (`bench.hello:app`,
+bench/web.py), so the gap between the two is what LogFlow's work per request costs. POST
 /queued/logs adds one Redis LPUSH of the body: the ceiling for any service
 that answers 202 only once a request is queued outside its own process.
 """

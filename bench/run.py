@@ -42,6 +42,7 @@ import redis  # noqa: E402
 import services  # noqa: E402  (tests/services.py: throwaway PostgreSQL and Redis)
 import records  # noqa: E402  (the ids LogFlow makes, for the COPY ceiling's rows)
 import spool  # noqa: E402  (read-only: how many requests still wait for a writer)
+import web  # noqa: E402  (bench/web.py: the Procfile's web line)
 
 # The consumer as the README's production section runs it. The Procfile's
 # worker line adds --delay 0.05 --max-delay 0.5: polling delays, which Huey
@@ -71,7 +72,11 @@ def log(message):
 # ---------------------------------------------------------------- the stack
 
 class Stack:
-    """Redis, PostgreSQL, two gunicorns (LogFlow, hello) and N consumers; close() stops them all."""
+    """Redis, PostgreSQL, two gunicorns (LogFlow, hello) and N consumers; close() stops them all.
+
+    Both gunicorns run the Procfile's web line (bench/web.py), hello with only
+    the app changed, plus web_args: the benchmark's own flags.
+    """
 
     def __init__(self, args, workdir):
         self.args, self.workdir = args, workdir
@@ -98,30 +103,40 @@ class Stack:
                     "LOGFLOW_DATA_DIR": os.path.join(self.workdir, "data")}
         self.manage("init-db")
         self.spool = spool.RedisSpool(self.redis.url, 30)
-        self.logflow_url = self.start_gunicorn("logflow", "logflow:create_app()", ROOT)
-        self.hello_url = self.start_gunicorn("hello", "hello:app", BENCH)
+        self.web_args = self.web_flags()
+        self.web = web.settings(self.env, extra_args=self.web_args)
+        self.logflow_url = self.start_gunicorn("logflow")
+        self.hello_url = self.start_gunicorn("hello", "bench.hello:app")
         for number in range(self.args.consumers):
             self.spawn("consumer-%d" % number, [sys.executable, HUEY_CONSUMER, *CONSUMER_ARGS])
         self.single_body = self.write_body("single.json", log_record(0))
         self.batch_body = self.write_body("batch.json", [log_record(i) for i in range(100)])
 
-    def spawn(self, name, argv, cwd=ROOT):
+    def spawn(self, name, argv, env=None):
         """Start a child with its output in <workdir>/<name>.log, in its own session so Ctrl-C reaches only us."""
         with open(os.path.join(self.workdir, name + ".log"), "wb") as output:
-            process = subprocess.Popen(argv, cwd=cwd, env=self.env, stdin=subprocess.DEVNULL,
+            process = subprocess.Popen(argv, cwd=ROOT, env=env or self.env, stdin=subprocess.DEVNULL,
                                        stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append((name, process))
         return process
 
-    def start_gunicorn(self, name, app, chdir):
-        """gunicorn with the Procfile's web flags on a free port; returns its base URL once /healthz answers."""
+    def web_flags(self):
+        """The benchmark's flags after the web line's: --threads, --gunicorn-arg, then balance_args().
+
+        --workers goes through WEB_CONCURRENCY, the variable the line reads.
+        """
+        if self.args.workers:
+            self.env["WEB_CONCURRENCY"] = str(self.args.workers)
+        own = (["--threads", str(self.args.threads)] if self.args.threads else []) + self.args.gunicorn_arg
+        return own + self.balance_args(web.settings(self.env, extra_args=own).workers)
+
+    def start_gunicorn(self, name, app=None, extra_args=()):
+        """The Procfile's web line serving app (LogFlow by default) on a free port; its base URL once /healthz answers.
+
+        extra_args follow web_args (e.g. another --worker-class: the last flag wins).
+        """
         port = services._free_port()
-        self.spawn(name, [
-            sys.executable, "-m", "gunicorn", app, "--chdir", chdir, "--no-control-socket",
-            "--bind", "127.0.0.1:%d" % port, "--worker-class", "gthread",
-            "--workers", str(self.args.workers), "--threads", str(self.args.threads),
-            "--timeout", "30", "--graceful-timeout", "30"]
-            + self.balance_args() + self.args.gunicorn_arg)
+        self.spawn(name, web.argv(app, self.web_args + list(extra_args)), web.environment(self.env, port))
         url = "http://127.0.0.1:%d" % port
         deadline = time.monotonic() + 30
         while True:
@@ -134,7 +149,7 @@ class Stack:
                 raise RuntimeError("%s: no /healthz after 30 s" % name)
             time.sleep(0.1)
 
-    def balance_args(self):
+    def balance_args(self, workers):
         """--worker-connections so that wrk's connections split evenly over the workers, unless --unbalanced.
 
         gthread workers keep the keep-alive connections they accept, and wrk
@@ -147,7 +162,7 @@ class Stack:
         """
         if self.args.unbalanced or any("worker-connections" in arg for arg in self.args.gunicorn_arg):
             return []
-        return ["--worker-connections", str(-(-self.args.connections // self.args.workers))]
+        return ["--worker-connections", str(-(-self.args.connections // workers))]
 
     def check_alive(self):
         """Fail, with its output, if a child has exited."""
@@ -582,10 +597,8 @@ def report_header(info, r, args, plan):
     print("machine:   %d cores, %s; commit %s" % (info["nproc"], info["memory"], info["commit"]))
     print("versions:  Python %s; %s" % (info["python"], info["packages"]))
     print("servers:   %s" % info["servers"])
-    print("set-up:    gunicorn gthread, %d workers x %d threads%s (LogFlow and hello alike); %d consumer(s) x 4"
-          " threads; wrk -t%d -c%d" % (args.workers, args.threads, "" if args.unbalanced else
-                                       ", --worker-connections %d" % -(-args.connections // args.workers),
-                                       args.consumers, args.wrk_threads, args.connections))
+    print("set-up:    the Procfile's web line: %s (LogFlow and hello alike); %d consumer(s) x 4"
+          " threads; wrk -t%d -c%d" % (info["web"], args.consumers, args.wrk_threads, args.connections))
     print("           Redis AOF %s; PostgreSQL fsync=off, synchronous_commit=off, full_page_writes=off"
           " (tests/services.py)" % ("on, everysec" if args.aof else "off"))
     every = [run for key in r if key in PHASES for run in (r[key] if isinstance(r[key], list) else [r[key]])]
@@ -721,8 +734,8 @@ PHASES = ("single", "hello_single", "queued_single", "batch", "hello_batch", "e2
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one shorter run of each")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (Procfile: 2)")
-    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker (Procfile: 4)")
+    parser.add_argument("--workers", type=int, help="gunicorn workers (default: the Procfile's web line's)")
+    parser.add_argument("--threads", type=int, help="gunicorn threads per worker (default: the Procfile's web line's)")
     parser.add_argument("--consumers", type=int, default=1, help="huey_consumer processes, 4 threads each")
     parser.add_argument("--gunicorn-arg", action="append", default=[], metavar="ARG",
                         help="one more gunicorn argument for LogFlow and hello alike (repeatable),"
@@ -758,6 +771,7 @@ def main():
         with Stack(args, workdir) as stack:
             log("starting Redis, PostgreSQL, 2 gunicorns, %d consumer(s) in %s" % (args.consumers, workdir))
             stack.start()
+            info["web"] = web.describe(stack.web)
             _, key = stack.add_project("throughput")
             for repeat in range(plan["repeats"]):
                 # LogFlow and its ceiling back to back, so drifting load hits both alike.
