@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 import client
+import models
 from helpers import drain_all, post_logs, serve, stored_logs, wait_for
 from logflow import create_app
 from processes import ROOT
@@ -61,6 +62,9 @@ def stored(count):
 
 
 def test_records_are_stored_with_level_time_context_extra_fields_and_traceback(url, key, project, ship):
+    with models.database.connection_context():
+        # Kept forever, so that a record from 2023 keeps its time (the past window follows the retention).
+        models.Project.update(retention_days=0).execute()
     logger, handler = ship(url, key)
     logger.warning("disk %s is %d%% full", "/var", 91,
                    extra={"user_id": 42, "tags": ("a", "b"), "thing": object(), "ratio": float("nan")})
