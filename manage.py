@@ -1,5 +1,6 @@
-"""LogFlow's command line: projects, their API keys, and quarantined records."""
+"""LogFlow's command line: projects, their API keys, the viewer's users, and quarantined records."""
 import datetime
+import getpass
 import sys
 import time
 
@@ -13,7 +14,7 @@ import query
 import records
 import spool
 import tasks
-from models import ApiKey, Log, Project, Quarantined
+from models import ApiKey, Grant, Log, Project, Quarantined, Session, User
 
 
 def escape(text):
@@ -113,7 +114,7 @@ class CommandLine(click.Group):
 
 @click.group(cls=CommandLine)
 def cli():
-    """Manage LogFlow's projects, API keys and quarantine (settings come from the environment and .env)."""
+    """Manage LogFlow's projects, API keys, viewer users and quarantine (settings come from the environment and .env)."""
 
 
 @cli.command("init-db")
@@ -257,6 +258,98 @@ def deactivate(project):
 def activate(project):
     """Accept the project's records again."""
     set_active(project, True)
+
+
+# Shorter passwords are refused: the sign-in throttle slows guessing, it cannot make a short password safe.
+MIN_PASSWORD_LENGTH = 8
+
+
+def read_password(from_stdin):
+    """A new password: the first line of standard input, or typed twice at the terminal, never echoed."""
+    if from_stdin:
+        password = click.get_text_stream("stdin").readline().removesuffix("\n").removesuffix("\r")
+    elif not sys.stdin.isatty():
+        fail("no terminal to ask for the password on: give it on standard input with --password-stdin")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            fail("the two passwords differ; nothing was changed")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        fail("a password needs at least %d characters; nothing was changed" % MIN_PASSWORD_LENGTH)
+    return password
+
+
+def find_user(name):
+    """The user of this name; exits if there is none."""
+    user = User.get_or_none(User.name == name)
+    if user is None:
+        fail("no user named %r" % name)
+    return user
+
+
+def readable(user):
+    """The projects a user may read, as list-users and create-user show them."""
+    if user.all_projects:
+        return "all projects"
+    return ", ".join(escape(project.name) for project in user.readable_projects()) or "none"
+
+
+@cli.command("create-user")
+@click.argument("name")
+@click.option("--project", "projects", multiple=True, help="A project the user may read (name or id); repeat it for more.")
+@click.option("--all-projects", is_flag=True, help="The user may read every project, those created later too.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input's first line, not the terminal.")
+def create_user(name, projects, all_projects, password_stdin):
+    """Create a person who may sign in to the viewer (/ui/) and read these projects' logs."""
+    if bool(projects) == all_projects:
+        fail("give --project P (once per project) or --all-projects")
+    problem = models.name_problem(name, "user")
+    if problem:
+        fail(problem)
+    if User.get_or_none(User.name == name) is not None:
+        fail("a user named %r exists already (set-password changes a password)" % name)
+    grants = {project.id: project for project in map(find_project, projects)}
+    user = User(name=name, all_projects=all_projects)
+    user.set_password(read_password(password_stdin))
+    with models.database.atomic():
+        user.save()
+        for project in grants.values():
+            Grant.create(user=user, project=project)
+    click.echo("user %s may read %s" % (escape(name), readable(user)))
+
+
+@cli.command("list-users")
+def list_users():
+    """List the viewer's users: name, sessions signed in now, and the projects they may read."""
+    rows = [(escape(user.name), Session.live().where(Session.user == user).count(), readable(user))
+            for user in User.select().order_by(User.name)]
+    click.echo("%-24s %-8s %s" % ("name", "sessions", "projects"))
+    for row in rows:
+        click.echo("%-24s %-8d %s" % row)
+
+
+@cli.command("set-password")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input's first line, not the terminal.")
+def set_password(name, password_stdin):
+    """Change a user's password; every browser signed in as them is signed out."""
+    user = find_user(name)
+    user.set_password(read_password(password_stdin))
+    with models.database.atomic():
+        user.save()
+        ended = Session.end_all(user)
+    click.echo("password of %s changed; %d session%s ended" % (escape(user.name), ended, "" if ended == 1 else "s"))
+
+
+@cli.command("remove-user")
+@click.argument("name")
+def remove_user(name):
+    """Remove a user; every browser signed in as them is signed out at its next page."""
+    user = find_user(name)
+    with models.database.atomic():
+        ended = Session.end_all(user)
+        user.delete_instance(recursive=True)
+    click.echo("removed user %s; %d session%s ended" % (escape(user.name), ended, "" if ended == 1 else "s"))
 
 
 @cli.group()

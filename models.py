@@ -1,6 +1,7 @@
-"""Peewee models: projects, their API keys, and the stored logs."""
+"""Peewee models: projects, their API keys, the stored logs, and the people who read them."""
 import contextlib
 import datetime
+import functools
 import hashlib
 import os
 import re
@@ -14,6 +15,7 @@ from peewee import (SQL, BooleanField, CharField, CompositeKey, DatabaseProxy,
                     OperationalError, PostgresqlDatabase, ProgrammingError, SqliteDatabase, TextField, UUIDField, fn)
 from playhouse import db_url
 from playhouse.migrate import SchemaMigrator, migrate
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from config import MAX_RETENTION_DAYS, parse_storage
 
@@ -43,8 +45,19 @@ def is_id(text):
     return text.isascii() and text.isdigit()
 
 
+def name_problem(name, what):
+    """Why a text cannot name a `what` (a project, a user): it would not be seen as typed; None if it can."""
+    if not name.strip():
+        return "a %s name cannot be empty or blank" % what
+    if CONTROL_CHARACTERS.search(name):
+        return "a %s name cannot hold control characters" % what
+    if name != name.strip():
+        return "a %s name cannot start or end with a space" % what
+    return None
+
+
 def hash_key(plaintext):
-    """The stored form of a key: keys are long random strings, so SHA-256 suffices."""
+    """The stored form of a key or session token: they are long random strings, so SHA-256 suffices."""
     return hashlib.sha256(plaintext.encode("utf-8", "surrogatepass")).hexdigest()
 
 
@@ -179,15 +192,9 @@ class Project(BaseModel):
     @staticmethod
     def name_problem(name):
         """Why a text cannot name a project (it could be mistaken for an id, or not be seen as typed); None if it can."""
-        if not name.strip():
-            return "a project name cannot be empty or blank"
-        if name.isdigit():
+        if name.strip() and name.isdigit():
             return "a project name cannot be a number: numbers are project ids"
-        if CONTROL_CHARACTERS.search(name):
-            return "a project name cannot hold control characters"
-        if name != name.strip():
-            return "a project name cannot start or end with a space"
-        return None
+        return name_problem(name, "project")
 
     def writers(self, default):
         """The writers this project's records go to."""
@@ -278,6 +285,117 @@ class Quarantined(BaseModel):
                               error=("%s: %s" % (type(error).__name__, error))[:2000])
 
 
+class User(BaseModel):
+    """A person who may sign in to the viewer and read some projects' logs, or every project's."""
+
+    class Meta:
+        table_name = "users"
+
+    name = CharField(unique=True)
+    # werkzeug's generate_password_hash: the method and its cost, a salt and the slow hash.
+    password_hash = TextField()
+    all_projects = BooleanField(default=False)
+    created_at = DateTimeField(default=utcnow)
+
+    def set_password(self, password):
+        """Store a slow, salted hash of the password (never the password)."""
+        self.password_hash = generate_password_hash(password)
+
+    @classmethod
+    def authenticate(cls, name, password):
+        """The user with this name and password, or None; as slow for an unknown name as for a known one."""
+        user = cls.get_or_none(cls.name == name)
+        # An unknown name still costs a hash check, so timing does not tell which names exist.
+        if not check_password_hash(user.password_hash if user else unknown_user_hash(), password):
+            return None
+        return user
+
+    def readable_projects(self):
+        """The projects this person may read, by name."""
+        projects = Project.select().order_by(Project.name)
+        return projects if self.all_projects else projects.join(Grant).where(Grant.user == self)
+
+    def may_read(self, project):
+        """True if this person may read the project's logs."""
+        return self.all_projects or Grant.select().where(Grant.user == self, Grant.project == project).exists()
+
+
+@functools.cache
+def unknown_user_hash():
+    """A hash no password matches, made the way real ones are, for User.authenticate to check unknown names against."""
+    return generate_password_hash(secrets.token_urlsafe(32))
+
+
+class Grant(BaseModel):
+    """One project a user may read (a user with all_projects needs none)."""
+
+    class Meta:
+        table_name = "user_projects"
+        primary_key = CompositeKey("user", "project")
+
+    user = ForeignKeyField(User, backref="grants", on_delete="CASCADE")
+    project = ForeignKeyField(Project, on_delete="CASCADE")
+
+
+class Session(BaseModel):
+    """A signed-in browser: its cookie holds a random token, this row only the token's hash.
+
+    Rows are the truth: deleting them (sign-out, a new password, a removed
+    user) ends those sessions at the next request.
+    """
+
+    class Meta:
+        table_name = "sessions"
+
+    token_hash = CharField(primary_key=True)
+    user = ForeignKeyField(User, backref="sessions", on_delete="CASCADE")
+    created_at = DateTimeField(default=utcnow)
+    last_used_at = DateTimeField(default=utcnow, index=True)
+
+    # A browser unused this long is signed out: its next page is the sign-in form.
+    IDLE_SECONDS = 12 * 3600
+    # A session's last use is written at most this often: not one write per page.
+    TOUCH_SECONDS = 60
+
+    @classmethod
+    def open(cls, user):
+        """Start a session for the user; returns its token, which is never stored."""
+        token = secrets.token_urlsafe(32)
+        cls.create(token_hash=hash_key(token), user=user)
+        return token
+
+    @classmethod
+    def live(cls):
+        """The sessions used within IDLE_SECONDS."""
+        return cls.select().where(cls.last_used_at >= utcnow() - datetime.timedelta(seconds=cls.IDLE_SECONDS))
+
+    @classmethod
+    def find(cls, token):
+        """The live session of this token, with its user, noting its use; None if unknown, ended or idle too long."""
+        now = utcnow()
+        session = cls.select(cls, User).join(User).where(cls.token_hash == hash_key(token)).first()
+        if session is None or session.last_used_at < now - datetime.timedelta(seconds=cls.IDLE_SECONDS):
+            return None
+        if session.last_used_at < now - datetime.timedelta(seconds=cls.TOUCH_SECONDS):
+            cls.update(last_used_at=now).where(cls.token_hash == session.token_hash).execute()
+        return session
+
+    @classmethod
+    def end(cls, token):
+        """End the session of this token, if there is one."""
+        cls.delete().where(cls.token_hash == hash_key(token)).execute()
+
+    @classmethod
+    def end_all(cls, user):
+        """End every session of the user; returns how many there were."""
+        return cls.delete().where(cls.user == user).execute()
+
+    @classmethod
+    def end_idle(cls):
+        """Forget the sessions of every browser idle longer than IDLE_SECONDS."""
+        cls.delete().where(cls.last_used_at < utcnow() - datetime.timedelta(seconds=cls.IDLE_SECONDS)).execute()
+
+
 # An optional trigram index for GET /logs?q= and tail --grep on PostgreSQL. It
 # indexes the C-collated message because that is what query.text_match's ILIKE
 # reads (a plain one would not be used); every insert pays for it.
@@ -301,4 +419,4 @@ def set_search_index(present):
                              ' ((message COLLATE "C") gin_trgm_ops)' % SEARCH_INDEX)
 
 
-MODELS = [Project, ApiKey, Log, Quarantined]
+MODELS = [Project, ApiKey, Log, Quarantined, User, Grant, Session]

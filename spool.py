@@ -16,6 +16,7 @@ Two backends with the same methods: Redis in production, SQLite in dev mode.
 import collections
 import functools
 import inspect
+import math
 import os
 import re
 import sqlite3
@@ -353,6 +354,27 @@ class RedisSpool:
         """Advance the named epoch by one; returns its new value."""
         return self.client.incr("%s:epoch:%s" % (self.prefix, name))
 
+    def strike(self, name, seconds):
+        """Count one more strike (a failed sign-in, say) against a name; the count lapses `seconds` after the first. Returns it."""
+        key = "%s:strikes:%s" % (self.prefix, name)
+        with self.client.pipeline() as pipe:  # MULTI: the expiry and the count go together
+            pipe.set(key, 0, ex=max(1, math.ceil(seconds)), nx=True)
+            pipe.incr(key)
+            return pipe.execute()[1]
+
+    def strikes(self, name):
+        """(strikes against a name, seconds until they lapse); (0, 0) when there are none."""
+        key = "%s:strikes:%s" % (self.prefix, name)
+        with self.client.pipeline() as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            count, left = pipe.execute()
+        return (int(count), max(0, left) / 1000) if count else (0, 0)
+
+    def clear_strikes(self, name):
+        """Forget the strikes against a name."""
+        self.client.delete("%s:strikes:%s" % (self.prefix, name))
+
     def add_counters(self, counters):
         """Add (name, amount) pairs to the counters every process shares."""
         with self.client.pipeline(transaction=False) as pipe:
@@ -424,6 +446,7 @@ class SqliteSpool:
         "CREATE TABLE IF NOT EXISTS memos (name TEXT PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS heartbeats (name TEXT PRIMARY KEY, at REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS epochs (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS strikes (name TEXT PRIMARY KEY, count INTEGER NOT NULL, expires REAL NOT NULL)",
     )
 
     # How long a statement waits for another connection's lock.
@@ -514,6 +537,27 @@ class SqliteSpool:
         return self._transaction(lambda connection, now: connection.execute(
             "INSERT INTO epochs VALUES (?, 1) ON CONFLICT (name) DO UPDATE"
             " SET value = value + 1 RETURNING value", (name,)).fetchone()[0])
+
+    def strike(self, name, seconds):
+        """Count one more strike (a failed sign-in, say) against a name; the count lapses `seconds` after the first. Returns it."""
+        def work(connection, now):
+            # Lapsed strikes go here, so the table holds only the last `seconds` of names.
+            connection.execute("DELETE FROM strikes WHERE expires <= ?", (now,))
+            return connection.execute(
+                "INSERT INTO strikes VALUES (?, 1, ?) ON CONFLICT (name) DO UPDATE SET count = count + 1"
+                " RETURNING count", (name, now + seconds)).fetchone()[0]
+        return self._transaction(work)
+
+    def strikes(self, name):
+        """(strikes against a name, seconds until they lapse); (0, 0) when there are none."""
+        now = time.time()
+        row = self._connection().execute("SELECT count, expires FROM strikes WHERE name = ? AND expires > ?",
+                                         (name, now)).fetchone()
+        return (row[0], row[1] - now) if row else (0, 0)
+
+    def clear_strikes(self, name):
+        """Forget the strikes against a name."""
+        self._transaction(lambda connection, now: connection.execute("DELETE FROM strikes WHERE name = ?", (name,)))
 
     def add_counters(self, counters):
         """Add (name, amount) pairs to the counters every process shares."""
