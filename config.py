@@ -80,6 +80,19 @@ class Url:
         raise ValueError("must start with %s; this value has no scheme" % expected)
 
 
+# Characters a signing secret has at least: secrets.token_urlsafe(32) gives 43, 256 random bits.
+MIN_SECRET_LENGTH = 32
+
+
+def parse_secret(value):
+    """A secret for signing cookies: long enough that it cannot be guessed."""
+    if len(value) < MIN_SECRET_LENGTH:
+        # The length only: the value itself is never repeated.
+        raise ValueError("must be at least %d characters long, not %d (make one with: python3 -c"
+                         " 'import secrets; print(secrets.token_urlsafe(32))')" % (MIN_SECRET_LENGTH, len(value)))
+    return value
+
+
 def parse_log_level(value):
     """A level name of Python's logging, in any case (upper case in Settings)."""
     # Unchecked, an unknown name fails later in logging.basicConfig or the consumer's
@@ -152,6 +165,9 @@ class Settings:
     # stops early, with a cursor, once past it.
     max_page_bytes: int = 4 * 1024 * 1024
     log_level: str = "INFO"
+    # Signs the viewer's cookies; empty: dev mode generates one in data_dir,
+    # production (DATABASE_URL set) refuses to start the web process.
+    secret_key: str = dataclasses.field(default="", repr=False)
 
     @property
     def dev_mode(self):
@@ -204,6 +220,7 @@ ENVIRONMENT = {
     "LOGFLOW_RETENTION_DAYS": ("retention_days", Number(zero="keep forever", most=MAX_RETENTION_DAYS)),
     "LOGFLOW_MAX_PAGE_BYTES": ("max_page_bytes", COUNT),
     "LOGFLOW_LOG_LEVEL": ("log_level", parse_log_level),
+    "LOGFLOW_SECRET_KEY": ("secret_key", parse_secret),
 }
 
 

@@ -13,7 +13,7 @@ import zlib
 import gunicorn.http.errors
 import orjson
 import peewee
-from flask import Blueprint, Flask, current_app, request
+from flask import Blueprint, Flask, current_app, redirect, request, url_for
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 import config
@@ -24,6 +24,7 @@ import query
 import records
 import tasks
 import spool
+import viewer
 from spool import QueueFull, RateLimited, SpoolUnavailable
 
 logger = logging.getLogger("logflow")
@@ -108,6 +109,7 @@ def create_app(settings=None):
     app.extensions["logflow"] = {"settings": settings, "keys": KeyCache(settings.key_cache_seconds,
                                                                     settings.retry_after_seconds)}
     app.register_blueprint(bp)
+    app.register_blueprint(viewer.bp)
     app.register_error_handler(APIError, APIError.response)
     app.register_error_handler(HTTPException, lambda error: json_response(
         {"error": error.description}, error.code))
@@ -588,6 +590,12 @@ def prometheus_metrics():
         raise APIError(503, "metrics are unavailable: %s" % error, counted=False) from None
     # content_type, not mimetype: Flask would add a second "; charset=utf-8".
     return current_app.response_class(page, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@bp.get("/")
+def home():
+    """People start at the viewer."""
+    return redirect(url_for("viewer.index"))
 
 
 @bp.get("/healthz")

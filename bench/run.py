@@ -20,6 +20,7 @@ import json
 import os
 import re
 import resource
+import secrets
 import shlex
 import shutil
 import signal
@@ -100,7 +101,9 @@ class Stack:
         inherited = {name: value for name, value in os.environ.items() if not name.startswith("LOGFLOW_")}
         self.env = {**inherited, "DATABASE_URL": self.db_url, "REDIS_URL": self.redis.url,
                     "LOGFLOW_LOG_DIR": self.log_dir,
-                    "LOGFLOW_DATA_DIR": os.path.join(self.workdir, "data")}
+                    "LOGFLOW_DATA_DIR": os.path.join(self.workdir, "data"),
+                    # Production's web process refuses to start without one.
+                    "LOGFLOW_SECRET_KEY": secrets.token_urlsafe(32)}
         self.manage("init-db")
         self.spool = spool.RedisSpool(self.redis.url, 30)
         self.web_args = self.web_flags()

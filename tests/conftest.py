@@ -1,5 +1,6 @@
 """Fixtures: real Redis and PostgreSQL for the session, and an app per test on each backend."""
 import os
+import secrets
 
 import pytest
 
@@ -38,11 +39,16 @@ def postgres_server(tmp_path_factory):
     services.shutdown_all()
 
 
+# A web process on PostgreSQL refuses to start without a secret: one for this run, in the
+# environment too for the processes the tests start (tests/processes.py).
+SECRET_KEY = os.environ.setdefault("LOGFLOW_SECRET_KEY", secrets.token_urlsafe(32))
+
+
 def base_settings(tmp_path):
     """Dev-mode settings inside tmp_path, with fast retries and short leases for tests."""
     return config.Settings(data_dir=str(tmp_path / "data"), log_dir=str(tmp_path / "logs"),
                            retry_base_seconds=0.05, retry_max_seconds=0.2, lease_seconds=5,
-                           key_cache_seconds=0)
+                           key_cache_seconds=0, secret_key=SECRET_KEY)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -165,6 +165,9 @@ REFUSALS = [
     ("REDIS_URL", "http://x", "must start with redis://, rediss:// or unix://, not http://"),
     ("REDIS_URL", "127.0.0.1:6379", "must start with redis://, rediss:// or unix://; this value has no scheme"),
     ("REDIS_URL", ":secret@cache://x", "must start with redis://, rediss:// or unix://; this value has no scheme"),
+    # A secret short enough to guess; its value is never repeated, only its length.
+    ("LOGFLOW_SECRET_KEY", "hunter2", "must be at least 32 characters long, not 7 (make one with:"
+     " python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"),
     # Words.
     ("LOGFLOW_STORAGE", "tape", "storage must be db, file or db,file, not 'tape'"),
     ("LOGFLOW_LOG_LEVEL", "verbose", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not 'verbose'"),

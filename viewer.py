@@ -1,0 +1,167 @@
+"""The web viewer under /ui/: sign-in and sign-out, a person's projects, a project's newest logs."""
+import contextlib
+import logging
+import math
+
+import orjson
+import peewee
+from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+
+import models
+import query
+import signin
+import spool
+
+logger = logging.getLogger("logflow")
+bp = Blueprint("viewer", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
+
+# On every /ui response. Pages hold no inline script or style, so the policy needs no exception.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self';"
+                               " frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+@bp.record_once
+def set_up(state):
+    signin.set_up(state.app, state.app.extensions["logflow"]["settings"])
+
+
+@bp.after_app_request
+def add_security_headers(response):
+    if request.path == bp.url_prefix or request.path.startswith(bp.url_prefix + "/"):
+        response.headers.update(SECURITY_HEADERS)
+        if request.endpoint != "viewer.static":
+            # Pages show logs to one person: no cache keeps them, and Back after sign-out shows none.
+            response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.before_request
+def identify():
+    """Find who is signed in; send everyone else to the sign-in form."""
+    if request.endpoint == "viewer.static":
+        return None
+    models.database.connect(reuse_if_open=True)
+    g.user = signin.signed_in_user()
+    if g.user is None and request.endpoint != "viewer.login":
+        wanted = request.full_path.rstrip("?")
+        return redirect(url_for("viewer.login", next=wanted if request.endpoint != "viewer.index" else None))
+    return None
+
+
+@bp.teardown_request
+def close_database(error):
+    if not models.database.is_closed():
+        models.database.close()
+
+
+@bp.context_processor
+def forms():
+    """Templates put csrf_token() in every form that changes something."""
+    return {"csrf_token": signin.csrf_token}
+
+
+def page(template, status=200, headers=None, **values):
+    """A rendered page with its status."""
+    return render_template(template, **values), status, headers or {}
+
+
+@bp.errorhandler(HTTPException)
+def http_error(error):
+    return page("error.html", error.code, title=error.name, message=error.description)
+
+
+@bp.errorhandler(peewee.OperationalError)
+@bp.errorhandler(peewee.InterfaceError)
+def database_error(error):
+    if query.timed_out(error):
+        return page("error.html", 503, title="Too slow", message="The logs took too long to read. Try again later.")
+    logger.error("database unavailable for %s: %s", request.path, error)
+    return page("error.html", 503, title="Unavailable", message="The database is unavailable. Try again shortly.")
+
+
+@bp.errorhandler(spool.SpoolUnavailable)
+def store_error(error):
+    logger.error("the spool's store is unavailable for %s: %s", request.path, error)
+    return page("error.html", 503, title="Unavailable", message="Signing in is unavailable. Try again shortly.")
+
+
+def next_page():
+    """Where to go after signing in: the page that asked for it, if it is one of the viewer's own, else the overview."""
+    wanted = request.values.get("next", "")
+    # Only a path of this viewer: never another site's address, which would make this an open redirect.
+    if wanted.startswith(bp.url_prefix + "/") and "\\" not in wanted and wanted.isprintable():
+        return wanted
+    return url_for("viewer.index")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    """The sign-in form; POST checks the password, slowed down after repeated failures."""
+    if request.method == "GET":
+        if g.user is not None:
+            return redirect(next_page())
+        return page("login.html", next=request.args.get("next", ""))
+    signin.check_csrf()
+    name, password = request.form.get("username", ""), request.form.get("password", "")
+    shown = {"username": name, "next": request.form.get("next", "")}
+    wait = signin.seconds_refused(name)
+    if wait:
+        minutes = math.ceil(wait / 60)
+        return page("login.html", 429, {"Retry-After": str(math.ceil(wait))}, error=(
+            "Too many wrong passwords. Try again in %d minute%s." % (minutes, "" if minutes == 1 else "s")), **shown)
+    user = models.User.authenticate(name, password)
+    if user is None:
+        signin.note_failure(name)
+        # %r: the name is the client's text, shown with its control characters escaped.
+        logger.warning("failed sign-in as %r from %s", name[:100], signin.client_address())
+        return page("login.html", 401, error="Wrong username or password.", **shown)
+    signin.note_success(name)
+    signin.start_session(user)
+    logger.info("%r signed in from %s", user.name, signin.client_address())
+    return redirect(next_page())
+
+
+@bp.post("/logout")
+def logout():
+    """Sign out: the session ends on the server, not only in this browser."""
+    signin.check_csrf()
+    signin.end_session()
+    return redirect(url_for("viewer.login"))
+
+
+def project_url(project):
+    """The project's page: by name, or by id for a name that cannot be one segment of a path."""
+    # A slash would split the path, and browsers resolve "." and ".." away; ids are never names (manage.py).
+    reference = str(project.id) if "/" in project.name or project.name in (".", "..") else project.name
+    return url_for("viewer.project", name=reference)
+
+
+@bp.get("/")
+def index():
+    """The projects this person may read."""
+    projects = [(project, project_url(project)) for project in g.user.readable_projects()]
+    return page("index.html", projects=projects)
+
+
+@bp.get("/projects/<name>")
+def project(name):
+    """A project's newest logs, read as GET /logs reads them; 404 alike for an unknown project and another's."""
+    found = models.Project.lookup(name)
+    if found is None or not g.user.may_read(found):
+        abort(404)
+    settings = current_app.extensions["logflow"]["settings"]
+    # As GET /logs reads: in a transaction on PostgreSQL, which cancels it past LOGFLOW_READ_TIMEOUT_SECONDS;
+    # none on SQLite, where it would be BEGIN IMMEDIATE (models.py) and hold off the writers.
+    with models.database.atomic() if models.on_postgres() else contextlib.nullcontext():
+        query.limit_time(settings.read_timeout_seconds)
+        logs, _ = query.page(found.id, query.parse_filter([]), settings.max_page_bytes)
+    for log in logs:
+        # Text for autoescaping to show, as the API writes it: never HTML.
+        log["metadata_text"] = orjson.dumps(log["metadata"]).decode() if log["metadata"] else ""
+    return page("project.html", project=found, logs=logs)
+
