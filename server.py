@@ -107,11 +107,18 @@ class BufferingWorker(ThreadWorker):
         except BlockingIOError:
             data = None
         except OSError:
-            data = b""
-        if data == b"":
-            # Closed by the client before its request was complete: nothing to answer.
-            self.unpark(conn)
+            self.unpark(conn)  # reset: nothing can be answered
             self.close(conn)
+            return
+        if data == b"":
+            if arrival.data:
+                # Half-closed after sending: requests read ahead behind an answered
+                # one may be whole. gunicorn answers those, and meets the end of
+                # the rest at once (the application's 400 for a body cut short).
+                self.hand_over(conn)
+            else:
+                self.unpark(conn)  # closed before sending anything: nothing to answer
+                self.close(conn)
             return
         if data:
             arrival.data += data
