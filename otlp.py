@@ -157,8 +157,12 @@ def _protobuf_reader(message_class):
     return read
 
 
-def _json_reader(message_class):
-    """A reader of one OTLP/JSON message of message_class from its spans in the body: proto3 JSON, but ids in hex."""
+def _json_reader(message_class, nullable=False):
+    """A reader of one OTLP/JSON message of message_class from its spans in the body: proto3 JSON, but ids in hex.
+
+    nullable: a field of a single message, where proto3 JSON reads null as
+    the empty message (a record is an item of a list, where null is refused).
+    """
     def read(data, spans):
         message = message_class()
         if not spans:
@@ -169,6 +173,8 @@ def _json_reader(message_class):
             value = orjson.loads(data[start:end])
         except orjson.JSONDecodeError as error:
             raise records.InvalidBody("the body is not valid JSON: %s" % error) from None
+        if value is None and nullable:
+            return message
         if not isinstance(value, dict):
             raise records.InvalidBody("an OTLP/JSON %s must be an object" % message_class.__name__)
         for name in ("traceId", "trace_id", "spanId", "span_id"):
@@ -189,7 +195,8 @@ def _json_reader(message_class):
 
 # The readers of a resource, a scope and a log record, by encoding.
 PROTOBUF_PARTS = tuple(map(_protobuf_reader, (Resource, InstrumentationScope, LogRecord)))
-JSON_PARTS = tuple(map(_json_reader, (Resource, InstrumentationScope, LogRecord)))
+JSON_PARTS = (_json_reader(Resource, nullable=True), _json_reader(InstrumentationScope, nullable=True),
+              _json_reader(LogRecord))
 
 
 class _Part:

@@ -273,6 +273,21 @@ def test_a_body_that_is_not_an_export_request_is_400(client, key, body, content_
     assert stored_logs() == []
 
 
+def test_a_null_resource_or_scope_is_an_empty_one_as_in_proto3_json(client, key, project):
+    """proto3 JSON reads null for a message field as the message unset; a null record is still refused."""
+    request = {"resourceLogs": [
+        {"resource": None, "scopeLogs": [{"scope": {"name": "app"}, "logRecords": [{"body": text("no resource")}]}]},
+        {"resource": {"attributes": [attribute("service.name", text("billing"))]},
+         "scopeLogs": [{"scope": None, "logRecords": [{"body": text("no scope")}]}]}]}
+    response = post_otlp(client, key, request)
+    assert response.status_code == 200 and response.json == {}, response.json
+    assert post_otlp(client, key, export(None)).status_code == 400
+    drain_all()
+    rows = sorted(stored_logs(project.id), key=lambda row: row["message"])
+    assert [(row["message"], row["metadata"]) for row in rows] == [
+        ("no resource", {"scope": {"name": "app"}}), ("no scope", {"resource": {"service.name": "billing"}})]
+
+
 def test_an_empty_export_is_a_success(client, key):
     assert post_otlp(client, key, {}).status_code == 200
     assert post_otlp(client, key, b"", PROTOBUF).status_code == 200
