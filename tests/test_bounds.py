@@ -49,6 +49,28 @@ def test_a_small_hostile_request_is_refused_within_a_second_and_nothing_is_queue
     assert stored_logs() == [] and file_records(bound.log_dir) == []
 
 
+# As many brackets as LOGFLOW_MAX_DECODED_BYTES holds: a 10 KB gzip.
+NESTED = 5_240_000
+
+
+@pytest.mark.parametrize("path, content_type, body", [
+    ("/logs", "application/json", b"[" * NESTED + b"]" * NESTED),
+    ("/logs", "application/json", b'[{"message": "m", "metadata": {"a": ' + b"[" * NESTED + b"]" * NESTED + b"}}]"),
+    ("/v1/logs", "application/json",
+     b'{"resourceLogs": [{"scopeLogs": [{"logRecords": [' + b"[" * NESTED + b"]" * NESTED + b"]}]}]}"),
+], ids=["json", "json-metadata", "otlp-json"])
+def test_a_body_nested_millions_deep_is_refused_within_a_second(client, key, bound, path, content_type, body):
+    """Deeper than any storable record (orjson writes 254 levels): the scan stops in C, not a Python step per bracket (10 s)."""
+    compressed = gzip.compress(body)
+    assert len(compressed) < 20_000
+    response, seconds = timed(lambda: client.post(path, data=compressed, content_type=content_type,
+                                                  headers=dict(GZIP, **{"X-API-Key": key})))
+    assert seconds < REFUSAL_SECONDS, seconds
+    assert response.status_code == 400, response.get_data()[:300]
+    drain_all()
+    assert stored_logs() == [] and file_records(bound.log_dir) == []
+
+
 def test_a_record_over_the_size_limit_is_rejected_by_index_and_the_others_stored(bound, key):
     client = create_app(bound.replace(max_record_bytes=2000)).test_client()
     batch = [{"message": "small"},
