@@ -15,6 +15,7 @@ gunicorn must judge) is still bounded by logflow.receive()'s deadline.
 It also answers gunicorn's own refusals (400, 414, 431, 501...) in JSON.
 Run it with `gunicorn --worker-class server.BufferingWorker` (the Procfile's web line).
 """
+import re
 import selectors
 import socket
 import time
@@ -22,7 +23,7 @@ from functools import partial
 
 import orjson
 from gunicorn import http
-from gunicorn.http.errors import LimitRequestHeaders, LimitRequestLine
+from gunicorn.http.errors import InvalidHeader, LimitRequestHeaders, LimitRequestLine
 from gunicorn.http.message import DEFAULT_MAX_HEADERFIELD_SIZE, MAX_HEADERS, MAX_REQUEST_LINE
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import ThreadWorker
@@ -45,6 +46,8 @@ DRAIN_SECONDS = 0.01
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 << 10
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The characters of a header's name (RFC 9110's token).
+HEADER_NAME = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]*")
 
 
 class Arrival:
@@ -302,6 +305,11 @@ class BufferingWorker(ThreadWorker):
 
     def handle_error(self, req, client, addr, exc):
         """gunicorn's answer to a request it refuses (its status, log line and access log), with a JSON body."""
+        if isinstance(exc, InvalidHeader) and ":" not in exc.hdr:
+            # gunicorn quotes a header line without a colon whole, in its log
+            # too: "X-API-Key lf_..." would put the key there. Its name only.
+            exc = InvalidHeader("%s (no colon; the rest of the line is not shown)"
+                                % HEADER_NAME.match(exc.hdr).group(), req=exc.req)
         page = ErrorPage()
         super().handle_error(req, page, addr, exc)
         status, reason = page.status()

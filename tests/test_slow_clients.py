@@ -424,6 +424,20 @@ def test_a_malformed_chunk_size_is_a_400_in_json_without_a_traceback(start, size
     assert "Traceback" not in service.web.text(), service.web.tail()
 
 
+def test_a_key_in_a_header_line_without_a_colon_never_reaches_the_log(start):
+    """gunicorn quotes such a line whole in its log: a shipper's "X-API-Key lf_..." typo would log its key."""
+    service = start()
+    for line in (b"X-API-Key %s", b"X-API-Key=%s", b"Authorization Bearer %s"):
+        raw = b"POST /logs HTTP/1.1\r\nHost: test\r\n" + line % service.key.encode() + b"\r\n\r\n"
+        status, headers, body, _ = exchange(service.port, raw)
+        assert_json_error(status, headers, body, 400)
+        in_answer = service.key.encode() in body  # a boolean: a failure must not print the key either
+        assert not in_answer, "the key is in the answer"
+    assert wait_for(lambda: service.web.count("Invalid HTTP Header") == 3, timeout=10, message="three log lines")
+    in_log = service.key[3:] in service.web.text()
+    assert not in_log, "the key is in gunicorn's log"
+
+
 @pytest.mark.parametrize("raw, expected", [
     (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\nHost: test\r\n\r\n", 414),
     (b"GET /healthz HTTP/1.1\r\nHost: test\r\n" + b"".join(b"X-H%d: v\r\n" % n for n in range(101)) + b"\r\n", 431),
