@@ -45,10 +45,15 @@ SECRET_KEY = os.environ.setdefault("LOGFLOW_SECRET_KEY", secrets.token_urlsafe(3
 
 
 def base_settings(tmp_path):
-    """Dev-mode settings inside tmp_path, with fast retries and short leases for tests."""
+    """Dev-mode settings inside tmp_path, with fast retries and short leases for tests.
+
+    No past window (LOGFLOW_PAST_WINDOW_DAYS=0): the tests' records carry fixed
+    dates (2026-11-27...), which the default window (the retention, 30 days)
+    would replace once they are a month old. tests/test_bounds.py tests the window.
+    """
     return config.Settings(data_dir=str(tmp_path / "data"), log_dir=str(tmp_path / "logs"),
                            retry_base_seconds=0.05, retry_max_seconds=0.2, lease_seconds=5,
-                           key_cache_seconds=0, secret_key=SECRET_KEY)
+                           key_cache_seconds=0, secret_key=SECRET_KEY, past_window_days=0)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -172,9 +172,10 @@ def days_ago(days, hour=12):
     return moment.isoformat() + "Z"
 
 
-def test_a_timestamp_older_than_the_project_keeps_takes_the_time_received(bound, project, key, client):
+def test_a_timestamp_older_than_the_project_keeps_takes_the_time_received(bound, project, key):
     """The default retention is 30 days: older records would be pruned within the hour, and one request
     with a thousand days could open a thousand daily files."""
+    client = create_app(bound.replace(past_window_days=None)).test_client()  # the default, unlike other tests'
     batch = [{"message": "day %d" % day, "timestamp": days_ago(day)} for day in range(1000)]
     before = models.utcnow()
     response = post_logs(client, key, batch)
