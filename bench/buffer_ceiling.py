@@ -28,7 +28,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=5)
     options = parser.parse_args()
     args = argparse.Namespace(workers=None, threads=None, consumers=1, gunicorn_arg=[], connections=16,
-                              unbalanced=False, wrk_threads=1, aof=False)
+                              balance=False, wrk_threads=1, aof=False)
     rates = {name: [] for name in APPS}
     with run.Stack(args, tempfile.mkdtemp(prefix="logflow-buffer-")) as stack:
         stack.start()

@@ -153,17 +153,22 @@ class Stack:
             time.sleep(0.1)
 
     def balance_args(self, workers):
-        """--worker-connections so that wrk's connections split evenly over the workers, unless --unbalanced.
+        """--worker-connections so that wrk's connections split evenly over the workers, with --balance only.
 
-        gthread workers keep the keep-alive connections they accept, and wrk
-        opens all of them at once: one worker often took them all and ran on
-        one core, so a run measured luck. In two full runs at 17696a2 and
+        Plain gthread workers keep the keep-alive connections they accept, and
+        wrk opens all of them at once: one worker often took them all and ran
+        on one core, so a run measured luck. In two full runs at 17696a2 and
         df89c81, hello's single POSTs: 3,532 against 8,701 requests/s;
         LogFlow's 1,980 against 4,069, its batches 76,190-82,066 against
-        105,104-121,632 records/s. Both apps get the same flag; the Procfile
-        keeps gunicorn's default (docs/benchmarks.md says when to set it).
+        105,104-121,632 records/s. Without the flag, one worker did 70 % or more
+        of the web work in 1 and 3 of 32 runs on the web line's
+        server.BufferingWorker (7 and 5 on plain gthread); with it,
+        BufferingWorker closed new connections unanswered: a --quick run
+        dropped 581 of its 5,000 single POSTs and 807 burst requests, each
+        costing exact.lua 5 quiet seconds (docs/benchmarks.md, "Worker
+        class"). Hence off by default.
         """
-        if self.args.unbalanced or any("worker-connections" in arg for arg in self.args.gunicorn_arg):
+        if not self.args.balance or any("worker-connections" in arg for arg in self.args.gunicorn_arg):
             return []
         return ["--worker-connections", str(-(-self.args.connections // workers))]
 
@@ -744,8 +749,9 @@ def main():
                         help="one more gunicorn argument for LogFlow and hello alike (repeatable),"
                              " e.g. --gunicorn-arg=--worker-connections=8")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
-    parser.add_argument("--unbalanced", action="store_true",
-                        help="keep gunicorn's default --worker-connections (one worker may take every connection)")
+    parser.add_argument("--balance", action="store_true",
+                        help="--worker-connections CONNECTIONS/WORKERS, so that plain gthread workers share wrk's"
+                             " connections (server.BufferingWorker then closes some unanswered)")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (1 leaves the server more CPU)")
     parser.add_argument("--aof", action="store_true", help="Redis with AOF (appendfsync everysec), as in production")
     parser.add_argument("--burst", type=int, help="records in the burst (default 1,000,000; --quick 200,000)")
