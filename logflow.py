@@ -404,7 +404,7 @@ def oldest_day(settings, retention_days, received_at):
     """The first UTC day a record's timestamp may fall on (None: any): the past window, else the project's retention."""
     days = settings.past_window_days
     if days is None:
-        days = settings.retention_days if retention_days is None else min(retention_days, config.MAX_RETENTION_DAYS)
+        days = models.Project.kept_days(retention_days, settings.retention_days)
     return tasks.retention_cutoff(days, received_at.date())
 
 
@@ -553,11 +553,7 @@ def reading():
     """A read's transaction, time-limited; 400 for a bad parameter, 422 past the limit, 503 when the database is down."""
     settings = current_app.extensions["logflow"]["settings"]
     try:
-        # A transaction scopes PostgreSQL's statement timeout; on SQLite it would
-        # be BEGIN IMMEDIATE (models.py), holding off the writers for the read.
-        with models.database.connection_context(), (
-                models.database.atomic() if models.on_postgres() else contextlib.nullcontext()):
-            query.limit_time(settings.read_timeout_seconds)
+        with models.database.connection_context(), query.time_limited(settings.read_timeout_seconds):
             yield
     except query.InvalidQuery as error:
         raise APIError(400, str(error)) from None

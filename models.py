@@ -202,10 +202,15 @@ class Project(BaseModel):
 
     def retention(self, default):
         """Days of logs this project keeps; 0 means forever."""
-        if self.retention_days is None:
+        return self.kept_days(self.retention_days, default)
+
+    @staticmethod
+    def kept_days(retention_days, default):
+        """Days of logs a project with this stored retention_days keeps (web processes have only the column's value)."""
+        if retention_days is None:
             return default
         # set-retention refuses more; versions before it stored up to 2**31-1, which pruning cannot reach back to.
-        return min(self.retention_days, MAX_RETENTION_DAYS)
+        return min(retention_days, MAX_RETENTION_DAYS)
 
 
 class ApiKey(BaseModel):

@@ -7,6 +7,7 @@ One code path serves both backends; only the SQL for case-insensitive text
 search, metadata lookups and sizes differs between PostgreSQL and SQLite.
 """
 import base64
+import contextlib
 import binascii
 import dataclasses
 import datetime
@@ -202,12 +203,23 @@ def driver_error(error):
     return error
 
 
-def limit_time(seconds):
-    """Cancel the current transaction's statements after seconds (0: never), on PostgreSQL; SQLite is dev mode."""
-    if models.on_postgres() and seconds:
-        # Local to the transaction, so a pooled connection does not carry it to ingestion.
-        models.database.execute_sql("SELECT set_config('statement_timeout', %s, true)",
-                                    (str(max(1, round(seconds * 1000))),))
+@contextlib.contextmanager
+def time_limited(seconds):
+    """A read's transaction on PostgreSQL, its statements cancelled after seconds (0: never); none on SQLite.
+
+    The transaction scopes the statement timeout, so a pooled connection does
+    not carry it to ingestion; on SQLite a transaction would be BEGIN
+    IMMEDIATE (models.py), holding off the writers for the read, and dev mode
+    has no timeout.
+    """
+    if not models.on_postgres():
+        yield
+        return
+    with models.database.atomic():
+        if seconds:
+            models.database.execute_sql("SELECT set_config('statement_timeout', %s, true)",
+                                        (str(max(1, round(seconds * 1000))),))
+        yield
 
 
 def stored_time(value):

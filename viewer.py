@@ -1,5 +1,4 @@
 """The web viewer under /ui/: sign-in and sign-out, a person's projects, a project's newest logs."""
-import contextlib
 import logging
 import math
 
@@ -155,10 +154,8 @@ def project(name):
     if found is None or not g.user.may_read(found):
         abort(404)
     settings = current_app.extensions["logflow"]["settings"]
-    # As GET /logs reads: in a transaction on PostgreSQL, which cancels it past LOGFLOW_READ_TIMEOUT_SECONDS;
-    # none on SQLite, where it would be BEGIN IMMEDIATE (models.py) and hold off the writers.
-    with models.database.atomic() if models.on_postgres() else contextlib.nullcontext():
-        query.limit_time(settings.read_timeout_seconds)
+    # As GET /logs reads: cancelled past LOGFLOW_READ_TIMEOUT_SECONDS.
+    with query.time_limited(settings.read_timeout_seconds):
         logs, _ = query.page(found.id, query.parse_filter([]), settings.max_page_bytes)
     for log in logs:
         # Text for autoescaping to show, as the API writes it: never HTML.
