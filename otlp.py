@@ -76,7 +76,7 @@ def decode(data, content_type, limits):
                 for k, span in enumerate(spans):
                     count += 1
                     if count > limits.max_records:
-                        raise records.TooManyRecords("a request may hold at most %d records" % limits.max_records)
+                        raise records.TooManyRecords(limits)
                     locations.append("resourceLogs[%d].scopeLogs[%d].logRecords[%d]" % (i, j, k))
                     if span[1] - span[0] + resource.size + scope.size > most:
                         found.append(records.too_large_as_sent(limits, ", with its resource and scope"))
@@ -86,8 +86,8 @@ def decode(data, content_type, limits):
         raise records.InvalidBody("the body is not an OTLP %s ExportLogsServiceRequest: %s"
                                   % ("protobuf" if scan is _protobuf_records else "JSON", error)) from None
     except wire.TooMany:
-        raise records.TooManyRecords("a request may hold at most %d records, and %d protobuf fields or JSON"
-                                     " members and elements in all" % (limits.max_records, budget_of(limits))) from None
+        raise records.TooManyRecords(limits, beside=", and %d protobuf fields or JSON members and elements in all"
+                                     % budget_of(limits)) from None
     return found, locations
 
 

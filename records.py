@@ -75,6 +75,10 @@ class InvalidRecord(ValueError):
 class TooManyRecords(ValueError):
     """The request holds more records than LOGFLOW_MAX_RECORDS; found while scanning, before they are built."""
 
+    def __init__(self, limits, found=None, beside=""):
+        super().__init__("a request may hold at most %d records%s%s" % (
+            limits.max_records, "" if found is None else ", not %d" % found, beside))
+
 
 class Unread(list):
     """Records found in a body but not built yet: each item is a function that reads one record
@@ -157,7 +161,7 @@ def parse_body(data, content_type, limits):
         raise InvalidBody("the body is not valid JSON: %s" % error) from None
     raws = value if isinstance(value, list) else [value]
     if len(raws) > limits.max_records:
-        raise TooManyRecords("a request may hold at most %d records, not %d" % (limits.max_records, len(raws)))
+        raise TooManyRecords(limits, len(raws))
     return raws
 
 
@@ -169,16 +173,15 @@ def _scan_json(data, start, limits):
         else:
             spans = [(start, wire.value_end(data, start))]
             end = spans[0][1]
+        if wire.skip_whitespace(data, end) != len(data):
+            raise wire.Unreadable("trailing characters at byte %d" % end)
     except wire.TooMany:
-        raise TooManyRecords("a request may hold at most %d records" % limits.max_records) from None
+        raise TooManyRecords(limits) from None
     except wire.Unreadable as error:
+        # Shippers often send NDJSON labelled as JSON, as for a body parsed whole.
         if data.find(b"\n", start) >= 0:
             return _parse_lines(data, limits)
         raise InvalidBody("the body is not valid JSON: %s" % error) from None
-    if wire.skip_whitespace(data, end) != len(data):
-        if data.find(b"\n", start) >= 0:
-            return _parse_lines(data, limits)
-        raise InvalidBody("the body is not valid JSON: trailing characters at byte %d" % end)
     return _unread(data, spans, limits, numbered=False)
 
 
@@ -187,7 +190,7 @@ def _parse_lines(data, limits):
     try:
         spans = wire.line_spans(data, limits.max_records)
     except wire.TooMany:
-        raise TooManyRecords("a request may hold at most %d records" % limits.max_records) from None
+        raise TooManyRecords(limits) from None
     if not spans:
         raise InvalidBody("the request body holds no records")
     if not small_enough_to_parse_whole(data, limits):

@@ -23,9 +23,9 @@ def run(bound):
     environment = {"DATABASE_URL": bound.database_url, "REDIS_URL": bound.redis_url,
                    "LOGFLOW_DATA_DIR": bound.data_dir, "LOGFLOW_LOG_DIR": bound.log_dir}
 
-    def run(*arguments, **changes):
-        """`changes` override variables of that environment (REDIS_URL=..., say)."""
-        return CliRunner().invoke(manage.cli, list(arguments), env={**environment, **changes})
+    def run(*arguments, stdin=None, **changes):
+        """`stdin` is the command's standard input; `changes` override variables of that environment (REDIS_URL=..., say)."""
+        return CliRunner().invoke(manage.cli, list(arguments), input=stdin, env={**environment, **changes})
     return run
 
 

@@ -8,25 +8,13 @@ import sys
 import time
 
 import pytest
-from click.testing import CliRunner
 
-import manage
 import models
 from models import Grant, Project, Session, User
 from processes import ROOT, dev_mode_environment
+from test_manage import run  # noqa: F401  (the fixture)
 
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture
-def run(bound):
-    """Run a manage.py command against the test's backend, with `stdin` as its standard input; returns the click Result."""
-    environment = {"DATABASE_URL": bound.database_url, "REDIS_URL": bound.redis_url,
-                   "LOGFLOW_DATA_DIR": bound.data_dir, "LOGFLOW_LOG_DIR": bound.log_dir}
-
-    def run(*arguments, stdin=None):
-        return CliRunner().invoke(manage.cli, list(arguments), input=stdin, env=environment)
-    return run
 
 
 @pytest.fixture
