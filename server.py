@@ -37,6 +37,11 @@ import config
 # LOGFLOW_MAX_BODY_BYTES (1 MiB) and arrives in milliseconds from a client
 # that is not slow on purpose.
 PARKED_BYTES = 64 << 20
+# A full worker (--worker-connections) closes a parked connection to make room
+# for a new one only once it has waited this long for its head, or for its
+# body: a request arriving at network speed is never cut off, and an idle
+# connection keeps its place for no longer than this while others wait.
+EVICT_AFTER = 0.5
 # How long a thread may wait for what the application left unread of a body
 # (a 401 answered before reading it, say) before the connection is closed
 # instead of kept alive: it is normally here already. gthread waits 5 s.
@@ -238,14 +243,32 @@ class BufferingWorker(ThreadWorker):
         conn.close()
 
     def evict(self):
-        """Close the connections parked longest while parked requests take too much memory, or would stop accepting.
+        """Close the connections parked longest while parked requests take too much memory, or others wait to connect.
 
         gthread stops accepting at worker_connections: parked connections
-        must not be the reason, or idle ones would lock everyone else out.
+        must not be the reason for long, or idle ones would lock everyone
+        else out. Only those parked for EVICT_AFTER go (see wait_for_and_dispatch_events).
         """
-        while self.parked and (self.parked_bytes > PARKED_BYTES or self.nr_conns >= self.worker_connections):
+        while self.parked and self.parked_bytes > PARKED_BYTES:
             self.expire(next(iter(self.parked)), 503, "SERVICE UNAVAILABLE",
+                        "too many requests are arriving at once; retry")
+        while self.parked and self.nr_conns >= self.worker_connections:
+            conn, arrival = next(iter(self.parked.items()))
+            if self.evictable_in(arrival) > 0:
+                break  # earliest deadline first: the others arrived later, or started their body later
+            self.expire(conn, 503, "SERVICE UNAVAILABLE",
                         "too many connections are sending their requests slowly; retry")
+
+    def evictable_in(self, arrival):
+        """Seconds until a parked connection may be closed to make room: EVICT_AFTER into its head, or its body."""
+        return arrival.deadline - self.client_timeout + EVICT_AFTER - time.monotonic()
+
+    def wait_for_and_dispatch_events(self, timeout):
+        """gthread's, but a full worker wakes when a parked connection may make room for another (see evict)."""
+        if self.parked and self.nr_conns >= self.worker_connections:
+            timeout = min(timeout, max(self.evictable_in(next(iter(self.parked.values()))), 0))
+        super().wait_for_and_dispatch_events(timeout)
+        self.evict()
 
     def expire(self, conn, status, reason, message):
         """Refuse a parked connection that sent part of a request; close one that sent nothing without a word.

@@ -529,3 +529,47 @@ def test_gunicorn_refusals_are_json(start, raw, expected):
     assert_json_error(status, headers, body, expected)
     assert closed
     assert "Traceback" not in service.web.text(), service.web.tail()
+
+
+def test_clients_at_the_worker_connections_limit_are_never_closed_unanswered(start):
+    """24 keep-alive clients, pausing between requests, against 2 workers x --worker-connections 8: all answered.
+
+    A full worker stops accepting, as gthread does, and closes a parked
+    connection to make room only once it has been slow (server.EVICT_AFTER),
+    never one whose request is on its way.
+    """
+    service = start("--worker-connections", "8")
+    request = head(service, extra=b'Content-Length: 20\r\n\r\n{"message": "busy!"}')
+    stopping, lock = threading.Event(), threading.Lock()
+    counts = {"answered": 0, "unanswered": 0, "reconnects": 0}
+
+    def client():
+        sock = None
+        while not stopping.wait(0.02):  # pacing the requests, as a shipper's flushes are
+            try:
+                if sock is None:
+                    sock = connect(service.port)
+                sock.sendall(request)
+                status, headers, _, _ = read_response(sock, keep_open=True)
+                outcome = "answered" if status == 202 else "status %d" % status
+            except OSError:  # ConnectionError too: closed without an answer
+                outcome, headers = "unanswered", {"connection": "close"}
+            with lock:
+                counts[outcome] = counts.get(outcome, 0) + 1
+            if headers.get("connection", "").lower() == "close":
+                sock.close()
+                sock = None
+                with lock:
+                    counts["reconnects"] += 1
+        if sock is not None:
+            sock.close()
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(24)]
+    for thread in clients:
+        thread.start()
+    stopping.wait(5)  # the load's duration
+    stopping.set()
+    for thread in clients:
+        thread.join(timeout=30)
+    print("keep-alive clients: %s" % counts)
+    assert counts["answered"] > 100 and set(counts) == {"answered", "unanswered", "reconnects"}, counts
+    assert counts["unanswered"] == 0, counts
