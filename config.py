@@ -133,6 +133,9 @@ class Settings:
     # A record's JSON as stored (message, metadata and the rest together), as
     # Loki bounds a line; four times this as sent is refused unread.
     max_record_bytes: int = 256 * 1024
+    # Attributes and values (KeyValues, array and key-value list items) one
+    # OTLP export may have converted, over all its records (otlp.Values).
+    max_otlp_values: int = 262_144
     future_window_seconds: float = 3600.0
     # Days a timestamp may lie in the past; None: the project's retention (0: no bound).
     past_window_days: int = None
@@ -198,6 +201,7 @@ ENVIRONMENT = {
     "LOGFLOW_MAX_RECORDS": ("max_records", COUNT),
     "LOGFLOW_MAX_MESSAGE_BYTES": ("max_message_bytes", COUNT),
     "LOGFLOW_MAX_RECORD_BYTES": ("max_record_bytes", COUNT),
+    "LOGFLOW_MAX_OTLP_VALUES": ("max_otlp_values", COUNT),
     "LOGFLOW_FUTURE_WINDOW_SECONDS": ("future_window_seconds",
                                       Number(seconds=True, zero="no timestamp ahead of the clock")),
     "LOGFLOW_PAST_WINDOW_DAYS": ("past_window_days", Number(zero="no bound", most=MAX_RETENTION_DAYS)),

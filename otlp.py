@@ -6,6 +6,7 @@ records.normalize() reads like any record sent to POST /logs, so both
 routes share validation, limits and the queue.
 """
 import base64
+import binascii
 import datetime
 import functools
 import math
@@ -55,7 +56,8 @@ def decode(data, content_type, limits):
     structure (records.TooManyRecords past limits.max_records, while scanning),
     each decoded only when normalized. A record over four times
     limits.max_record_bytes as sent, with its resource and scope, is refused
-    unread; their objects could cost a worker many times that.
+    unread; their objects could cost a worker many times that. So is every
+    record once the export's attributes and values pass limits.max_otlp_values (see Values).
     """
     media_type = records.media_type_of(content_type)
     if media_type == PROTOBUF:
@@ -65,7 +67,7 @@ def decode(data, content_type, limits):
     else:
         raise records.UnsupportedMediaType("Content-Type %s is not supported; OTLP/HTTP sends %s or %s"
                                            % (media_type[:64], PROTOBUF, JSON))
-    budget = [budget_of(limits)]
+    budget, values = [budget_of(limits)], Values(limits.max_otlp_values)
     found, count, most = records.Unread(), 0, records.SENT_FACTOR * limits.max_record_bytes
     locations = []
     try:
@@ -81,7 +83,7 @@ def decode(data, content_type, limits):
                     if span[1] - span[0] + resource.size + scope.size > most:
                         found.append(records.too_large_as_sent(limits, ", with its resource and scope"))
                     else:
-                        found.append(functools.partial(_record, data, span, parts[2], resource, scope))
+                        found.append(functools.partial(_record, data, span, parts[2], resource, scope, values))
     except wire.Unreadable as error:
         raise records.InvalidBody("the body is not an OTLP %s ExportLogsServiceRequest: %s"
                                   % ("protobuf" if scan is _protobuf_records else "JSON", error)) from None
@@ -146,57 +148,123 @@ def _joined(arrays):
     return (item for array in arrays for item in array)
 
 
-def _protobuf_reader(message_class):
-    """A reader of one protobuf message of message_class from its spans in the body."""
-    def read(data, spans):
-        # A message field sent twice is merged, as protobuf parsers do: its spans are read together.
-        try:
-            return message_class.FromString(b"".join(data[start:end] for start, end in spans))
-        except DecodeError as error:
-            raise records.InvalidBody("the body is not a protobuf ExportLogsServiceRequest: %s" % error) from None
-    return read
+class Values:
+    """An export's budget of attributes and values to convert: LOGFLOW_MAX_OTLP_VALUES, spent over its records.
+
+    Each KeyValue, and each item of an array or key-value list, nested ones
+    included, costs a worker about a microsecond of Python to convert, and a
+    10 KB gzip holds millions of empty ones (2 bytes each in protobuf). A list
+    is paid for before it is read, so one too long costs nothing; a record
+    whose attributes, body, resource or scope would take more than is left is
+    rejected by index (the work already done stays spent).
+    """
+
+    __slots__ = ("left", "most")
+
+    def __init__(self, most):
+        self.left = self.most = most
+
+    def take(self, count):
+        """Spend count, or refuse the record being converted if fewer are left."""
+        if count > self.left:
+            raise records.InvalidRecord(
+                "the export holds more than %d attributes and values in all (LOGFLOW_MAX_OTLP_VALUES)" % self.most)
+        self.left -= count
 
 
-def _json_reader(message_class, nullable=False):
-    """A reader of one OTLP/JSON message of message_class from its spans in the body: proto3 JSON, but ids in hex.
+def _protobuf_message(message_class, data, spans):
+    """One protobuf message of message_class from its spans in the body (decoded in C: cheap)."""
+    # A message field sent twice is merged, as protobuf parsers do: its spans are read together.
+    try:
+        return message_class.FromString(b"".join(data[start:end] for start, end in spans))
+    except DecodeError as error:
+        raise records.InvalidBody("the body is not a protobuf ExportLogsServiceRequest: %s" % error) from None
+
+
+def _protobuf_resource(data, spans, values):
+    return attributes_of(_protobuf_message(Resource, data, spans).attributes, values)
+
+
+def _protobuf_scope(data, spans, values):
+    return scope_of(_protobuf_message(InstrumentationScope, data, spans), values)
+
+
+def _protobuf_log(data, spans, values):
+    """(the LogRecord, its attributes, its body) of a record's span."""
+    log = _protobuf_message(LogRecord, data, spans)
+    return log, attributes_of(log.attributes, values), value_of(log.body, values)
+
+
+# Fields of proto3 JSON messages read by json_format (both spellings): all but
+# the lists, which this module converts itself (json_format takes 7 µs an item).
+_LOG_FIELDS = ("timeUnixNano", "time_unix_nano", "observedTimeUnixNano", "observed_time_unix_nano",
+               "severityNumber", "severity_number", "severityText", "severity_text", "flags",
+               "traceId", "trace_id", "spanId", "span_id", "eventName", "event_name")
+_SCOPE_FIELDS = ("name", "version")
+
+
+def _json_object(data, spans, what, nullable=True):
+    """The JSON object of a message at its spans in the body ({} if absent, or null where nullable).
 
     nullable: a field of a single message, where proto3 JSON reads null as
     the empty message (a record is an item of a list, where null is refused).
     """
-    def read(data, spans):
-        message = message_class()
-        if not spans:
-            return message
-        # A name given twice in one object: the last counts, as for any JSON object here.
-        start, end = spans[-1]
-        try:
-            value = orjson.loads(data[start:end])
-        except orjson.JSONDecodeError as error:
-            raise records.InvalidBody("the body is not valid JSON: %s" % error) from None
-        if value is None and nullable:
-            return message
-        if not isinstance(value, dict):
-            raise records.InvalidBody("an OTLP/JSON %s must be an object" % message_class.__name__)
-        for name in ("traceId", "trace_id", "spanId", "span_id"):
-            if isinstance(value.get(name), str):
-                try:
-                    value[name] = base64.b64encode(bytes.fromhex(value[name])).decode()
-                except ValueError:
-                    raise records.InvalidBody("%s %r is not hex" % (name, value[name][:64])) from None
-        try:
-            # OTLP/JSON receivers must ignore fields they do not know.
-            json_format.ParseDict(value, message, ignore_unknown_fields=True)
-        except (json_format.ParseError, ValueError, TypeError) as error:
-            raise records.InvalidBody("the body is not an OTLP/JSON ExportLogsServiceRequest: %s"
-                                      % str(error)[:500]) from None
-        return message
-    return read
+    if not spans:
+        return {}
+    # A name given twice in one object: the last counts, as for any JSON object here.
+    start, end = spans[-1]
+    try:
+        value = orjson.loads(data[start:end])
+    except orjson.JSONDecodeError as error:
+        raise records.InvalidBody("the body is not valid JSON: %s" % error) from None
+    if value is None and nullable:
+        return {}
+    if not isinstance(value, dict):
+        raise records.InvalidBody("an OTLP/JSON %s must be an object" % what)
+    return value
 
 
-# The readers of a resource, a scope and a log record, by encoding.
-PROTOBUF_PARTS = tuple(map(_protobuf_reader, (Resource, InstrumentationScope, LogRecord)))
-JSON_PARTS = (_json_reader(Resource, nullable=True), _json_reader(InstrumentationScope, nullable=True),
-              _json_reader(LogRecord))
+def _json_fields(value, names, message):
+    """message with the named fields of value read as proto3 JSON (ids in hex, as OTLP/JSON sends them)."""
+    fields = {name: value[name] for name in names if name in value}
+    for name in ("traceId", "trace_id", "spanId", "span_id"):
+        if isinstance(fields.get(name), str):
+            try:
+                fields[name] = base64.b64encode(bytes.fromhex(fields[name])).decode()
+            except ValueError:
+                raise records.InvalidBody("%s %r is not hex" % (name, fields[name][:64])) from None
+    try:
+        json_format.ParseDict(fields, message)
+    except (json_format.ParseError, ValueError, TypeError) as error:
+        raise _not_json_export(error) from None
+    return message
+
+
+def _not_json_export(error):
+    return records.InvalidBody("the body is not an OTLP/JSON ExportLogsServiceRequest: %s" % str(error)[:500])
+
+
+def _json_resource(data, spans, values):
+    return json_attributes_of(_json_object(data, spans, "Resource").get("attributes"), values)
+
+
+def _json_scope(data, spans, values):
+    value = _json_object(data, spans, "InstrumentationScope")
+    return scope_of(_json_fields(value, _SCOPE_FIELDS, InstrumentationScope()), values,
+                    json_attributes_of(value.get("attributes"), values))
+
+
+def _json_log(data, spans, values):
+    """_protobuf_log() of an OTLP/JSON record."""
+    value = _json_object(data, spans, "LogRecord", nullable=False)
+    return (_json_fields(value, _LOG_FIELDS, LogRecord()), json_attributes_of(value.get("attributes"), values),
+            json_value_of(value.get("body"), values))
+
+
+# The readers of a resource, a scope and a log record, by encoding:
+# read(data, spans, values) → resource attributes, scope, or (LogRecord, attributes, body).
+PROTOBUF_PARTS = (_protobuf_resource, _protobuf_scope, _protobuf_log)
+JSON_PARTS = (_json_resource, _json_scope, _json_log)
 
 
 class _Part:
@@ -207,21 +275,21 @@ class _Part:
         self.size = sum(end - start for start, end in spans)
         self.value = None
 
-    def get(self, convert):
-        """convert() of the decoded message, decoded once."""
+    def get(self, values):
+        """The converted resource attributes or scope, converted once."""
         if self.value is None:
-            self.value = convert(self.read(self.data, self.spans))
+            self.value = self.read(self.data, self.spans, values)
         return self.value
 
 
-def _record(data, span, read, resource, scope):
+def _record(data, span, read, resource, scope, values):
     """The raw record of the log record at span, with its resource's and scope's metadata."""
-    return record_of(read(data, [span]), resource.get(lambda message: attributes_of(message.attributes)),
-                     scope.get(scope_of))
+    log, attributes, body = read(data, [span], values)
+    return record_of(log, attributes, body, resource.get(values), scope.get(values))
 
 
-def record_of(log, resource, scope):
-    """One LogRecord as a raw record: message, level, timestamp and metadata."""
+def record_of(log, attributes, body, resource, scope):
+    """One LogRecord (its attributes and body converted) as a raw record: message, level, timestamp and metadata."""
     metadata = {}
     if resource:
         metadata["resource"] = resource
@@ -237,13 +305,12 @@ def record_of(log, resource, scope):
         metadata["severity_number"] = log.severity_number
     if log.event_name:
         metadata["event_name"] = log.event_name
-    for key, value in attributes_of(log.attributes).items():
+    for key, value in attributes.items():
         # Renamed even where this record lacks the context key, so each key means one thing.
         while key in CONTEXT_KEYS or key in metadata:
             key = "_" + key
         metadata[key] = value
 
-    body = value_of(log.body)
     if body is None:
         # OTLP allows records without a body (events); they are kept with an empty message.
         body = ""
@@ -281,18 +348,24 @@ def level_of(severity_number, severity_text):
         return None
 
 
-def scope_of(scope):
-    """The instrumentation scope as {name, version, attributes}, without its empty fields."""
-    fields = {"name": scope.name, "version": scope.version, "attributes": attributes_of(scope.attributes)}
+def scope_of(scope, values, attributes=None):
+    """The instrumentation scope as {name, version, attributes}, without its empty fields.
+
+    attributes: already converted (OTLP/JSON's), else the message's own.
+    """
+    if attributes is None:
+        attributes = attributes_of(scope.attributes, values)
+    fields = {"name": scope.name, "version": scope.version, "attributes": attributes}
     return {name: value for name, value in fields.items() if value}
 
 
-def attributes_of(key_values):
-    """OTLP KeyValue list → JSON object."""
-    return {item.key: value_of(item.value) for item in key_values}
+def attributes_of(key_values, values):
+    """OTLP KeyValue list → JSON object, paid for in values first."""
+    values.take(len(key_values))
+    return {item.key: value_of(item.value, values) for item in key_values}
 
 
-def value_of(any_value):
+def value_of(any_value, values):
     """OTLP AnyValue → JSON value; bytes as base64 and non-finite doubles as text, as in proto3 JSON."""
     kind = any_value.WhichOneof("value")
     if kind == "string_value":
@@ -302,19 +375,147 @@ def value_of(any_value):
     if kind == "int_value":
         return any_value.int_value
     if kind == "double_value":
-        number = any_value.double_value
-        if math.isfinite(number):
-            return number
-        # JSON has no such numbers; proto3 JSON spells them so.
-        return "NaN" if math.isnan(number) else "Infinity" if number > 0 else "-Infinity"
+        return _double(any_value.double_value)
     if kind == "array_value":
-        return [value_of(item) for item in any_value.array_value.values]
+        items = any_value.array_value.values
+        values.take(len(items))
+        return [value_of(item, values) for item in items]
     if kind == "kvlist_value":
-        return attributes_of(any_value.kvlist_value.values)
+        return attributes_of(any_value.kvlist_value.values, values)
     if kind == "bytes_value":
         return base64.b64encode(any_value.bytes_value).decode()
     # Unset, or a kind newer than this code (string_value_strindex needs a dictionary logs lack).
     return None
+
+
+def _double(number):
+    if math.isfinite(number):
+        return number
+    # JSON has no such numbers; proto3 JSON spells them so.
+    return "NaN" if math.isnan(number) else "Infinity" if number > 0 else "-Infinity"
+
+
+# proto3 JSON's names of AnyValue's kinds (both spellings) → the kind.
+_KINDS = {"stringValue": "string", "string_value": "string", "boolValue": "bool", "bool_value": "bool",
+          "intValue": "int", "int_value": "int", "doubleValue": "double", "double_value": "double",
+          "arrayValue": "array", "array_value": "array", "kvlistValue": "kvlist", "kvlist_value": "kvlist",
+          "bytesValue": "bytes", "bytes_value": "bytes"}
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+INT64 = range(-2 ** 63, 2 ** 63)
+
+
+def json_attributes_of(items, values):
+    """attributes_of() of OTLP/JSON's KeyValue list, read as json_format would (null is the empty list)."""
+    if items is None:
+        return {}
+    if not isinstance(items, list):
+        raise _not_json_export("attributes and key-value lists must be lists")
+    values.take(len(items))
+    result = {}
+    for item in items:
+        if not isinstance(item, dict):
+            raise _not_json_export("a KeyValue must be an object")
+        key = item.get("key")
+        if not isinstance(key, str):
+            if key is not None:
+                raise _not_json_export("a KeyValue's key must be a string")
+            key = ""
+        result[key] = json_value_of(item.get("value"), values)
+    return result
+
+
+def json_value_of(value, values):
+    """value_of() of an OTLP/JSON AnyValue, read as json_format would: an invalid one refuses the body."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _not_json_export("an AnyValue must be an object")
+    # Other members are ignored, as OTLP/JSON receivers must; null is unset.
+    kinds = [(kind, value[name]) for name, kind in _KINDS.items() if value.get(name) is not None]
+    if not kinds:
+        return None
+    if len(kinds) > 1:
+        raise _not_json_export("an AnyValue holds one value, not %d" % len(kinds))
+    [(kind, given)] = kinds
+    if kind in _JSON_LISTS:
+        return _JSON_LISTS[kind](given, values)
+    try:
+        return _JSON_SCALARS[kind](given)
+    except (TypeError, ValueError, OverflowError, binascii.Error):
+        raise _not_json_export("%.100r is not a valid %sValue" % (given, kind)) from None
+
+
+def _json_string(given):
+    if not isinstance(given, str):
+        raise TypeError
+    return given
+
+
+def _json_bool(given):
+    if not isinstance(given, bool):
+        raise TypeError
+    return given
+
+
+def _json_int(given):
+    # json_format's rules: a whole float, or digits in a string without spaces; 64 bits.
+    if isinstance(given, bool) or (isinstance(given, float) and not given.is_integer()) \
+            or (isinstance(given, str) and " " in given) or not isinstance(given, (int, float, str)):
+        raise TypeError
+    try:
+        number = int(given)
+    except ValueError:
+        number = float(given)  # "2.0", as json_format reads it
+        if not number.is_integer():
+            raise
+        number = int(number)
+    if number not in INT64:
+        raise ValueError
+    return number
+
+
+def _json_double(given):
+    if isinstance(given, str) and given in _NON_FINITE:
+        return _double(_NON_FINITE[given])
+    if isinstance(given, bool) or not isinstance(given, (int, float, str)) or given == "nan":
+        raise TypeError
+    return _double(float(given))
+
+
+def _json_bytes(given):
+    if not isinstance(given, str):
+        raise TypeError
+    encoded = given.encode()
+    # json_format's reading: URL-safe or standard alphabet, padding optional.
+    return base64.b64encode(base64.urlsafe_b64decode(encoded + b"=" * (4 - len(encoded) % 4))).decode()
+
+
+def _json_list(given):
+    """The values of an ArrayValue or KeyValueList ({"values": [...]}; null or absent: none)."""
+    if not isinstance(given, dict):
+        raise _not_json_export("an arrayValue or kvlistValue must be an object")
+    return given.get("values")
+
+
+def _json_array(given, values):
+    items = _json_list(given)
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise _not_json_export("an arrayValue's values must be a list")
+    values.take(len(items))
+    if None in items:
+        raise _not_json_export("an arrayValue's values may not be null")
+    return [json_value_of(item, values) for item in items]
+
+
+def _json_kvlist(given, values):
+    return json_attributes_of(_json_list(given), values)
+
+
+_JSON_SCALARS = {"string": _json_string, "bool": _json_bool, "int": _json_int, "double": _json_double,
+                 "bytes": _json_bytes}
+_JSON_LISTS = {"array": _json_array, "kvlist": _json_kvlist}
 
 
 def encode_success(media_type, summary, locations):

@@ -12,11 +12,13 @@ import uuid
 
 import orjson
 import pytest
+from google.protobuf import json_format
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
 import models
 import records
 from helpers import drain_all, file_records, post_logs, stored_logs
-from hostile import bodies, dense_records, gzip_members
+from hostile import FAT_RECORDS, attribute_bodies, bodies, dense_records, gzip_members
 from logflow import create_app
 from processes import child_pids, make_service, unique_database_name
 from test_otlp import as_protobuf, export, post_otlp, text
@@ -25,6 +27,13 @@ GZIP = {"Content-Encoding": "gzip"}
 # What a refusal may take, and a worker's peak resident memory, from the issue.
 REFUSAL_SECONDS = 1.0
 PEAK_MEMORY_KIB = 200 * 1024
+
+
+def otlp_answer(response):
+    """An OTLP 200's ExportLogsServiceResponse as proto3 JSON, whichever its encoding."""
+    if response.mimetype == "application/x-protobuf":
+        return json_format.MessageToDict(ExportLogsServiceResponse.FromString(response.data))
+    return response.json
 
 
 def timed(send):
@@ -167,6 +176,46 @@ def test_an_otlp_resource_too_large_rejects_its_records_unread(bound, key):
     assert [row["message"] for row in stored_logs()] == ["c"]
 
 
+@pytest.mark.parametrize("name", list(attribute_bodies()))
+def test_otlp_records_past_the_values_budget_are_rejected_by_index_within_a_second(client, key, bound, name):
+    """Millions of empty attributes or array items: the fat records rejected unconverted, the honest one stored."""
+    content_type, body = attribute_bodies()[name]
+    response, seconds = timed(lambda: post_otlp(client, key, body, content_type, GZIP))
+    assert seconds < REFUSAL_SECONDS, seconds
+    assert response.status_code == 200
+    partial = otlp_answer(response)["partialSuccess"]
+    assert partial["rejectedLogRecords"] == str(FAT_RECORDS)
+    assert "logRecords[0]: the export holds more than 262144 attributes and values in all" in partial["errorMessage"]
+    drain_all()
+    assert [row["message"] for row in stored_logs()] == ["honest"]
+    assert [line["message"] for line in file_records(bound.log_dir)] == ["honest"]
+
+
+def test_the_values_budget_is_shared_by_the_records_resources_and_scopes_of_an_export(bound, key):
+    """Spent record by record, in order: a record that would pass it is rejected, smaller ones after it still fit."""
+    client = create_app(bound.replace(max_otlp_values=10)).test_client()
+    attributes = [{"key": "k%d" % n, "value": text("v")} for n in range(3)]
+    nested = {"arrayValue": {"values": [text("a"), {"kvlistValue": {"values": attributes}}]}}
+    request = export({"body": text("three"), "attributes": attributes},     # 1 (resource) + 3
+                     {"body": nested},                                       # 2 + 3: 9 in all
+                     {"body": text("four"), "attributes": attributes[:2]},   # would be 11: rejected
+                     {"body": text("one"), "attributes": attributes[:1]},    # 10
+                     {"body": text("none")},
+                     resource=attributes[:1])
+    for encoding in ("json", "protobuf"):
+        data, content_type = ((orjson.dumps(request), "application/json") if encoding == "json"
+                              else (as_protobuf(request), "application/x-protobuf"))
+        response = post_otlp(client, key, data, content_type)
+        assert response.status_code == 200
+        partial = otlp_answer(response)["partialSuccess"]
+        assert partial["rejectedLogRecords"] == "1", (encoding, partial)
+        assert partial["errorMessage"].startswith("1 log records rejected; resourceLogs[0].scopeLogs[0].logRecords[2]:"
+                                                  " the export holds more than 10 attributes and values in all")
+    drain_all()
+    assert sorted(row["message"] for row in stored_logs()) == sorted(
+        ["three", '["a",{"k0":"v","k1":"v","k2":"v"}]', "one", "none"] * 2)
+
+
 def days_ago(days, hour=12):
     moment = datetime.datetime.combine(models.utcnow().date() - datetime.timedelta(days=days), datetime.time(hour))
     return moment.isoformat() + "Z"
@@ -260,13 +309,18 @@ def test_gunicorn_workers_stay_small_and_refuse_hostile_requests_within_a_second
     answers = {}
     for name, (path, content_type, body) in bodies().items():
         answers[name] = post_raw(service, path, body, content_type)
+    # Answered 200, each fat record rejected unconverted (see the in-process test).
+    fat = {name: post_raw(service, "/v1/logs", body, content_type)
+           for name, (content_type, body) in attribute_bodies().items()}
     # Eight at once, as the issue's attacker sent them.
     path, content_type, body = bodies()["NDJSON, 3.4 million {} lines"]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         eight = list(pool.map(lambda _: post_raw(service, path, body, content_type), range(8)))
     peaks = {pid: peak_memory_kib(pid) for pid in workers}
     print("\n".join("%s: %d in %.3f s" % (name, *answer) for name, answer in answers.items()))
+    print("\n".join("%s: %d in %.3f s" % (name, *answer) for name, answer in fat.items()))
     print("eight NDJSON at once: %s; peak memory of the workers: %s KiB" % (eight, peaks))
+    assert all(status == 200 and seconds < REFUSAL_SECONDS for status, seconds in fat.values()), fat
     assert all(status in (413, 422) and seconds < REFUSAL_SECONDS for status, seconds in answers.values()), answers
     assert all(status == 413 for status, _ in eight), eight
     assert max(peaks.values()) < PEAK_MEMORY_KIB, peaks

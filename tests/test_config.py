@@ -87,6 +87,7 @@ def test_values_are_converted():
     ("LOGFLOW_PAST_WINDOW_DAYS", "0", "past_window_days", 0),
     ("LOGFLOW_PAST_WINDOW_DAYS", "36500", "past_window_days", 36500),
     ("LOGFLOW_MAX_RECORD_BYTES", "1", "max_record_bytes", 1),
+    ("LOGFLOW_MAX_OTLP_VALUES", "1", "max_otlp_values", 1),
     ("LOGFLOW_MAX_PAGE_BYTES", "1", "max_page_bytes", 1),
     # The smallest values that work where 0 does not, and the largest.
     ("LOGFLOW_MAX_RECORDS", "1", "max_records", 1),
@@ -119,6 +120,7 @@ REFUSALS = [
     ("LOGFLOW_MAX_RECORDS", "0", "must be a whole number of 1 or more, not 0"),
     ("LOGFLOW_MAX_MESSAGE_BYTES", "0", "must be a whole number of 1 or more, not 0"),
     ("LOGFLOW_MAX_RECORD_BYTES", "0", "must be a whole number of 1 or more, not 0"),
+    ("LOGFLOW_MAX_OTLP_VALUES", "0", "must be a whole number of 1 or more, not 0"),
     ("LOGFLOW_MAX_PAGE_BYTES", "-1", "must be a whole number of 1 or more, not -1"),
     ("LOGFLOW_PAST_WINDOW_DAYS", "-1", "must be a whole number from 0 (no bound) to 36500, not -1"),
     ("LOGFLOW_BATCH_BYTES", "0", "must be a whole number of 1 or more, not 0"),

@@ -13,8 +13,10 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (ExportLogsServiceRequest,
                                                                     ExportLogsServiceResponse)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 
 import models
+import otlp
 from helpers import drain_all, serve, stored_logs, wait_for
 from logflow import create_app
 
@@ -399,3 +401,41 @@ def test_the_opentelemetry_sdk_exporter_delivers_logs_with_trace_context(live_ur
     assert metadata["scope"]["name"] == "checkout.payments"
     outside = next(row for row in rows if row["message"] == "outside any span")
     assert outside["level"] == "ERROR" and "trace_id" not in outside["metadata"]
+
+
+# AnyValues as OTLP/JSON senders write them, and as they should not: otlp.json_value_of
+# reads them itself (json_format takes 7 µs an item) and must agree with json_format.
+ANY_VALUES = [
+    None, {}, text(""), text("é\u2028"), {"string_value": "snake"}, {"stringValue": None}, {"stringValue": 5},
+    {"boolValue": True}, {"boolValue": "true"}, {"boolValue": 1}, {"bool_value": False},
+    {"intValue": 5}, {"intValue": "-9223372036854775808"}, {"intValue": "9223372036854775808"},
+    {"intValue": 2.0}, {"intValue": 2.5}, {"intValue": "2.0"}, {"intValue": " 5"}, {"intValue": True},
+    {"intValue": "0x10"}, {"intValue": 1e30}, {"intValue": []}, {"int_value": "12"},
+    {"doubleValue": 1}, {"doubleValue": 2.5}, {"doubleValue": "2.5"}, {"doubleValue": "NaN"}, {"doubleValue": "nan"},
+    {"doubleValue": "Infinity"}, {"doubleValue": "-Infinity"}, {"doubleValue": "1e400"}, {"doubleValue": "abc"},
+    {"doubleValue": {}}, {"double_value": -0.0},
+    {"bytesValue": "AP8="}, {"bytesValue": "AP8"}, {"bytesValue": "-_8="}, {"bytesValue": "+/8="}, {"bytesValue": ""},
+    {"bytesValue": 5}, {"bytes_value": "aGk="},
+    {"arrayValue": {}}, {"arrayValue": None}, {"arrayValue": {"values": None}}, {"arrayValue": {"values": []}},
+    {"arrayValue": {"values": [text("a"), {"intValue": 1}, None, {}]}}, {"arrayValue": {"values": [{}]}}, {"arrayValue": {"values": {}}},
+    {"arrayValue": {"values": [5]}}, {"array_value": {"values": [{"arrayValue": {"values": [text("deep")]}}]}},
+    {"kvlistValue": {}}, {"kvlistValue": {"values": [attribute("a", text("b")), {"key": "n"}, {}]}},
+    {"kvlistValue": {"values": [{"key": 5, "value": text("x")}]}}, {"kvlistValue": {"values": [{"key": None}]}},
+    {"kvlistValue": {"values": [attribute("a", text("1")), attribute("a", text("2"))]}},
+    {"kvlistValue": {"values": [5]}}, {"kvlistValue": {"values": {}}}, {"kvlist_value": {"values": []}},
+    {"stringValue": "a", "intValue": 1}, {"stringValue": "a", "unknown": 1}, {"unknown": 1}, [text("a")], "a", 5,
+]
+
+
+@pytest.mark.parametrize("value", ANY_VALUES, ids=[orjson.dumps(value).decode()[:60] for value in ANY_VALUES])
+def test_otlp_json_values_are_read_as_json_format_reads_them(value):
+    def read(convert):
+        try:
+            return convert()
+        except (json_format.ParseError, ValueError, TypeError, AttributeError) as error:
+            return type(error).__name__ if isinstance(error, otlp.records.InvalidRecord) else "refused"
+    budget = lambda: otlp.Values(1000)  # noqa: E731
+    expected = read(lambda: otlp.value_of(json_format.ParseDict(value, AnyValue(), ignore_unknown_fields=True),
+                                          budget())
+                    if isinstance(value, dict) else json_format.ParseDict({"body": value}, LogRecord()) and None)
+    assert read(lambda: otlp.json_value_of(value, budget())) == expected
