@@ -57,6 +57,8 @@ class LogFilter:
     text: str = ""
     # ((key, ...), (value the key may equal, ...)) pairs, all of which must match.
     metadata: tuple = ()
+    # The same pairs for meta.<path>!=value, none of which may match; a log without the path matches none.
+    excluded_metadata: tuple = ()
     limit: int = DEFAULT_LIMIT
     order: str = "desc"
     # (timestamp, id) of the last log of the previous page.
@@ -73,18 +75,21 @@ def parse_filter(pairs):
     for name, value in pairs:
         # NUL cannot be stored (ingestion replaced it), and PostgreSQL refuses it in a parameter.
         values.setdefault(name, []).append(value.replace("\x00", "\ufffd"))
-    changes, metadata = {}, []
+    changes, metadata, excluded = {}, [], []
     for name, given in values.items():
         if name in SINGLE_PARAMETERS and len(given) > 1:
             raise InvalidQuery("%s is given %d times; give it once" % (name, len(given)))
         if name.startswith("meta."):
             if len(given) > MAX_VALUES:
                 raise InvalidQuery("%s is given %d values; give at most %d" % (name[:64], len(given), MAX_VALUES))
-            metadata.append((parse_meta_path(name), tuple(meta_candidates(given))))
+            # A query string reads meta.user!=alice as the name meta.user! with the value alice.
+            kind = excluded if name.endswith("!") else metadata
+            kind.append((parse_meta_path(name.removesuffix("!")), tuple(meta_candidates(given))))
         elif name not in SINGLE_PARAMETERS + ("level",):
             raise InvalidQuery("unknown parameter %r; see /openapi.json" % name[:64])
-    if len(metadata) > MAX_METADATA_FILTERS:
-        raise InvalidQuery("%d meta.* parameters are given; give at most %d" % (len(metadata), MAX_METADATA_FILTERS))
+    if len(metadata) + len(excluded) > MAX_METADATA_FILTERS:
+        raise InvalidQuery("%d meta.* parameters are given; give at most %d"
+                           % (len(metadata) + len(excluded), MAX_METADATA_FILTERS))
     levels = set(records.LEVELS)
     if "level" in values:
         names = [name for value in values["level"] for name in value.split(",")]
@@ -116,7 +121,7 @@ def parse_filter(pairs):
     changes["order"] = order
     if "cursor" in values:
         changes["after"] = decode_cursor(values["cursor"][0], order)
-    return LogFilter(metadata=tuple(metadata), **changes)
+    return LogFilter(metadata=tuple(metadata), excluded_metadata=tuple(excluded), **changes)
 
 
 def parse_level(parameter, value):
@@ -260,6 +265,12 @@ def metadata_match(path, candidates):
     return match
 
 
+def metadata_mismatch(path, candidates):
+    """Logs whose metadata holds none of candidates at path, those without the path included."""
+    # IS NOT TRUE, not NOT: the match is NULL where the path is missing.
+    return NodeList((NodeList((metadata_match(path, candidates),), parens=True), SQL("IS NOT TRUE")))
+
+
 def stored_size():
     """The bytes of a log's message and metadata, as the database counts them without sending either."""
     if models.on_postgres():
@@ -275,8 +286,8 @@ def ordered(query, order):
     return query.order_by(Log.timestamp, Log.id)
 
 
-def select_logs(project_id, log_filter):
-    """The query for one page of the project's logs (one more than the page, to tell if another follows)."""
+def matching(project_id, log_filter):
+    """The query for all of the project's logs the filter matches, in no order, wherever its pages start."""
     query = Log.select().where(Log.project == project_id)
     if log_filter.levels != frozenset(records.LEVELS):
         query = query.where(Log.level.in_(sorted(log_filter.levels)))
@@ -288,6 +299,14 @@ def select_logs(project_id, log_filter):
         query = query.where(text_match(log_filter.text))
     for path, candidates in log_filter.metadata:
         query = query.where(metadata_match(path, candidates))
+    for path, candidates in log_filter.excluded_metadata:
+        query = query.where(metadata_mismatch(path, candidates))
+    return query
+
+
+def select_logs(project_id, log_filter):
+    """The query for one page of the project's logs (one more than the page, to tell if another follows)."""
+    query = matching(project_id, log_filter)
     key = Tuple(Log.timestamp, Log.id)
     if log_filter.after is not None:
         timestamp, log_id = log_filter.after
