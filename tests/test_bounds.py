@@ -7,6 +7,7 @@ import concurrent.futures
 import datetime
 import gzip
 import http.client
+import socket
 import time
 import uuid
 
@@ -260,11 +261,16 @@ def test_the_past_window_follows_the_retention_unless_set(bound, project, key, r
 
 def test_concatenated_gzip_members_take_linear_time(client, key):
     def seconds(count):
-        body = gzip_members(count)
-        best = min(timed(lambda: post_logs(client, key, body, GZIP))[1] for _ in range(3))
-        return best
+        """The least CPU time of this process over 5 requests: other processes' load does not count."""
+        body, best = gzip_members(count), []
+        for _ in range(5):
+            started = time.process_time()
+            post_logs(client, key, body, GZIP)
+            best.append(time.process_time() - started)
+        return min(best)
     small, large = seconds(10_000), seconds(52_000)
     # Linear: 5.2 times as long; it was 22 times (0.03 s and 0.67 s), as each member copied the rest.
+    # Wall-clock times once failed the bound below on a loaded machine; CPU times are steadier.
     assert large < 11 * small, (small, large)
     response = post_logs(client, key, gzip_members(52_000), GZIP)
     assert response.status_code == 202 and response.json["accepted"] == 1
@@ -326,14 +332,56 @@ def test_gunicorn_workers_stay_small_and_refuse_hostile_requests_within_a_second
     assert max(peaks.values()) < PEAK_MEMORY_KIB, peaks
 
 
+def largest_plain():
+    """1,000 records of 9 KB messages: 10 MB, within every limit."""
+    return gzip.compress(orjson.dumps([{"id": str(uuid.uuid4()), "message": "m" * 9000, "level": "info",
+                                        "metadata": {"n": n, "tags": ["a", "b"]}} for n in range(1000)]))
+
+
 def test_gunicorn_workers_stay_small_on_the_largest_requests_within_the_limits(service):
     """10 MB of records, each within every limit: accepted, read a record at a time."""
     workers = child_pids(service.processes[0].pid)
-    plain = gzip.compress(orjson.dumps([{"id": str(uuid.uuid4()), "message": "m" * 9000, "level": "info",
-                                         "metadata": {"n": n, "tags": ["a", "b"]}} for n in range(1000)]))
-    for body in (plain, dense_records()):
+    for body in (largest_plain(), dense_records()):
         status, seconds = post_raw(service, "/logs", body, "application/json")
         assert status == 202, status
     peaks = {pid: peak_memory_kib(pid) for pid in workers}
     print("peak memory of the workers: %s KiB" % peaks)
+    assert max(peaks.values()) < PEAK_MEMORY_KIB, peaks
+
+
+def test_parked_bodies_and_the_largest_requests_keep_workers_small(service):
+    """140 clients holding 1 MiB bodies short of their last byte while the largest requests are served.
+
+    Each worker holds at most server.PARKED_BYTES of bodies still arriving
+    (the longest waiting answered 503 past it): 64 MiB took a worker to 290 MB
+    with 8 of the largest requests at once, 16 MiB to 251 MB (8 at once alone: 239 MB).
+    """
+    workers = child_pids(service.processes[0].pid)
+    host, port = service.base_url.removeprefix("http://").split(":")
+    head = (b"POST /logs HTTP/1.1\r\nHost: test\r\nX-API-Key: %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % (service.key.encode(), 1 << 20))
+    parked = []
+    try:
+        for _ in range(140):
+            sock = socket.create_connection((host, int(port)), timeout=30)
+            sock.sendall(head + b" " * ((1 << 20) - 1))
+            parked.append(sock)
+        statuses = [post_raw(service, "/logs", body, "application/json")[0]
+                    for body in (largest_plain(), dense_records())]
+        peaks = {pid: peak_memory_kib(pid) for pid in workers}
+        refused = 0
+        for sock in parked:
+            sock.settimeout(0)
+            try:
+                answer = sock.recv(4096)
+                refused += answer.startswith(b"HTTP/1.1 503") and b"\r\nRetry-After: 1\r\n" in answer
+            except BlockingIOError:
+                pass
+    finally:
+        for sock in parked:
+            sock.close()
+    print("largest requests: %s; parked connections answered 503 with Retry-After: %d of 140; peak memory of the workers: %s KiB"
+          % (statuses, refused, peaks))
+    assert statuses == [202, 202]
+    assert 0 < refused < 140
     assert max(peaks.values()) < PEAK_MEMORY_KIB, peaks
