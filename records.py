@@ -155,10 +155,7 @@ def parse_body(data, content_type, limits):
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as error:
-        # Shippers often send NDJSON labelled as JSON.
-        if b"\n" in data.strip():
-            return _parse_lines(data, limits)
-        raise InvalidBody("the body is not valid JSON: %s" % error) from None
+        return _lines_labelled_json(data, start, limits, error)
     raws = value if isinstance(value, list) else [value]
     if len(raws) > limits.max_records:
         raise TooManyRecords(limits, len(raws))
@@ -178,11 +175,25 @@ def _scan_json(data, start, limits):
     except wire.TooMany:
         raise TooManyRecords(limits) from None
     except wire.Unreadable as error:
-        # Shippers often send NDJSON labelled as JSON, as for a body parsed whole.
-        if data.find(b"\n", start) >= 0:
-            return _parse_lines(data, limits)
-        raise InvalidBody("the body is not valid JSON: %s" % error) from None
+        return _lines_labelled_json(data, start, limits, error)
     return _unread(data, spans, limits, numbered=False)
+
+
+def _lines_labelled_json(data, start, limits, error):
+    """The records of a body labelled JSON that is not: NDJSON, which shippers often send so, else InvalidBody.
+
+    It is NDJSON if its first line holds one whole JSON value: invalid
+    pretty-printed JSON is a 400, however many lines it has (not a 413 for
+    more lines than records a request may hold).
+    """
+    first_line = data[start:data.find(b"\n", start)] if data.find(b"\n", start) >= 0 else None
+    if first_line is not None:
+        try:
+            if wire.skip_whitespace(first_line, wire.value_end(first_line, 0)) == len(first_line):
+                return _parse_lines(data, limits)
+        except wire.Unreadable:
+            pass  # not NDJSON either
+    raise InvalidBody("the body is not valid JSON: %s" % error) from None
 
 
 def _parse_lines(data, limits):

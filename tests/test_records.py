@@ -5,6 +5,7 @@ import os
 import time
 import uuid
 
+import orjson
 import pytest
 
 import config
@@ -185,6 +186,25 @@ def test_parse_body_shapes():
 def test_unreadable_bodies(body, content_type):
     with pytest.raises(InvalidBody):
         records.parse_body(body, content_type, LIMITS)
+
+
+# Invalid pretty-printed JSON of more lines than a request may hold records: once
+# counted as NDJSON lines (413); parsed whole, and scanned (over 1 MiB).
+# 500 records of 7 lines each: within the record limit, over it in lines.
+PRETTY = orjson.dumps([{"message": "m%d" % n, "metadata": {"a": 1, "b": 2}} for n in range(500)],
+                      option=orjson.OPT_INDENT_2)
+
+
+@pytest.mark.parametrize("body", [PRETTY[:-1], PRETTY.replace(b"\n", b"\r\n")[:-1],
+                                  PRETTY[:-1] + b" " * (1 << 20), b"{\n" + b'"message": "x",\n' * 1500],
+                         ids=["truncated", "CRLF", "over 1 MiB", "object"])
+def test_invalid_pretty_printed_json_is_invalid_whatever_its_lines(body):
+    assert body.count(b"\n") > LIMITS.max_records
+    with pytest.raises(InvalidBody, match="the body is not valid JSON"):
+        records.parse_body(body, "application/json", LIMITS)
+    # NDJSON labelled as JSON is still read as lines, and counted so.
+    with pytest.raises(records.TooManyRecords):
+        records.parse_body(b'{"message": "a"}\n' * (LIMITS.max_records + 1), "application/json", LIMITS)
 
 
 def test_unsupported_content_type():
