@@ -548,6 +548,31 @@ def get_log(log_id):
     return json_response(log, 200)
 
 
+@bp.get("/logs/histogram")
+def log_histogram():
+    """Counts per level of the project's logs the filters match, per time bucket (the last day by default)."""
+    project_id = authenticate(current_app.extensions["logflow"]["settings"], scope="read")[0]
+    with reading():
+        log_filter, _ = query.parse_only(request.args.items(multi=True))
+        answer = query.histogram(project_id, log_filter, models.utcnow())
+    return json_response(answer, 200)
+
+
+@bp.get("/logs/<log_id>/context")
+def log_context(log_id):
+    """One stored log of the project and the logs the filters match just before and after it."""
+    settings = current_app.extensions["logflow"]["settings"]
+    project_id = authenticate(settings, scope="read")[0]
+    with reading():
+        log_filter, given = query.parse_only(request.args.items(multi=True), ("before", "after"))
+        before, after = (query.parse_count(name, given, query.DEFAULT_CONTEXT, query.MAX_CONTEXT)
+                         for name in ("before", "after"))
+        answer = query.context(project_id, log_id, log_filter, before, after, settings.max_page_bytes)
+    if answer is None:
+        raise APIError(404, "this project has no stored log with id %s" % log_id[:64])
+    return json_response(answer, 200)
+
+
 @contextlib.contextmanager
 def reading():
     """A read's transaction, time-limited; 400 for a bad parameter, 422 past the limit, 503 when the database is down."""
