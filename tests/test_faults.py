@@ -301,7 +301,9 @@ def test_log_disk_full(request, tmp_path, postgres_server, redis_server, tiny_lo
     assert_whole_lines(tiny_log_dir)
     failures = consumer.count("file writer failed")
     # Retried: the same batch fails again with a higher attempt count.
-    assert re.search(r"file writer failed .*attempt [2-9]", consumer.text()), consumer.tail()
+    # The retry comes after the back-off (0.2 s and up): polled for, not assumed to have happened by now.
+    wait_for(lambda: re.search(r"file writer failed .*attempt [2-9]", consumer.text()), timeout=30,
+             message="the file writer to retry the same batch")
     lines_while_full = service.file_line_count()
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(tiny_log_dir)], check=True)
