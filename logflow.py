@@ -13,7 +13,7 @@ import zlib
 import gunicorn.http.errors
 import orjson
 import peewee
-from flask import Blueprint, Flask, current_app, redirect, request, url_for
+from flask import Blueprint, Flask, current_app, g, redirect, request, url_for
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 import config
@@ -22,6 +22,7 @@ import models
 import otlp
 import query
 import records
+import signin
 import tasks
 import spool
 import viewer
@@ -526,21 +527,53 @@ def accept(settings, identity, raw_records):
     return summary
 
 
+def reader(settings):
+    """The project a read is for, and the read's own parameters.
+
+    The project of the request's read key; or, for a person signed in to the
+    viewer (whose pages read through these very routes), the one the
+    `project` parameter names (name or id), if they may read it: 404 alike
+    for an unknown project and another's. A session never authorizes a write.
+    """
+    pairs = request.args.items(multi=True)
+    if "X-API-Key" in request.headers or "Authorization" in request.headers or "project" not in request.args:
+        return authenticate(settings, scope="read")[0], pairs
+    with models.database.connection_context():
+        user = signin.signed_in_user()
+        if user is None:
+            raise APIError(401, "project is read by people signed in to the viewer; a script sends a read key"
+                                " (X-API-Key or Authorization: Bearer) instead")
+        name = request.args["project"]
+        project = models.Project.lookup(name)
+        if project is None or not user.may_read(project):
+            raise APIError(404, "there is no project %r that you may read" % name[:100])
+    # Logs shown to one person: no cache keeps them.
+    g.personal = True
+    return project.id, [(name, value) for name, value in pairs if name != "project"]
+
+
+@bp.after_request
+def personal_answers(response):
+    if g.get("personal"):
+        response.headers["Cache-Control"] = "no-store"
+        response.vary.add("Cookie")
+    return response
+
+
 @bp.get("/logs")
 def list_logs():
     """A page of the project's stored logs, newest first, filtered by the query parameters."""
     settings = current_app.extensions["logflow"]["settings"]
-    project_id = authenticate(settings, scope="read")[0]
+    project_id, pairs = reader(settings)
     with reading():
-        logs, next_cursor = query.page(project_id, query.parse_filter(request.args.items(multi=True)),
-                                       settings.max_page_bytes)
+        logs, next_cursor = query.page(project_id, query.parse_filter(pairs), settings.max_page_bytes)
     return json_response({"logs": logs, "next_cursor": next_cursor}, 200)
 
 
 @bp.get("/logs/<log_id>")
 def get_log(log_id):
     """One stored log of the project, by id."""
-    project_id = authenticate(current_app.extensions["logflow"]["settings"], scope="read")[0]
+    project_id, _ = reader(current_app.extensions["logflow"]["settings"])
     with reading():
         log = query.find_log(project_id, log_id)
     if log is None:
@@ -551,9 +584,9 @@ def get_log(log_id):
 @bp.get("/logs/histogram")
 def log_histogram():
     """Counts per level of the project's logs the filters match, per time bucket (the last day by default)."""
-    project_id = authenticate(current_app.extensions["logflow"]["settings"], scope="read")[0]
+    project_id, pairs = reader(current_app.extensions["logflow"]["settings"])
     with reading():
-        log_filter, _ = query.parse_only(request.args.items(multi=True))
+        log_filter, _ = query.parse_only(pairs)
         answer = query.histogram(project_id, log_filter, models.utcnow())
     return json_response(answer, 200)
 
@@ -562,9 +595,9 @@ def log_histogram():
 def log_context(log_id):
     """One stored log of the project and the logs the filters match just before and after it."""
     settings = current_app.extensions["logflow"]["settings"]
-    project_id = authenticate(settings, scope="read")[0]
+    project_id, pairs = reader(settings)
     with reading():
-        log_filter, given = query.parse_only(request.args.items(multi=True), ("before", "after"))
+        log_filter, given = query.parse_only(pairs, ("before", "after"))
         before, after = (query.parse_count(name, given, query.DEFAULT_CONTEXT, query.MAX_CONTEXT)
                          for name in ("before", "after"))
         answer = query.context(project_id, log_id, log_filter, before, after, settings.max_page_bytes)

@@ -54,6 +54,9 @@ BUCKET_WIDTHS = ([step * 10 ** power for power in range(3) for step in (1, 2, 3,
 DEFAULT_CONTEXT = 20
 MAX_CONTEXT = 100
 EPOCH = datetime.datetime(1970, 1, 1)
+# since and until may be a duration before now: digits and a unit.
+RELATIVE_TIME = re.compile(r"([0-9]{1,9})([smhdw])")
+TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 # What a log weighs beside its message and metadata: id, level, two times and
 # the JSON around them, rounded up.
 LOG_BYTES = 200
@@ -118,10 +121,7 @@ def parse_filter(pairs):
     changes["levels"] = frozenset(levels)
     for name in ("since", "until"):
         if name in values:
-            try:
-                changes[name] = records.parse_timestamp(values[name][0])
-            except records.InvalidRecord as error:
-                raise InvalidQuery("%s: %s" % (name, error)) from None
+            changes[name] = parse_time(name, values[name][0])
     if "q" in values:
         changes["text"] = values["q"][0]
         if len(changes["text"]) > MAX_TEXT_LENGTH:
@@ -138,6 +138,24 @@ def parse_filter(pairs):
     if "cursor" in values:
         changes["after"] = decode_cursor(values["cursor"][0], order)
     return LogFilter(metadata=tuple(metadata), excluded_metadata=tuple(excluded), **changes)
+
+
+def parse_time(parameter, text):
+    """A moment from RFC 3339 text or an epoch number, as ingestion reads timestamps, or a duration before now (15m, 1h, 7d).
+
+    A duration keeps a URL meaning "the last hour" whenever it is opened
+    (the viewer's time presets are written so).
+    """
+    ago = RELATIVE_TIME.fullmatch(text.strip())
+    if ago:
+        try:
+            return models.utcnow() - datetime.timedelta(seconds=int(ago.group(1)) * TIME_UNITS[ago.group(2)])
+        except OverflowError:
+            raise InvalidQuery("%s: %r reaches before the year 1" % (parameter, text[:32])) from None
+    try:
+        return records.parse_timestamp(text)
+    except records.InvalidRecord as error:
+        raise InvalidQuery("%s: %s" % (parameter, error)) from None
 
 
 def parse_level(parameter, value):

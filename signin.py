@@ -53,10 +53,15 @@ def secret_key(settings):
 
 
 def set_up(app, settings):
-    """Sign the app's session cookie with the secret; HttpOnly, SameSite=Lax, sent to /ui only."""
+    """Sign the app's session cookie with the secret; HttpOnly, SameSite=Lax.
+
+    Its path is the whole site: the viewer's pages read logs through the API's
+    own routes (GET /logs and the rest), which take a session in place of a
+    read key (logflow.reader). No route takes one in place of an ingest key.
+    """
     app.secret_key = secret_key(settings)
     app.session_interface = SessionCookies()
-    app.config.update(SESSION_COOKIE_NAME="logflow_session", SESSION_COOKIE_PATH="/ui",
+    app.config.update(SESSION_COOKIE_NAME="logflow_session", SESSION_COOKIE_PATH="/",
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
 
 

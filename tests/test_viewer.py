@@ -87,13 +87,14 @@ def test_the_pages_hold_no_inline_script_or_style(client, shop):
     pages = [client.get("/ui/login").text, sign_in(client, "ada") and client.get("/ui/").text,
              client.get("/ui/projects/shop").text]
     for text in pages:
-        assert not re.search(r"<script|<style|\sstyle=|\son[a-z]+=", text)
+        # Scripts only from files (script-src 'self'), never inline.
+        assert not re.search(r"<script(?![^>]*\ssrc=\"/ui/static/)|<style|\sstyle=|\son[a-z]+=", text)
 
 
 def test_the_cookie_is_httponly_lax_and_secure_behind_an_https_proxy(app, shop):
     add_user("ada", shop)
     plain = session_cookie(sign_in(app.test_client(), "ada"))
-    assert "; HttpOnly" in plain and "; SameSite=Lax" in plain and "; Path=/ui" in plain
+    assert "; HttpOnly" in plain and "; SameSite=Lax" in plain and "; Path=/;" in plain + ";"
     assert "Secure" not in plain
     https = {"X-Forwarded-Proto": "https"}
     assert "; Secure" in session_cookie(app.test_client().get("/ui/login", headers=https))
@@ -113,7 +114,7 @@ def test_sign_in_shows_only_the_persons_projects_and_sign_out_ends_the_session(c
     assert overview.status_code == 200
     assert re.findall(r'<li><a href="([^"]+)">([^<]+)</a>', overview.text) == [
         ("/ui/projects/shop", "shop"), ("/ui/projects/web", "web")]
-    cookie = client.get_cookie("logflow_session", path="/ui").value
+    cookie = client.get_cookie("logflow_session", path="/").value
     # Sign-out is a POST carrying the page's token.
     assert client.post("/ui/logout").status_code == 400
     assert client.get("/ui/").status_code == 200
@@ -122,7 +123,7 @@ def test_sign_in_shows_only_the_persons_projects_and_sign_out_ends_the_session(c
     assert client.get("/ui/").headers["Location"] == "/ui/login"
     # The old cookie, kept by someone, signs nobody in: the session ended on the server.
     replay = create_app(bound).test_client()
-    replay.set_cookie("logflow_session", cookie, path="/ui")
+    replay.set_cookie("logflow_session", cookie, path="/")
     assert replay.get("/ui/").headers["Location"] == "/ui/login"
 
 
@@ -159,7 +160,8 @@ def test_another_project_is_a_404_exactly_as_an_unknown_one(client, shop, bound)
     assert client.get("/ui/projects/shop").status_code == 200
 
 
-def test_the_project_page_shows_the_newest_100_logs_as_text_and_no_key(client, shop, bound):
+def test_the_project_page_reads_the_newest_100_logs_through_get_logs_and_shows_no_key(client, shop, bound):
+    """The page is a shell; its script reads GET /logs?project=... with the session, never a key."""
     with models.database.connection_context():
         key = ApiKey.issue(shop, scope="read")
         start = datetime.datetime(2026, 11, 27, 10, 0, 0)
@@ -172,12 +174,34 @@ def test_the_project_page_shows_the_newest_100_logs_as_text_and_no_key(client, s
     sign_in(client, "root")
     page = client.get("/ui/projects/shop")
     assert page.status_code == 200
-    messages = re.findall(r'<td class="message">log (\d+) ', page.text)
-    assert messages == [str(number) for number in range(104, 4, -1)]
-    assert "&lt;img src=x onerror=alert(1)&gt;" in page.text and "<img" not in page.text
-    assert "&lt;/td&gt;&lt;b&gt;" in page.text and "<b>" not in page.text
-    for text in (page.text, client.get("/ui/").text):
+    answer = client.get("/logs?project=shop")
+    assert answer.status_code == 200 and answer.headers["Cache-Control"] == "no-store"
+    assert [log["message"].split()[1] for log in answer.json["logs"]] == [str(n) for n in range(104, 4, -1)]
+    assert answer.json["logs"][0]["message"] == "log 104 " + HOSTILE  # as stored: the page shows it as text
+    for text in (page.text, client.get("/ui/").text, answer.text):
         assert key not in text and key[:models.SHOWN_PREFIX_LENGTH] not in text
+
+
+def test_a_session_reads_only_its_projects_and_never_writes(client, shop, bound):
+    with models.database.connection_context():
+        other = Project.create(name="other")
+        Log.create(id="00000000-0000-7000-8000-000000000001", project=other, level="INFO", message="secret",
+                   metadata={}, timestamp=datetime.datetime(2026, 11, 27), received_at=datetime.datetime(2026, 11, 27))
+    add_user("ada", shop)
+    assert client.get("/logs?project=shop").status_code == 401  # not signed in yet
+    sign_in(client, "ada")
+    assert client.get("/logs?project=shop").status_code == 200
+    for url in ("/logs?project=other", "/logs?project=%d" % other.id, "/logs?project=nope",
+                "/logs/histogram?project=other",
+                "/logs/00000000-0000-7000-8000-000000000001/context?project=other",
+                "/logs/00000000-0000-7000-8000-000000000001?project=other"):
+        answer = client.get(url)
+        assert answer.status_code == 404 and "secret" not in answer.text, url
+    assert client.get("/logs/histogram?project=shop&since=1h").status_code == 200
+    assert client.post("/logs?project=shop", json={"message": "x"}).status_code == 401
+    assert client.post("/v1/logs?project=shop", json={}).status_code == 401
+    client.post("/ui/logout", data={"csrf_token": csrf_of(client.get("/ui/"))})
+    assert client.get("/logs?project=shop").status_code == 401
 
 
 def test_names_are_text_and_a_name_with_a_slash_is_reached_by_id(client, bound):
@@ -283,7 +307,7 @@ def test_dev_mode_generates_one_secret_in_the_data_folder(tmp_path):
     first = create_app(settings).test_client()
     token = csrf_of(first.get("/ui/login"))
     second = create_app(settings).test_client()
-    second.set_cookie("logflow_session", first.get_cookie("logflow_session", path="/ui").value, path="/ui")
+    second.set_cookie("logflow_session", first.get_cookie("logflow_session", path="/").value, path="/")
     assert csrf_of(second.get("/ui/login")) == token
 
 
