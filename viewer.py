@@ -1,14 +1,14 @@
-"""The web viewer under /ui/: sign-in and sign-out, a person's projects, a project's newest logs."""
+"""The web viewer under /ui/: sign-in and sign-out, a person's projects, and the pages that explore a project's logs."""
 import logging
 import math
 
-import orjson
 import peewee
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 import models
 import query
+import records
 import signin
 import spool
 
@@ -133,11 +133,23 @@ def logout():
     return redirect(url_for("viewer.login"))
 
 
-def project_url(project):
-    """The project's page: by name, or by id for a name that cannot be one segment of a path."""
+def reference(project):
+    """How the viewer's paths name a project: by name, or by id for a name that cannot be one segment of a path."""
     # A slash would split the path, and browsers resolve "." and ".." away; ids are never names (manage.py).
-    reference = str(project.id) if "/" in project.name or project.name in (".", "..") else project.name
-    return url_for("viewer.project", name=reference)
+    return str(project.id) if "/" in project.name or project.name in (".", "..") else project.name
+
+
+def project_url(project):
+    """The project's explore page."""
+    return url_for("viewer.project", name=reference(project))
+
+
+def readable(name):
+    """The project this person may read by this name or id; 404 alike for an unknown project and another's."""
+    found = models.Project.lookup(name)
+    if found is None or not g.user.may_read(found):
+        abort(404)
+    return found
 
 
 @bp.get("/")
@@ -149,16 +161,15 @@ def index():
 
 @bp.get("/projects/<name>")
 def project(name):
-    """A project's newest logs, read as GET /logs reads them; 404 alike for an unknown project and another's."""
-    found = models.Project.lookup(name)
-    if found is None or not g.user.may_read(found):
-        abort(404)
-    settings = current_app.extensions["logflow"]["settings"]
-    # As GET /logs reads: cancelled past LOGFLOW_READ_TIMEOUT_SECONDS.
-    with query.time_limited(settings.read_timeout_seconds):
-        logs, _ = query.page(found.id, query.parse_filter([]), settings.max_page_bytes)
-    for log in logs:
-        # Text for autoescaping to show, as the API writes it: never HTML.
-        log["metadata_text"] = orjson.dumps(log["metadata"]).decode() if log["metadata"] else ""
-    return page("project.html", project=found, logs=logs)
+    """A project's explore page: the page reads GET /logs and its histogram with the filters in its own URL."""
+    found = readable(name)
+    return page("project.html", project=found, reference=reference(found), levels=records.LEVELS, log_id=None)
 
+
+@bp.get("/projects/<name>/logs/<log_id>")
+def permalink(name, log_id):
+    """One log among the logs just before and after it (GET /logs/<id>/context), with the filters in the URL."""
+    found = readable(name)
+    filtered = any(key != "project" for key in request.args)
+    return page("project.html", project=found, reference=reference(found), levels=records.LEVELS,
+                log_id=log_id, filtered=filtered)

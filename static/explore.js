@@ -1,0 +1,538 @@
+// LogFlow's explore page and permalinks: the URL holds the view, in GET /logs' own parameter names.
+//
+// Log content comes from other programs: every message, key and value is put
+// in the page as text (textContent, createTextNode), never as HTML.
+"use strict";
+
+(function () {
+  const root = document.getElementById("explore");
+  if (!root) return;
+
+  const LEVELS = ["DEBUG", "INFO", "WARN", "ERROR", "CRITICAL"];
+  const RANGES = { "15m": "Last 15 minutes", "1h": "Last hour", "6h": "Last 6 hours", "24h": "Last 24 hours",
+                   "7d": "Last 7 days" };
+  // Metadata fields shown beside a message in the list, before it is expanded.
+  const SUMMARY_FIELDS = 3;
+  // Rows kept in the page: a tab left open all day stays responsive.
+  const MAX_ROWS = 1000;
+  const project = root.dataset.project;
+  const api = root.dataset.api;
+  const permalinks = root.dataset.permalinks;
+  const focusId = root.dataset.log || null; // a permalink's log
+
+  const form = document.getElementById("filters");
+  const list = document.getElementById("logs");
+  const status = document.getElementById("status");
+  const chips = document.getElementById("chips");
+  const more = document.getElementById("more");
+  const histogram = document.getElementById("histogram");
+  let cursor = null;
+  let loading = null; // the AbortController of the read under way
+  let selected = null; // the row j and k move
+
+  // ---- the URL -------------------------------------------------------------------------------
+
+  function isFilter(name) {
+    return ["q", "level", "min_level", "since", "until"].includes(name) || name.startsWith("meta.");
+  }
+
+  function filters() {
+    const params = new URLSearchParams();
+    for (const [name, value] of new URLSearchParams(location.search)) {
+      if (isFilter(name)) params.append(name, value);
+    }
+    return params;
+  }
+
+  function apiUrl(path, params) {
+    const all = new URLSearchParams([["project", project]]);
+    for (const [name, value] of params) all.append(name, value);
+    return path + "?" + all.toString();
+  }
+
+  function go(params, replace) {
+    const search = params.toString();
+    const url = location.pathname + (search ? "?" + search : "");
+    if (replace) history.replaceState(null, "", url); else history.pushState(null, "", url);
+    show();
+  }
+
+  function changed(edit) {
+    const params = filters();
+    edit(params);
+    go(params);
+  }
+
+  // ---- reading ---------------------------------------------------------------------------------
+
+  async function read(url, signal) {
+    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" },
+                                        signal });
+    if (response.status === 401) {
+      location.assign(root.dataset.login + "?next=" + encodeURIComponent(location.pathname + location.search));
+      throw new Error("signed out");
+    }
+    let body = null;
+    try { body = await response.json(); } catch (error) { body = null; }
+    if (!response.ok) throw new Error((body && body.error) || ("the server answered " + response.status));
+    return body;
+  }
+
+  function say(text, isError) {
+    status.textContent = text;
+    status.classList.toggle("error", Boolean(isError));
+    status.hidden = !text;
+  }
+
+  async function show() {
+    if (loading) loading.abort();
+    loading = new AbortController();
+    const signal = loading.signal;
+    fillForm();
+    showChips();
+    list.replaceChildren();
+    cursor = null;
+    selected = null;
+    more.hidden = true;
+    say("Loading…");
+    try {
+      if (focusId) await showContext(signal); else await showPage(signal);
+    } catch (error) {
+      if (error.name !== "AbortError") say(error.message, true);
+      return;
+    }
+    if (!focusId) showHistogram(signal).catch((error) => {
+      if (error.name !== "AbortError") histogram.replaceChildren(text("p", "note", error.message));
+    });
+  }
+
+  async function showPage(signal) {
+    const page = await read(apiUrl(api, filters()), signal);
+    append(page.logs);
+    cursor = page.next_cursor;
+    more.hidden = !cursor;
+    say(page.logs.length ? "" : "No logs match.");
+  }
+
+  async function loadMore() {
+    if (!cursor || !loading || more.disabled) return;
+    more.disabled = true;
+    const params = filters();
+    params.set("cursor", cursor);
+    try {
+      const page = await read(apiUrl(api, params), loading.signal);
+      append(page.logs);
+      cursor = page.next_cursor;
+      more.hidden = !cursor;
+    } catch (error) {
+      if (error.name !== "AbortError") say(error.message, true);
+    } finally {
+      more.disabled = false;
+    }
+  }
+
+  async function showContext(signal) {
+    const context = await read(apiUrl(api + "/" + encodeURIComponent(focusId) + "/context", filters()), signal);
+    const rows = [...context.after].reverse().concat([context.log], [...context.before].reverse());
+    append(rows);
+    say("");
+    const row = list.querySelector("[data-id=\"" + CSS.escape(context.log.id) + "\"]");
+    row.setAttribute("aria-current", "true");
+    row.classList.add("focused");
+    expand(row, true);
+    select(row);
+  }
+
+  function append(logs) {
+    const fragment = document.createDocumentFragment();
+    for (const log of logs) fragment.append(row(log));
+    list.append(fragment);
+  }
+
+  // ---- one log ---------------------------------------------------------------------------------
+
+  function text(tag, className, content) {
+    const element = document.createElement(tag);
+    if (className) element.className = className;
+    element.textContent = content;
+    return element;
+  }
+
+  function timeElement(iso, className) {
+    const element = text("time", className, localTime(iso));
+    element.dateTime = iso;
+    element.title = iso.replace("T", " ").replace("Z", " UTC");
+    return element;
+  }
+
+  function localTime(iso) {
+    const date = new Date(iso);
+    if (Number.isNaN(date.getTime())) return iso;
+    return date.toLocaleString(undefined, { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+                                            minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3 });
+  }
+
+  function shortValue(value) {
+    const shown = typeof value === "string" ? value : JSON.stringify(value);
+    return shown.length > 80 ? shown.slice(0, 79) + "…" : shown;
+  }
+
+  function row(log) {
+    const item = document.createElement("li");
+    item.className = "log";
+    item.dataset.id = log.id;
+    const summary = document.createElement("button");
+    summary.type = "button";
+    summary.className = "summary";
+    summary.setAttribute("aria-expanded", "false");
+    const level = text("span", "level level-" + log.level.toLowerCase(), log.level);
+    const firstLine = log.message.split("\n", 1)[0];
+    const message = text("span", "message", firstLine.length > 500 ? firstLine.slice(0, 500) + "…" : firstLine);
+    const fields = document.createElement("span");
+    fields.className = "fields";
+    const metadata = log.metadata && typeof log.metadata === "object" ? log.metadata : {};
+    for (const key of Object.keys(metadata).slice(0, SUMMARY_FIELDS)) {
+      fields.append(text("span", "field", key + "=" + shortValue(metadata[key])));
+    }
+    summary.append(timeElement(log.timestamp, "time"), level, message, fields);
+    summary.addEventListener("click", () => { select(item); expand(item); });
+    item.append(summary);
+    item.log = log;
+    return item;
+  }
+
+  function expand(item, open) {
+    const summary = item.querySelector(".summary");
+    const isOpen = summary.getAttribute("aria-expanded") === "true";
+    const wanted = open === undefined ? !isOpen : open;
+    summary.setAttribute("aria-expanded", String(wanted));
+    let detail = item.querySelector(".detail");
+    if (wanted && !detail) {
+      detail = details(item.log);
+      item.append(detail);
+    }
+    if (detail) detail.hidden = !wanted;
+  }
+
+  function copyButton(label, value) {
+    const button = text("button", "copy", "Copy");
+    button.type = "button";
+    button.setAttribute("aria-label", label);
+    button.addEventListener("click", () => copy(value, button));
+    return button;
+  }
+
+  async function copy(value, button) {
+    try {
+      await navigator.clipboard.writeText(value);
+      button.textContent = "Copied";
+    } catch (error) {
+      // Without a secure context there is no clipboard: show the text to copy by hand.
+      window.prompt("Copy this:", value);
+    }
+  }
+
+  function details(log) {
+    const detail = document.createElement("div");
+    detail.className = "detail";
+    detail.append(text("pre", "full-message", log.message));
+    const facts = document.createElement("dl");
+    facts.className = "facts";
+    const permalink = permalinks + encodeURIComponent(log.id) + location.search;
+    for (const [label, value, element] of [
+      ["Id", log.id, text("code", "", log.id)],
+      ["Time", log.timestamp, timeElement(log.timestamp)],
+      ["Received", log.received_at, timeElement(log.received_at)],
+    ]) {
+      facts.append(text("dt", "", label));
+      const cell = document.createElement("dd");
+      cell.append(element, " ", copyButton("Copy " + label.toLowerCase(), value));
+      facts.append(cell);
+    }
+    facts.append(text("dt", "", "Link"));
+    const linkCell = document.createElement("dd");
+    const link = text("a", "", "Permalink");
+    link.href = permalink;
+    linkCell.append(link);
+    facts.append(linkCell);
+    detail.append(facts);
+    const metadata = log.metadata && typeof log.metadata === "object" ? log.metadata : {};
+    if (Object.keys(metadata).length) {
+      const tree = document.createElement("div");
+      tree.className = "metadata-tree";
+      tree.append(text("h2", "", "Metadata"), jsonTree(metadata, []),
+                  copyButton("Copy metadata as JSON", JSON.stringify(metadata, null, 2)));
+      detail.append(tree);
+    }
+    return detail;
+  }
+
+  // Metadata as collapsible JSON: objects and lists fold; each value can become a filter.
+  function jsonTree(value, path) {
+    const items = document.createElement("ul");
+    items.className = "tree";
+    const entries = Array.isArray(value) ? value.map((item, index) => [String(index), item])
+                                         : Object.entries(value);
+    for (const [key, item] of entries) {
+      const entry = document.createElement("li");
+      const keyText = text("span", "key", Array.isArray(value) ? "[" + key + "]" : key);
+      if (item !== null && typeof item === "object") {
+        const fold = document.createElement("details");
+        fold.open = path.length < 2;
+        const summary = document.createElement("summary");
+        const size = Array.isArray(item) ? item.length + " items" : Object.keys(item).length + " keys";
+        summary.append(keyText, text("span", "note", " " + (Array.isArray(item) ? "[ ]" : "{ }") + " " + size));
+        fold.append(summary, jsonTree(item, Array.isArray(value) ? path : path.concat([key])));
+        entry.append(fold);
+      } else {
+        entry.append(keyText, text("span", "value value-" + (item === null ? "null" : typeof item),
+                                   item === null ? "null" : typeof item === "string" ? item : String(item)));
+        if (!Array.isArray(value)) entry.append(filterButtons(path.concat([key]), item));
+      }
+      items.append(entry);
+    }
+    return items;
+  }
+
+  function filterValue(value) {
+    return value === null ? "null" : String(value);
+  }
+
+  function filterButtons(path, value) {
+    const name = "meta." + path.join(".");
+    const shown = path.join(".") + " = " + shortValue(filterValue(value));
+    const group = document.createElement("span");
+    group.className = "filter-buttons";
+    for (const [label, suffix, verb] of [["+", "", "Filter for"], ["−", "!", "Filter out"]]) {
+      const button = text("button", "filter", label);
+      button.type = "button";
+      button.setAttribute("aria-label", verb + " " + shown);
+      button.title = verb + " " + shown;
+      // Dots inside a key cannot be told from the path's own: such a key has no filter.
+      button.disabled = path.some((key) => key.includes(".") || key === "");
+      button.addEventListener("click", () => changed((params) => {
+        params.delete(name + (suffix ? "" : "!"), filterValue(value));
+        params.append(name + suffix, filterValue(value));
+      }));
+      group.append(button);
+    }
+    return group;
+  }
+
+  // ---- the form and the chips -----------------------------------------------------------------
+
+  function levelsOf(params) {
+    let levels = new Set(LEVELS);
+    const named = params.getAll("level").flatMap((value) => value.split(",")).map((name) => name.trim().toUpperCase());
+    if (named.length) levels = new Set(named.filter((name) => LEVELS.includes(name)));
+    const lowest = LEVELS.indexOf((params.get("min_level") || "").toUpperCase());
+    if (lowest > 0) levels = new Set([...levels].filter((name) => LEVELS.indexOf(name) >= lowest));
+    return levels;
+  }
+
+  function toLocalInput(iso) {
+    const date = new Date(iso);
+    if (Number.isNaN(date.getTime())) return "";
+    const local = new Date(date.getTime() - date.getTimezoneOffset() * 60000);
+    return local.toISOString().slice(0, 19);
+  }
+
+  function fillForm() {
+    const params = filters();
+    form.elements.q.value = params.get("q") || "";
+    const levels = levelsOf(params);
+    for (const box of form.querySelectorAll("input[name=level]")) box.checked = levels.has(box.value);
+    const since = params.get("since") || "";
+    const until = params.get("until") || "";
+    const range = form.elements.range;
+    range.value = !since && !until ? "" : since in RANGES && !until ? since : "custom";
+    form.elements.from.value = range.value === "custom" && since && !(since in RANGES) ? toLocalInput(since) : "";
+    form.elements.to.value = range.value === "custom" && until ? toLocalInput(until) : "";
+    showCustom();
+  }
+
+  function showCustom() {
+    form.querySelector(".custom").hidden = form.elements.range.value !== "custom";
+  }
+
+  function fromLocalInput(value) {
+    if (!value) return "";
+    const date = new Date(value);
+    return Number.isNaN(date.getTime()) ? "" : date.toISOString();
+  }
+
+  function submit(event) {
+    event.preventDefault();
+    changed((params) => {
+      const q = form.elements.q.value.trim();
+      if (q) params.set("q", q); else params.delete("q");
+      const checked = [...form.querySelectorAll("input[name=level]:checked")].map((box) => box.value);
+      params.delete("level");
+      params.delete("min_level");
+      if (checked.length && checked.length < LEVELS.length) params.set("level", checked.join(","));
+      const range = form.elements.range.value;
+      params.delete("since");
+      params.delete("until");
+      if (range in RANGES) params.set("since", range);
+      if (range === "custom") {
+        const since = fromLocalInput(form.elements.from.value);
+        const until = fromLocalInput(form.elements.to.value);
+        if (since) params.set("since", since);
+        if (until) params.set("until", until);
+      }
+    });
+  }
+
+  function showChips() {
+    chips.replaceChildren();
+    for (const [name, value] of filters()) {
+      if (!name.startsWith("meta.")) continue;
+      const excluded = name.endsWith("!");
+      const label = name.slice(5).replace(/!$/, "") + (excluded ? " ≠ " : " = ") + value;
+      const chip = document.createElement("li");
+      chip.className = "chip" + (excluded ? " excluded" : "");
+      const remove = text("button", "remove", "×");
+      remove.type = "button";
+      remove.setAttribute("aria-label", "Remove filter " + label);
+      remove.addEventListener("click", () => changed((params) => params.delete(name, value)));
+      chip.append(text("span", "", label), remove);
+      chips.append(chip);
+    }
+    chips.hidden = !chips.children.length;
+  }
+
+  // ---- the histogram -------------------------------------------------------------------------
+
+  const SVG = "http://www.w3.org/2000/svg";
+
+  async function showHistogram(signal) {
+    const params = filters();
+    const answer = await read(apiUrl(api + "/histogram", params), signal);
+    const width = 1000;
+    const height = 120;
+    const most = Math.max(1, ...answer.buckets.map((bucket) => bucket.total));
+    const barWidth = width / answer.buckets.length;
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+    svg.setAttribute("preserveAspectRatio", "none");
+    svg.setAttribute("class", "bars");
+    let dragFrom = null;
+    answer.buckets.forEach((bucket, index) => {
+      const group = document.createElementNS(SVG, "g");
+      const start = new Date(bucket.start);
+      const end = new Date(start.getTime() + answer.interval_ms);
+      const label = localTime(start.toISOString()) + " to " + localTime(end.toISOString()) + ": " + bucket.total +
+                    (bucket.total === 1 ? " log" : " logs");
+      group.setAttribute("class", "bucket");
+      group.setAttribute("role", "button");
+      group.setAttribute("tabindex", "0");
+      group.setAttribute("aria-label", label);
+      const hit = document.createElementNS(SVG, "rect"); // the whole column answers the pointer
+      hit.setAttribute("x", index * barWidth);
+      hit.setAttribute("y", 0);
+      hit.setAttribute("width", barWidth);
+      hit.setAttribute("height", height);
+      hit.setAttribute("class", "hit");
+      const title = document.createElementNS(SVG, "title");
+      title.textContent = label;
+      group.append(title, hit);
+      let top = height;
+      for (const level of LEVELS) {
+        const count = bucket.counts[level] || 0;
+        if (!count) continue;
+        const barHeight = Math.max(1, (count / most) * (height - 4));
+        top -= barHeight;
+        const bar = document.createElementNS(SVG, "rect");
+        bar.setAttribute("x", index * barWidth + barWidth * 0.1);
+        bar.setAttribute("width", barWidth * 0.8);
+        bar.setAttribute("y", top);
+        bar.setAttribute("height", barHeight);
+        bar.setAttribute("class", "bar level-" + level.toLowerCase());
+        group.append(bar);
+      }
+      const narrow = (from, to) => changed((params) => {
+        params.set("since", new Date(Math.min(from, to)).toISOString());
+        params.set("until", new Date(Math.max(from, to) + answer.interval_ms).toISOString());
+      });
+      group.addEventListener("pointerdown", (event) => { dragFrom = start.getTime(); event.preventDefault(); });
+      group.addEventListener("pointerup", () => {
+        if (dragFrom !== null) narrow(dragFrom, start.getTime());
+        dragFrom = null;
+      });
+      group.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") { event.preventDefault(); narrow(start.getTime(), start.getTime()); }
+      });
+      svg.append(group);
+    });
+    svg.addEventListener("pointerleave", () => { dragFrom = null; });
+    const caption = text("p", "note", answer.total + (answer.total === 1 ? " log" : " logs") + " from " +
+                         localTime(answer.since) + " to " + localTime(answer.until) + ", " +
+                         interval(answer.interval_ms) + " a bar. Click a bar, or drag across bars, to narrow the range.");
+    histogram.replaceChildren(svg, caption);
+  }
+
+  function interval(ms) {
+    for (const [unit, size] of [["day", 86400000], ["hour", 3600000], ["minute", 60000], ["second", 1000]]) {
+      if (ms >= size && ms % size === 0) return ms / size + " " + unit + (ms === size ? "" : "s");
+    }
+    return ms + " ms";
+  }
+
+  // ---- keyboard ------------------------------------------------------------------------------
+
+  function select(item) {
+    if (selected) selected.classList.remove("selected");
+    selected = item;
+    if (item) {
+      item.classList.add("selected");
+      item.querySelector(".summary").focus({ preventScroll: true });
+      item.scrollIntoView({ block: "nearest" });
+    }
+  }
+
+  function move(step) {
+    const rows = [...list.children];
+    if (!rows.length) return;
+    const index = selected ? rows.indexOf(selected) : -1;
+    const next = rows[Math.min(rows.length - 1, Math.max(0, index + step))];
+    select(next);
+    if (step > 0 && next === rows[rows.length - 1]) loadMore();
+  }
+
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const typing = event.target.closest("input, select, textarea");
+    if (event.key === "Escape") {
+      if (typing) { event.target.blur(); return; }
+      if (selected) expand(selected, false);
+      return;
+    }
+    if (typing) return;
+    if (event.key === "/") { event.preventDefault(); form.elements.q.focus(); form.elements.q.select(); }
+    else if (event.key === "j") { event.preventDefault(); move(1); }
+    else if (event.key === "k") { event.preventDefault(); move(-1); }
+  });
+
+  // ---- copy as curl --------------------------------------------------------------------------
+
+  function curl() {
+    const url = new URL(focusId ? api + "/" + encodeURIComponent(focusId) + "/context" : api, location.origin);
+    for (const [name, value] of filters()) url.searchParams.append(name, value);
+    return "curl -H \"X-API-Key: $LOGFLOW_READ_KEY\" '" + url.toString().replace(/'/g, "%27") + "'";
+  }
+
+  // ---- start ---------------------------------------------------------------------------------
+
+  form.addEventListener("submit", submit);
+  form.elements.range.addEventListener("change", showCustom);
+  document.getElementById("copy-curl").addEventListener("click", (event) => copy(curl(), event.currentTarget));
+  more.addEventListener("click", loadMore);
+  if ("IntersectionObserver" in window) {
+    new IntersectionObserver((entries) => {
+      if (entries.some((entry) => entry.isIntersecting)) loadMore();
+    }, { rootMargin: "400px" }).observe(more);
+  }
+  window.addEventListener("popstate", show);
+  root.maxRows = MAX_ROWS;
+  show();
+})();
