@@ -158,9 +158,16 @@ def test_a_hostile_project_name_and_log_are_shown_as_text_and_run_nothing(page, 
     assert page.locator("main img").count() == 0
     link.click()
     expect(page.get_by_role("heading", level=1)).to_have_text(HOSTILE)
-    message = page.locator("td.message")
-    expect(message).to_contain_text(HOSTILE + "</td></tr></table><script>alert(2)</script>")
-    expect(message).to_contain_text('"javascript:alert(3)"')
-    assert page.locator("main img, main script").count() == 0
+    log = page.get_by_role("list", name="Logs, newest first").get_by_role("listitem")
+    expect(log).to_contain_text(HOSTILE + "</td></tr></table><script>alert(2)</script>")
+    log.get_by_role("button", expanded=False).click()
+    metadata = log.locator(".metadata-tree")
+    expect(metadata).to_contain_text(HOSTILE)
+    expect(metadata).to_contain_text("javascript:alert(3)")
+    expect(log.get_by_role("link")).to_have_text(["Permalink"])
+    assert page.locator("main img").count() == 0
+    # The only scripts are the viewer's own files: none came in with the log.
+    sources = page.locator("script").evaluate_all("scripts => scripts.map(script => script.src)")
+    assert sources and all(source.startswith(viewer.base_url + "/ui/static/") for source in sources)
     page.wait_for_load_state("load")
     assert page.dialogs == []
