@@ -4,37 +4,15 @@ One gunicorn serves the module; each test has a browser context of its own
 (its own cookies) coming, through X-Forwarded-For as a proxy would say, from
 an address of its own, so that one test's wrong passwords hold back no other.
 """
-import itertools
-import os
-import subprocess
-import sys
-
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 import config
 import models
-from conftest import unavailable
-from processes import ROOT, Service, dev_mode_environment
+from browser import browser, create_user, manage, page, sign_in  # noqa: F401 (browser and page are fixtures)
+from processes import Service, dev_mode_environment
 
-CHROMIUM = "/usr/bin/chromium"
-# As root in a container: no sandbox, no GPU, nothing fetched from Google's servers.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-PASSWORD = "correct horse battery"
 HOSTILE = "<img src=x onerror=alert(1)>"
-addresses = ("198.51.100.%d" % number for number in itertools.count(1))
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Headless chromium, launched by its path (Playwright cannot download its own browsers here)."""
-    if not os.access(CHROMIUM, os.X_OK):
-        unavailable("%s is missing (apt-get install chromium)" % CHROMIUM)
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture(scope="module")
@@ -56,44 +34,6 @@ def viewer(tmp_path_factory):
     service.start_web()
     yield service
     service.close()
-
-
-def manage(service, *arguments, stdin=None):
-    """Run manage.py in the service's environment; returns its standard output."""
-    return subprocess.run([sys.executable, "manage.py", *arguments], cwd=ROOT, env=service.env, input=stdin,
-                          capture_output=True, text=True, check=True).stdout
-
-
-def create_user(service, name, *options):
-    manage(service, "create-user", name, *options, "--password-stdin", stdin=PASSWORD + "\n")
-
-
-@pytest.fixture
-def page(browser, viewer):
-    """A tab in a browser context of its own; page.dialogs lists every alert, confirm or prompt it raised."""
-    context = browser.new_context(base_url=viewer.base_url, extra_http_headers={"X-Forwarded-For": next(addresses)})
-    tab = context.new_page()
-    tab.set_default_timeout(20_000)  # a loaded machine, shared with other test runs
-    tab.dialogs = []
-
-    def record(dialog):
-        tab.dialogs.append(dialog.message)
-        dialog.dismiss()
-    tab.on("dialog", record)
-    yield tab
-    context.close()
-
-
-def sign_in(page, name, password=PASSWORD):
-    """Fill in the sign-in form by its labels and press its button; returns the response to the form."""
-    if not page.url.endswith("/ui/login"):
-        page.goto("/ui/login")
-    page.get_by_label("Username").fill(name)
-    page.get_by_label("Password").fill(password)
-    with page.expect_response(lambda response: response.request.method == "POST") as sent:
-        page.get_by_role("button", name="Sign in").click()
-    page.wait_for_load_state()
-    return sent.value
 
 
 def test_sign_in_shows_my_projects_and_sign_out_signs_me_out(page, viewer):
