@@ -1,6 +1,7 @@
 """The web side: the app factory and the blueprint serving POST /logs."""
 import collections
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -589,6 +590,32 @@ def log_histogram():
         log_filter, _ = query.parse_only(pairs)
         answer = query.histogram(project_id, log_filter, models.utcnow())
     return json_response(answer, 200)
+
+
+@bp.get("/logs/live")
+def live_logs():
+    """The logs the filters match that were stored after the cursor, in the order stored: what a live view polls.
+
+    Without a cursor, no logs and the cursor of now: read the page first, then
+    poll from that cursor, and drop any log already shown.
+    """
+    settings = current_app.extensions["logflow"]["settings"]
+    project_id, pairs = reader(settings)
+    try:
+        with reading():
+            log_filter, given = query.parse_only(pairs, ("cursor",))
+            if "cursor" not in given:
+                return json_response({"logs": [], "cursor": tasks.runtime.spool.feed_end(project_id) + ":0",
+                                      "more": False, "gap": False}, 200)
+            feed = functools.partial(tasks.runtime.spool.feed, project_id)
+            rows, cursor, more, gap = query.live(project_id, log_filter, feed, given["cursor"],
+                                                 settings.max_page_bytes)
+    except SpoolUnavailable as error:
+        logger.error("the live feed is unavailable: %s", error)
+        raise APIError(503, "the live feed is unavailable; retry later", headers={
+            "Retry-After": str(settings.retry_after_seconds)}) from None
+    return json_response({"logs": [query.render(row) for row in rows], "cursor": cursor, "more": more,
+                          "gap": gap}, 200)
 
 
 @bp.get("/logs/<log_id>/context")

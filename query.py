@@ -54,6 +54,11 @@ BUCKET_WIDTHS = ([step * 10 ** power for power in range(3) for step in (1, 2, 3,
 DEFAULT_CONTEXT = 20
 MAX_CONTEXT = 100
 EPOCH = datetime.datetime(1970, 1, 1)
+# What one GET /logs/live reads of the feed at most: entries (a stored batch each), and ids among them.
+MAX_LIVE_ENTRIES = 100
+MAX_LIVE_IDS = 5000
+# A GET /logs/live cursor: a feed position (spool.feed), then how many ids of its entry were read.
+LIVE_CURSOR = re.compile(r"([0-9]{1,20}(?:-[0-9]{1,20})?):([0-9]{1,9})")
 # since and until may be a duration before now: digits and a unit.
 RELATIVE_TIME = re.compile(r"([0-9]{1,9})([smhdw])")
 TIME_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -509,12 +514,12 @@ def parse_only(pairs, own=()):
     """The LogFilter of pairs and the text of the route's own parameters (in own); page parameters refused."""
     filters, given = [], {}
     for name, value in pairs:
-        if name in PAGE_PARAMETERS:
-            raise InvalidQuery("%s is a parameter of GET /logs' pages, not of this route" % name)
         if name in own and name in given:
             raise InvalidQuery("%s is given more than once; give it once" % name)
         if name in own:
             given[name] = value
+        elif name in PAGE_PARAMETERS:
+            raise InvalidQuery("%s is a parameter of GET /logs' pages, not of this route" % name)
         else:
             filters.append((name, value))
     return parse_filter(filters), given
@@ -607,6 +612,65 @@ def context(project_id, text, log_filter, before, after, max_bytes=MAX_PAGE_BYTE
         answer[side] = [render(row) for row in load(project_id, keys, "asc")]
         answer[side + "_cursor"] = encode_cursor(last, order) if last else None
     return answer
+
+
+def parse_live_cursor(text):
+    """(feed position, ids of that entry already read) from a GET /logs/live cursor."""
+    found = LIVE_CURSOR.fullmatch(text)
+    if not found:
+        raise InvalidQuery("cursor must be one that GET /logs/live gave, not %r" % text[:64])
+    return found[1], int(found[2])
+
+
+def live(project_id, log_filter, feed, cursor, max_bytes=MAX_PAGE_BYTES):
+    """The logs the filter matches among those stored after the cursor, in the order the writer stored them.
+
+    feed(position, inclusive, count) reads the project's live feed (spool.feed):
+    the ids the database writer stored, batch by batch, in commit order. The
+    filter is the one every read applies (matching()), so the live view and the
+    list can never disagree. At most MAX_LIVE_IDS ids and max_bytes of logs (one
+    at least) are taken; the cursor returned says where the next read starts,
+    inside a batch if need be. Returns (Log rows, cursor, more waiting, gap):
+    a gap means that entries after the cursor were dropped from the feed
+    (FEED_SECONDS) before they were read.
+    """
+    position, taken = parse_live_cursor(cursor)
+    entries, gap = feed(position, taken > 0, MAX_LIVE_ENTRIES)
+    unread = []  # (position, ids of its entry read once this one is, id)
+    for entry, ids in entries:
+        first = taken if entry == position else 0
+        unread.extend((entry, index + 1, ids[index]) for index in range(first, len(ids)))
+        if len(unread) >= MAX_LIVE_IDS:
+            break
+    unread = unread[:MAX_LIVE_IDS]
+    stored = {}
+    for log_id in {log_id for _, _, log_id in unread}:
+        try:
+            stored[stored_id(uuid.UUID(log_id))] = log_id
+        except ValueError:
+            continue
+    sizes = {}
+    if stored:
+        rows = stored_rows(matching(project_id, log_filter).select(Log.id, stored_size()).where(among(stored)))
+        sizes = {stored[key if isinstance(key, str) else str(key)]: size for key, size in rows}
+    chosen, total, read = [], 0, 0
+    for entry, count, log_id in unread:
+        if log_id in sizes:
+            total += sizes[log_id] + LOG_BYTES
+            if chosen and total > max_bytes:
+                break
+            chosen.append(log_id)
+        read += 1
+    more = read < len(unread) or len(entries) == MAX_LIVE_ENTRIES or len(unread) == MAX_LIVE_IDS
+    if read:
+        entry, count, _ = unread[read - 1]
+        ids_in_entry = next(len(ids) for position_, ids in entries if position_ == entry)
+        cursor = "%s:%d" % (entry, 0 if count == ids_in_entry else count)
+    rows = {str(row.id): row for row in Log.select().where(Log.project == project_id, among(
+        stored_id(uuid.UUID(log_id)) for log_id in chosen))} if chosen else {}
+    # An id published twice (a redelivered batch) is shown once.
+    shown = list(dict.fromkeys(log_id for log_id in chosen if log_id in rows))
+    return [rows[log_id] for log_id in shown], cursor, more, gap
 
 
 def render(log):

@@ -39,6 +39,9 @@ HEARTBEATS_KEPT_SECONDS = 86400
 # a key or a project, so that lookups cached before it (logflow.KeyCache) are
 # no longer trusted during a database outage.
 KEY_EPOCH = "keys"
+# How long each project's live feed keeps the ids the database writer stored:
+# a viewer whose connection dropped for less than this resumes without a gap.
+FEED_SECONDS = 900
 
 
 class SpoolUnavailable(Exception):
@@ -85,6 +88,12 @@ def decode(payloads):
         items.extend((request["project"], request["received_at"], record)
                      for record in request["records"])
     return items
+
+
+def stream_position(text):
+    """A Redis stream entry id as a comparable pair of integers."""
+    milliseconds, _, sequence = text.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def reports_unavailable(errors, store):
@@ -258,6 +267,19 @@ return false
 """
 
 
+# Append ids ARGV[1] to the live feed KEYS[1] and drop its entries older than
+# ARGV[2], noting the last one dropped in KEYS[2]: a reader whose position is
+# before it has missed entries (Redis's own trimming keeps no such mark).
+PUBLISH_SCRIPT = """
+redis.call('XADD', KEYS[1], '*', 'ids', ARGV[1])
+local last = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[2], '-', 'COUNT', 1)
+if #last > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
+  redis.call('SET', KEYS[2], last[1][1])
+end
+"""
+
+
 @reports_unavailable(redis.RedisError, "Redis")
 class RedisSpool:
     """The spool on Redis lists: a queue, leased batch lists and a lease sorted set per writer."""
@@ -274,6 +296,7 @@ class RedisSpool:
         self._wakeup = self.client.register_script(WAKEUP_SCRIPT)
         self._ack = self.client.register_script(ACK_SCRIPT)
         self._forget = self.client.register_script(FORGET_SCRIPT)
+        self._publish = self.client.register_script(PUBLISH_SCRIPT)
 
     def _key(self, writer, part):
         return "%s:%s:%s" % (self.prefix, writer, part)
@@ -414,6 +437,39 @@ class RedisSpool:
             if not cursor:
                 return removed
 
+    def _feed_key(self, project_id):
+        return "%s:feed:%d" % (self.prefix, project_id)
+
+    def publish(self, written):
+        """Append the ids the database writer just stored to each project's live feed: {project id: [id, ...]}.
+
+        One stream entry per project and batch; entries older than FEED_SECONDS go as new ones come.
+        """
+        oldest = "%d-0" % ((time.time() - FEED_SECONDS) * 1000)
+        with self.client.pipeline(transaction=False) as pipe:
+            for project_id, ids in written.items():
+                key = self._feed_key(project_id)
+                self._publish(keys=[key, key + ":trimmed"], args=[",".join(ids), oldest], client=pipe)
+            pipe.execute()
+
+    def feed_end(self, project_id):
+        """The position of the project's latest feed entry: reading after it gives only what comes next."""
+        try:
+            return self.client.xinfo_stream(self._feed_key(project_id))["last-generated-id"].decode()
+        except redis.ResponseError:  # no such key: nothing was ever published
+            return "0-0"
+
+    def feed(self, project_id, after, inclusive, count):
+        """Up to `count` feed entries from position `after` on, oldest first, as [(position, [id, ...])]; and
+        whether entries after `after` were trimmed away before they were read (a gap)."""
+        key = self._feed_key(project_id)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.xrange(key, after if inclusive else "(" + after, "+", count=count)
+            pipe.get(key + ":trimmed")
+            entries, trimmed = pipe.execute()
+        gap = bool(trimmed) and stream_position(trimmed.decode()) > stream_position(after)
+        return [(position.decode(), fields[b"ids"].decode().split(",")) for position, fields in entries], gap
+
     def beat(self, name, at):
         """Record that consumer `name` was alive at `at` (epoch seconds); forgets beats a day old."""
         key = self._key("consumers", "heartbeats")
@@ -447,6 +503,11 @@ class SqliteSpool:
         "CREATE TABLE IF NOT EXISTS heartbeats (name TEXT PRIMARY KEY, at REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS epochs (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "CREATE TABLE IF NOT EXISTS strikes (name TEXT PRIMARY KEY, count INTEGER NOT NULL, expires REAL NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS feed (position INTEGER PRIMARY KEY AUTOINCREMENT, project INTEGER NOT NULL,"
+        " ids TEXT NOT NULL, at REAL NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS feed_project ON feed (project, position)",
+        # Per project, the last feed position trimmed away: reading from before it misses entries.
+        "CREATE TABLE IF NOT EXISTS feed_trimmed (project INTEGER PRIMARY KEY, position INTEGER NOT NULL)",
     )
 
     # How long a statement waits for another connection's lock.
@@ -700,6 +761,39 @@ class SqliteSpool:
     def forget_empty_claims(writer):
         """Nothing to clear: SQLite's claims keep no record count apart from their rows."""
         return 0
+
+    def publish(self, written):
+        """Append the ids the database writer just stored to each project's live feed: {project id: [id, ...]}.
+
+        One row per project and batch, numbered in commit order (SQLite has one
+        writer at a time); rows older than FEED_SECONDS go as new ones come.
+        """
+        def work(connection, now):
+            for project_id, ids in written.items():
+                connection.execute("INSERT INTO feed (project, ids, at) VALUES (?, ?, ?)",
+                                   (project_id, ",".join(ids), now))
+                trimmed = connection.execute(
+                    "SELECT max(position) FROM feed WHERE project = ? AND at < ?",
+                    (project_id, now - FEED_SECONDS)).fetchone()[0]
+                if trimmed is not None:
+                    connection.execute("DELETE FROM feed WHERE project = ? AND position <= ?", (project_id, trimmed))
+                    connection.execute("INSERT OR REPLACE INTO feed_trimmed VALUES (?, ?)", (project_id, trimmed))
+        self._transaction(work)
+
+    def feed_end(self, project_id):
+        """The position of the latest feed entry: reading after it gives only what comes next."""
+        row = self._connection().execute("SELECT seq FROM sqlite_sequence WHERE name = 'feed'").fetchone()
+        return str(row[0] if row else 0)
+
+    def feed(self, project_id, after, inclusive, count):
+        """Up to `count` feed entries from position `after` on, oldest first, as [(position, [id, ...])]; and
+        whether entries after `after` were trimmed away before they were read (a gap)."""
+        connection = self._connection()
+        rows = connection.execute(
+            "SELECT position, ids FROM feed WHERE project = ? AND position %s ? ORDER BY position LIMIT ?"
+            % (">=" if inclusive else ">"), (project_id, int(after), count)).fetchall()
+        trimmed = connection.execute("SELECT position FROM feed_trimmed WHERE project = ?", (project_id,)).fetchone()
+        return [(str(position), ids.split(",")) for position, ids in rows], bool(trimmed and trimmed[0] > int(after))
 
     def beat(self, name, at):
         """Record that consumer `name` was alive at `at` (epoch seconds); forgets beats a day old."""

@@ -5,6 +5,7 @@ Huey messages only say "drain writer X"; the records themselves wait in the
 spool (spool.py), which hands them out with leases so that a consumer killed
 mid-write loses nothing.
 """
+import collections
 import datetime
 import gc
 import logging
@@ -165,6 +166,10 @@ def write_batch(writer, batch):
     started = time.monotonic()
     try:
         count = store(runtime.writers[writer], items)
+        if writer == "db":
+            # Before the acknowledgement: if publishing fails, the batch comes back and is
+            # published then (live viewers drop the ids they have shown already).
+            runtime.spool.publish(written_ids(items))
     except Exception:
         # The backoff follows the writer's failures in a row, not one batch's:
         # during an outage every batch fails, and the writer as a whole waits.
@@ -181,6 +186,14 @@ def write_batch(writer, batch):
     runtime.spool.add_counters(metrics.write_observed(writer, count, time.monotonic() - started))
     logger.debug("%s writer stored %d records from batch %s", writer, count, batch.id)
     return count
+
+
+def written_ids(items):
+    """{project id: [log id, ...]} of a batch's items, for the live feed; ids a writer quarantined are simply not found."""
+    written = collections.defaultdict(list)
+    for project_id, _, record in items:
+        written[project_id].append(record["id"])
+    return written
 
 
 def store(writer, items):
