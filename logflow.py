@@ -666,11 +666,21 @@ def openapi():
 def prometheus_metrics():
     """Counters and gauges of every LogFlow process, in Prometheus text format."""
     try:
-        page = metrics.render(tasks.runtime.spool, config.WRITERS)
+        page = metrics.render(tasks.runtime.spool, config.WRITERS, quarantined_records())
     except SpoolUnavailable as error:
         raise APIError(503, "metrics are unavailable: %s" % error, counted=False) from None
     # content_type, not mimetype: Flask would add a second "; charset=utf-8".
     return current_app.response_class(page, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def quarantined_records():
+    """{writer: records in quarantine}, or None while the database does not answer: the spool's metrics still do."""
+    try:
+        with models.database.connection_context():
+            return models.Quarantined.count_by_writer()
+    except (peewee.PeeweeException, OSError) as error:
+        logger.warning("metrics without the quarantine count: %s", error)
+        return None
 
 
 @bp.get("/")

@@ -5,6 +5,7 @@ mode), so every web worker and every consumer adds to the same numbers and
 any web process reports them all. A counter is stored under a name such as
 "records_written|writer=db"; gauges are read from the spool when scraped.
 """
+import collections
 import datetime
 import time
 
@@ -51,9 +52,11 @@ def write_observed(writer, records, seconds):
 class Collector:
     """Builds the metric families from the shared counters and the spool's state at scrape time."""
 
-    def __init__(self, spool, writers):
+    def __init__(self, spool, writers, quarantined=None):
         self.spool = spool
         self.writers = writers
+        # {writer: records in the quarantine table}, or None when the database did not answer.
+        self.quarantined = quarantined
 
     def collect(self):
         stored = self.spool.counters()
@@ -71,6 +74,8 @@ class Collector:
         yield self.write_seconds(histograms)
         yield from self.gauges()
         yield from self.liveness()
+        if self.quarantined is not None:
+            yield self.quarantine()
 
     @staticmethod
     def write_seconds(histograms):
@@ -96,10 +101,10 @@ class Collector:
                                    labels=["writer"])
         now = time.time()
         for writer in self.writers:
-            depth.add_metric([writer], self.spool.queued_records(writer))
-            received_at = self.spool.oldest_received_at(writer)
-            oldest.add_metric([writer], max(0.0, now - epoch(received_at)) if received_at else 0.0)
-            paused.add_metric([writer], self.spool.paused(writer))
+            state = writer_state(self.spool, writer, now)
+            depth.add_metric([writer], state.queued)
+            oldest.add_metric([writer], state.oldest_seconds or 0.0)
+            paused.add_metric([writer], state.paused_seconds)
         return depth, oldest, paused
 
     def liveness(self):
@@ -108,13 +113,40 @@ class Collector:
             "Consumer processes with a heartbeat in the last %d seconds." % CONSUMER_ALIVE_SECONDS)
         newest = GaugeMetricFamily("logflow_consumer_heartbeat_age_seconds",
                                    "Seconds since the newest heartbeat of any consumer.")
-        now = time.time()
-        ages = [now - at for at in self.spool.heartbeats().values()]
-        alive.add_metric([], sum(1 for age in ages if age <= CONSUMER_ALIVE_SECONDS))
+        ages = heartbeat_ages(self.spool, time.time())
+        alive.add_metric([], consumers_alive(ages))
         # No sample at all when no consumer beat within a day: absent() alerts on that.
         if ages:
             newest.add_metric([], max(0.0, min(ages)))
         return alive, newest
+
+    def quarantine(self):
+        family = GaugeMetricFamily("logflow_quarantine_records",
+                                   "Records in the quarantine table, per writer (manage.py quarantine list).",
+                                   labels=["writer"])
+        for writer in self.writers:
+            family.add_metric([writer], self.quarantined.get(writer, 0))
+        return family
+
+
+WriterState = collections.namedtuple("WriterState", "queued oldest_seconds paused_seconds")
+
+
+def writer_state(spool, writer, now):
+    """A writer's queue at `now` (epoch seconds): records waiting, the oldest request's wait (None: none waits), its pause."""
+    received_at = spool.oldest_received_at(writer)
+    oldest = max(0.0, now - epoch(received_at)) if received_at else None
+    return WriterState(spool.queued_records(writer), oldest, spool.paused(writer))
+
+
+def heartbeat_ages(spool, now):
+    """Seconds since each consumer's last heartbeat, over the last day."""
+    return [now - at for at in spool.heartbeats().values()]
+
+
+def consumers_alive(ages):
+    """How many of these heartbeat ages are recent enough to count their consumer alive."""
+    return sum(1 for age in ages if age <= CONSUMER_ALIVE_SECONDS)
 
 
 def epoch(text):
@@ -122,8 +154,8 @@ def epoch(text):
     return datetime.datetime.fromisoformat(text).replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
-def render(spool, writers):
-    """The metrics page, in Prometheus text format."""
+def render(spool, writers, quarantined=None):
+    """The metrics page, in Prometheus text format; the quarantine gauge only with `quarantined` ({writer: records})."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(spool, writers))
+    registry.register(Collector(spool, writers, quarantined))
     return generate_latest(registry)

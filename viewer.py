@@ -1,16 +1,21 @@
 """The web viewer under /ui/: sign-in and sign-out, a person's projects, and the pages that explore a project's logs."""
+import datetime
 import logging
 import math
+import time
 
 import peewee
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
+import config
+import metrics
 import models
 import query
 import records
 import signin
 import spool
+import tasks
 
 logger = logging.getLogger("logflow")
 bp = Blueprint("viewer", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
@@ -152,11 +157,126 @@ def readable(name):
     return found
 
 
+# The overview counts errors, these levels, over the last RECENT_ERRORS.
+ERROR_LEVELS = frozenset(("ERROR", "CRITICAL"))
+RECENT_ERRORS = datetime.timedelta(hours=1)
+# The overview's chart, in SVG viewBox units: wide and low, stretched to the column it is in.
+CHART_WIDTH, CHART_HEIGHT = 480, 48
+WRITER_NAMES = {"db": "Database", "file": "Daily files"}
+
+
 @bp.get("/")
 def index():
-    """The projects this person may read."""
-    projects = [(project, project_url(project)) for project in g.user.readable_projects()]
-    return page("index.html", projects=projects)
+    """The overview: the person's projects with their last day of logs, and the service's state."""
+    settings = current_app.extensions["logflow"]["settings"]
+    now = models.utcnow()
+    with query.time_limited(settings.read_timeout_seconds):
+        projects = [summary(project, now) for project in g.user.readable_projects()]
+    return page("index.html", projects=projects, levels=records.LEVELS, service=service_state(),
+                chart_width=CHART_WIDTH, chart_height=CHART_HEIGHT)
+
+
+def summary(project, now):
+    """One project on the overview: its chart of the last day, its errors of the last hour, its newest log's time."""
+    day = query.histogram(project.id, query.LogFilter(), now)
+    errors = query.histogram(project.id, query.LogFilter(levels=ERROR_LEVELS, since=now - RECENT_ERRORS), now)
+    newest, _ = query.fetch_keys(project.id, query.LogFilter(limit=1))
+    newest_at = query.as_python(newest[0])[0] if newest else None
+    totals = {level: sum(bucket["counts"][level] for bucket in day["buckets"]) for level in records.LEVELS}
+    label = "Logs over the last 24 hours: %s" % logs_count(day["total"])
+    return {"project": project, "url": project_url(project), "total": day["total"], "bars": chart(day),
+            "label": label + (" (%s)" % per_level(totals) if day["total"] else ""), "errors": errors["total"],
+            "newest": records.format_time(newest_at) if newest_at else None,
+            "newest_age": ago((now - newest_at).total_seconds()) if newest_at else None}
+
+
+def chart(histogram):
+    """The stacked bars of a histogram's non-empty buckets, in viewBox units: each a bucket and its rectangles, bottom up."""
+    buckets = histogram["buckets"]
+    most = max([bucket["total"] for bucket in buckets] + [1])
+    width = CHART_WIDTH / len(buckets)
+    step = datetime.timedelta(milliseconds=histogram["interval_ms"])
+    bars = []
+    for index, bucket in enumerate(buckets):
+        if not bucket["total"]:
+            continue
+        top, rects = CHART_HEIGHT, []
+        for level in records.LEVELS:
+            count = bucket["counts"][level]
+            if count:
+                # One unit at least: a single error beside thousands of lines stays visible.
+                height = max(1.0, count / most * CHART_HEIGHT)
+                top -= height
+                rects.append({"level": level.lower(), "y": round(top, 2), "height": round(height, 2)})
+        end = records.parse_timestamp(bucket["start"]) + step
+        bars.append({"x": round(index * width + width * 0.1, 2), "width": round(width * 0.8, 2), "rects": rects,
+                     "start": bucket["start"], "end": records.format_time(end),
+                     "label": "%s (%s)" % (logs_count(bucket["total"]), per_level(bucket["counts"]))})
+    return bars
+
+
+def logs_count(count):
+    """1 log, 2,000 logs."""
+    return "{:,} log{}".format(count, "" if count == 1 else "s")
+
+
+def per_level(counts):
+    """The levels with logs among {level: count}: 1,200 INFO, 3 ERROR."""
+    return ", ".join("{:,} {}".format(count, level) for level, count in counts.items() if count)
+
+
+def service_state():
+    """Each writer's queue and quarantine, the consumers alive (what GET /metrics says), and what needs a look.
+
+    None while the spool does not answer: the projects are shown all the same.
+    """
+    store, now = tasks.runtime.spool, time.time()
+    quarantined = models.Quarantined.count_by_writer()
+    try:
+        states = {writer: metrics.writer_state(store, writer, now) for writer in config.WRITERS}
+        alive = metrics.consumers_alive(metrics.heartbeat_ages(store, now))
+    except spool.SpoolUnavailable as error:
+        logger.error("the overview shows no service state: %s", error)
+        return None
+    writers = [{"name": WRITER_NAMES.get(writer, writer), "queued": state.queued,
+                "oldest": ago(state.oldest_seconds) if state.oldest_seconds is not None else None,
+                "paused": ago(state.paused_seconds) if state.paused_seconds else None,
+                "quarantined": quarantined.get(writer, 0)} for writer, state in states.items()]
+    return {"writers": writers, "consumers_alive": alive, "problems": problems(writers, alive)}
+
+
+def problems(writers, alive):
+    """Sentences for what in the service's state needs someone's attention."""
+    found = []
+    if not alive:
+        # Each writer queues its own copy of a record.
+        waiting = max(writer["queued"] for writer in writers)
+        found.append("No consumer is running: %s." % (
+            "%s waiting in the queue, not written" % records_count(waiting) if waiting
+            else "new records will wait in the queue"))
+    for writer in writers:
+        if writer["paused"]:
+            found.append("%s: a write failed; the next try is in %s." % (writer["name"], writer["paused"]))
+    quarantined = sum(writer["quarantined"] for writer in writers)
+    if quarantined:
+        found.append("%s in quarantine: a writer could not store them (manage.py quarantine list)."
+                     % records_count(quarantined))
+    return found
+
+
+def records_count(count):
+    """1 record, 2,000 records."""
+    return "{:,} record{}".format(count, "" if count == 1 else "s")
+
+
+def ago(seconds):
+    """A duration as a person reads it at a glance: 40 s, 12 min, 3 h, 2 days."""
+    seconds = max(0, int(seconds))
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return "%d %s%s" % (count, unit, "s" if unit == "day" and count > 1 else "")
+    return "%d s" % seconds
 
 
 @bp.get("/projects/<name>")
