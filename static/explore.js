@@ -15,6 +15,11 @@
   const SUMMARY_FIELDS = 3;
   // Rows kept in the page: a tab left open all day stays responsive.
   const MAX_ROWS = 1000;
+  // Live: how often to ask for new logs, while the tab is seen and while it is hidden.
+  const LIVE_INTERVAL_MS = 1000;
+  const HIDDEN_INTERVAL_MS = 5000;
+  // Ids of logs shown lately, so that one written twice (a redelivered batch) is shown once.
+  const SEEN_KEPT = 5000;
   const project = root.dataset.project;
   const api = root.dataset.api;
   const permalinks = root.dataset.permalinks;
@@ -29,6 +34,14 @@
   let cursor = null;
   let loading = null; // the AbortController of the read under way
   let selected = null; // the row j and k move
+  let liveCursor = null; // where the next GET /logs/live starts
+  let liveTimer = null;
+  let liveFailures = 0;
+  let pending = []; // live logs held while the person looks elsewhere, oldest first
+  let pendingCount = 0;
+  const seen = new Map(); // id → true, oldest first
+  const liveSwitch = document.getElementById("live");
+  const newLogs = document.getElementById("new-logs");
 
   // ---- the URL -------------------------------------------------------------------------------
 
@@ -57,9 +70,14 @@
     show();
   }
 
+  function isLive() {
+    return !focusId && new URLSearchParams(location.search).get("live") === "1";
+  }
+
   function changed(edit) {
     const params = filters();
     edit(params);
+    if (isLive()) params.set("live", "1");
     go(params);
   }
 
@@ -88,6 +106,7 @@
     if (loading) loading.abort();
     loading = new AbortController();
     const signal = loading.signal;
+    stopLive();
     fillForm();
     showChips();
     list.replaceChildren();
@@ -96,11 +115,19 @@
     more.hidden = true;
     say("Loading…");
     try {
-      if (focusId) await showContext(signal); else await showPage(signal);
+      if (focusId) {
+        await showContext(signal);
+      } else {
+        // The feed's position first, then the page: a log stored in between comes in
+        // both, and is shown once.
+        if (isLive()) liveCursor = (await read(apiUrl(api + "/live", filters()), signal)).cursor;
+        await showPage(signal);
+      }
     } catch (error) {
       if (error.name !== "AbortError") say(error.message, true);
       return;
     }
+    if (isLive()) startLive(signal);
     if (!focusId) showHistogram(signal).catch((error) => {
       if (error.name !== "AbortError") histogram.replaceChildren(text("p", "note", error.message));
     });
@@ -145,8 +172,16 @@
 
   function append(logs) {
     const fragment = document.createDocumentFragment();
-    for (const log of logs) fragment.append(row(log));
+    for (const log of logs) {
+      remember(log.id);
+      fragment.append(row(log));
+    }
     list.append(fragment);
+  }
+
+  function remember(id) {
+    seen.set(id, true);
+    if (seen.size > SEEN_KEPT) seen.delete(seen.keys().next().value);
   }
 
   // ---- one log ---------------------------------------------------------------------------------
@@ -158,18 +193,20 @@
     return element;
   }
 
-  function timeElement(iso, className) {
-    const element = text("time", className, localTime(iso));
+  function timeElement(iso, className, short) {
+    const element = text("time", className, localTime(iso, short));
     element.dateTime = iso;
     element.title = iso.replace("T", " ").replace("Z", " UTC");
     return element;
   }
 
-  function localTime(iso) {
+  function localTime(iso, short) {
     const date = new Date(iso);
     if (Number.isNaN(date.getTime())) return iso;
-    return date.toLocaleString(undefined, { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
-                                            minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3 });
+    // The list's rows are read down a column: month and day suffice there.
+    const day = short ? { month: "short", day: "2-digit" } : { year: "numeric", month: "2-digit", day: "2-digit" };
+    return date.toLocaleString(undefined, { ...day, hour: "2-digit", minute: "2-digit", second: "2-digit",
+                                            fractionalSecondDigits: 3 });
   }
 
   function shortValue(value) {
@@ -194,7 +231,7 @@
     for (const key of Object.keys(metadata).slice(0, SUMMARY_FIELDS)) {
       fields.append(text("span", "field", key + "=" + shortValue(metadata[key])));
     }
-    summary.append(timeElement(log.timestamp, "time"), level, message, fields);
+    summary.append(timeElement(log.timestamp, "time", true), level, message, fields);
     summary.addEventListener("click", () => { select(item); expand(item); });
     item.append(summary);
     item.log = log;
@@ -225,7 +262,11 @@
   async function copy(value, button) {
     try {
       await navigator.clipboard.writeText(value);
+      // For a moment only: "Copy as curl" has no other name, and its next query is not copied yet.
+      if (!button.dataset.label) button.dataset.label = button.textContent; // a second click keeps the first
       button.textContent = "Copied";
+      clearTimeout(button.restore);
+      button.restore = setTimeout(() => { button.textContent = button.dataset.label; }, 2000);
     } catch (error) {
       // Without a secure context there is no clipboard: show the text to copy by hand.
       window.prompt("Copy this:", value);
@@ -478,6 +519,103 @@
     return ms + " ms";
   }
 
+  // ---- live --------------------------------------------------------------------------------------
+  //
+  // Polls GET /logs/live with the page's own filters and the cursor it gave:
+  // short requests, so no connection is held open per viewer (nothing to break
+  // behind a proxy, no worker thread taken from POST /logs).
+
+  function startLive(signal) {
+    liveFailures = 0;
+    say(list.children.length ? "" : "No logs match yet. Live: new ones appear here.");
+    liveTimer = setTimeout(() => poll(signal), LIVE_INTERVAL_MS);
+  }
+
+  function stopLive() {
+    clearTimeout(liveTimer);
+    liveTimer = null;
+    pending = [];
+    pendingCount = 0;
+    newLogs.hidden = true;
+    if (liveSwitch) liveSwitch.checked = isLive();
+  }
+
+  async function poll(signal) {
+    let delay = document.hidden ? HIDDEN_INTERVAL_MS : LIVE_INTERVAL_MS;
+    try {
+      const params = filters();
+      params.set("cursor", liveCursor);
+      const answer = await read(apiUrl(api + "/live", params), signal);
+      if (signal.aborted) return;
+      if (answer.gap) {
+        // Logs were dropped from the feed before this page read them: start again from now.
+        show();
+        return;
+      }
+      liveCursor = answer.cursor;
+      if (liveFailures) say("");
+      liveFailures = 0;
+      receive(answer.logs);
+      if (answer.more) delay = 0;
+    } catch (error) {
+      if (error.name === "AbortError" || signal.aborted) return;
+      liveFailures += 1;
+      delay = Math.min(30000, LIVE_INTERVAL_MS * 2 ** liveFailures);
+      say("Live: " + error.message + ". Trying again in " + Math.round(delay / 1000) + " s.", true);
+    }
+    liveTimer = setTimeout(() => poll(signal), delay);
+  }
+
+  function lookingElsewhere() {
+    return document.hidden || list.getBoundingClientRect().top < -20;
+  }
+
+  function receive(logs) {
+    const fresh = logs.filter((log) => !seen.has(log.id));
+    for (const log of fresh) remember(log.id);
+    if (!fresh.length) return;
+    if (pending.length || lookingElsewhere()) {
+      pending.push(...fresh);
+      pendingCount += fresh.length;
+      pending = pending.slice(-MAX_ROWS);
+      newLogs.textContent = pendingCount + " new";
+      newLogs.hidden = false;
+    } else {
+      prepend(fresh);
+    }
+  }
+
+  function prepend(logs) {
+    // Written order, latest on top; no more than the page keeps.
+    const fragment = document.createDocumentFragment();
+    for (const log of logs.slice(-MAX_ROWS).reverse()) {
+      const item = row(log);
+      item.classList.add("arrived");
+      fragment.append(item);
+    }
+    list.prepend(fragment);
+    if (list.children.length) say("");
+    let dropped = 0;
+    while (list.children.length > MAX_ROWS) {
+      if (list.lastElementChild === selected) selected = null;
+      list.lastElementChild.remove();
+      dropped += 1;
+    }
+    if (dropped && cursor) {
+      // The oldest rows went to keep the page fast; the cursor would skip them.
+      cursor = null;
+      more.hidden = true;
+    }
+  }
+
+  function catchUp() {
+    const held = pending;
+    pending = [];
+    pendingCount = 0;
+    newLogs.hidden = true;
+    prepend(held);
+  }
+
   // ---- keyboard ------------------------------------------------------------------------------
 
   function select(item) {
@@ -501,9 +639,11 @@
 
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
-    const typing = event.target.closest("input, select, textarea");
+    // A checkbox or a switch takes no text: the shortcuts work from it.
+    const typing = event.target.closest("input:not([type=checkbox]):not([type=radio]), select, textarea");
     if (event.key === "Escape") {
-      if (typing) { event.target.blur(); return; }
+      // preventDefault: Esc in a search field would also empty it, while its text still filters the list.
+      if (typing) { event.preventDefault(); event.target.blur(); return; }
       if (selected) expand(selected, false);
       return;
     }
@@ -533,6 +673,20 @@
     }, { rootMargin: "400px" }).observe(more);
   }
   window.addEventListener("popstate", show);
+  if (liveSwitch) {
+    liveSwitch.addEventListener("change", () => {
+      const params = new URLSearchParams(location.search);
+      if (liveSwitch.checked) params.set("live", "1"); else params.delete("live");
+      go(params);
+    });
+  }
+  newLogs.addEventListener("click", () => {
+    catchUp();
+    window.scrollTo({ top: 0 });
+  });
+  window.addEventListener("scroll", () => {
+    if (pending.length && !lookingElsewhere()) catchUp();
+  }, { passive: true });
   root.maxRows = MAX_ROWS;
   show();
 })();
