@@ -3,6 +3,7 @@
 No consumer runs beside that gunicorn: records wait in the spool until a test
 writes them from this process, as a consumer would (helpers.drain_all).
 """
+import contextlib
 import datetime
 import json
 import math
@@ -17,6 +18,7 @@ import models
 import records
 import tasks
 from helpers import drain_all
+from browser import open_tab
 from test_viewer_browser import HOSTILE, browser, create_user, manage, sign_in, viewer  # noqa: F401 (fixtures)
 
 # Far from UTC, and not by whole hours: a time shown in UTC could not pass for local.
@@ -25,23 +27,12 @@ SCREENSHOTS = "/tmp/overview-%s.png"
 
 
 @pytest.fixture
-def tab(browser, viewer, request):  # noqa: F811 (fixtures)
-    """A tab in a browser context of its own, in TIME_ZONE; marker-free: tests pass sizes and schemes to open_tab."""
-    contexts = []
-
-    def open_tab(width=1200, scheme="light"):
-        context = browser.new_context(base_url=viewer.base_url, timezone_id=TIME_ZONE, color_scheme=scheme,
-                                      viewport={"width": width, "height": 900},
-                                      extra_http_headers={"X-Forwarded-For": "203.0.113.%d" % (len(contexts) + 1)})
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(20_000)
-        page.dialogs = []
-        page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
-        return page
-    yield open_tab
-    for context in contexts:
-        context.close()
+def tab(browser, viewer):  # noqa: F811 (fixtures)
+    """open_tab(width, scheme): a tab of its own in TIME_ZONE, closed after the test."""
+    with contextlib.ExitStack() as tabs:
+        yield lambda width=1200, scheme="light": tabs.enter_context(open_tab(
+            browser, viewer.base_url, timezone_id=TIME_ZONE, color_scheme=scheme,
+            viewport={"width": width, "height": 900}))
 
 
 def send(viewer, key, body):  # noqa: F811 (fixture)
