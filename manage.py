@@ -443,6 +443,16 @@ def prune(dry_run):
         fail("some writers could not prune; see above")
 
 
+@cli.command("rebuild-counts")
+@click.argument("project", required=False)
+def rebuild_counts(project):
+    """Count a project's stored logs per minute and level afresh (all projects without PROJECT), for rows stored without counts (safe to run again)."""
+    with models.database.connection_context():
+        projects = [find_project(project)] if project else list(Project.select().order_by(Project.id))
+    for each in projects:
+        click.echo("%s (id %d): counted %d logs" % (escape(each.name), each.id, models.LogCount.rebuild(each.id)))
+
+
 @cli.command()
 @click.argument("project", required=False)
 def stats(project):

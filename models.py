@@ -10,7 +10,7 @@ import sqlite3
 import time
 
 import orjson
-from peewee import (SQL, BooleanField, CharField, CompositeKey, DatabaseProxy,
+from peewee import (EXCLUDED, SQL, BigIntegerField, BooleanField, CharField, CompositeKey, DatabaseProxy,
                     DateTimeField, ForeignKeyField, IntegerField, JSONField, Model,
                     OperationalError, PostgresqlDatabase, ProgrammingError, SqliteDatabase, TextField, UUIDField, fn)
 from playhouse import db_url
@@ -140,9 +140,15 @@ def durable_transaction():
 def create_tables():
     """Create every table and index that is missing; safe to run again."""
     with database.connection_context():
+        counted = database.table_exists(LogCount._meta.table_name)
         database.create_tables(MODELS, safe=True)
         for model in MODELS:
             add_missing_columns(model)
+        if not counted:
+            # The rollup is new to a database that may hold rows already: count them once.
+            # Read whole first: on SQLite an open read would make the rebuild's BEGIN IMMEDIATE fail at once.
+            for project_id in [project.id for project in Project.select(Project.id).order_by(Project.id)]:
+                LogCount.rebuild(project_id)
 
 
 def add_missing_columns(model):
@@ -263,6 +269,80 @@ class Log(BaseModel):
         query = (cls.select(cls.level, fn.COUNT(SQL("*")).alias("rows"))
                  .where(cls.project == project_id, cls.timestamp >= since).group_by(cls.level))
         return {row.level: row.rows for row in query}
+
+
+EPOCH = datetime.datetime(1970, 1, 1)
+MINUTE = datetime.timedelta(minutes=1)
+# Count rows upserted per statement: four parameters each, far under SQLite's 32,766.
+COUNT_CHUNK_ROWS = 1000
+
+
+def minute_of(column='"timestamp"'):
+    """SQL text for the whole minutes from the Unix epoch to the start of a timestamp column's minute."""
+    if on_postgres():
+        # The minute's start is a whole number of minutes, so the division is exact, before 1970 too.
+        return "(extract(epoch FROM date_trunc('minute', %s)) / 60)::bigint" % column
+    # SQLite holds "YYYY-MM-DD HH:MM:SS[.ffffff]": the first 16 characters are the minute.
+    return "CAST(strftime('%%s', substr(%s, 1, 16) || ':00') AS INTEGER) / 60" % column
+
+
+def minute_of_text(text):
+    """The whole minutes from the Unix epoch to an RFC 3339 time as the spool carries it ("2026-11-27T10:00:00.000000Z")."""
+    return (datetime.datetime.fromisoformat(text[:16]) - EPOCH) // MINUTE
+
+
+class LogCount(BaseModel):
+    """How many logs a project holds per minute and level: what a histogram reads instead of the rows.
+
+    The database writer keeps it in the transactions that insert and delete
+    rows, counting only the rows a statement actually inserted or deleted, so
+    it equals the rows whatever is redelivered; rebuild() counts it afresh.
+    """
+
+    # Peewee's index on project_id alone would only repeat the primary key's first column.
+    project = ForeignKeyField(Project, on_delete="CASCADE", index=False)
+    # Whole minutes from the Unix epoch (minute_of): integers bucket alike on both backends.
+    minute = BigIntegerField()
+    level = CharField(max_length=8)
+    number = BigIntegerField()
+
+    class Meta:
+        table_name = "log_counts"
+        primary_key = CompositeKey("project", "minute", "level")
+
+    @classmethod
+    def add(cls, counts):
+        """Add {(project id, minute, level): n} to the counts (n may be negative), in key order.
+
+        Consumers upsert the same rows at once; taking their locks in one order
+        keeps two transactions from each waiting for the other's.
+        """
+        rows = [(project, minute, level, number) for (project, minute, level), number in sorted(counts.items())
+                if number]
+        for start in range(0, len(rows), COUNT_CHUNK_ROWS):
+            (cls.insert_many(rows[start:start + COUNT_CHUNK_ROWS],
+                             fields=[cls.project, cls.minute, cls.level, cls.number])
+             .on_conflict(conflict_target=[cls.project, cls.minute, cls.level],
+                          update={cls.number: cls.number + EXCLUDED.number})
+             .as_rowcount().execute())
+
+    @classmethod
+    def rebuild(cls, project_id):
+        """Count a project's rows afresh (after they were stored without counts); safe to run again.
+
+        One transaction, with writers held off so that none stores or deletes
+        rows between the count and its commit; returns the rows counted.
+        """
+        with database.connection_context(), durable_transaction():
+            if on_postgres():
+                # SHARE lets reads through and waits for, then blocks, every writer of logs.
+                database.execute_sql("LOCK TABLE logs IN SHARE MODE")
+            # else: SQLite's writers take the one write lock at BEGIN (lock_type IMMEDIATE).
+            cls.delete().where(cls.project == project_id).execute()
+            rows = (Log.select(Log.project, SQL(minute_of()), Log.level, fn.COUNT(SQL("*")))
+                    .where(Log.project == project_id).group_by(SQL("1"), SQL("2"), SQL("3")))
+            cls.insert_from(rows, [cls.project, cls.minute, cls.level, cls.number]).as_rowcount().execute()
+            return cls.select(fn.COALESCE(fn.SUM(cls.number), 0)).where(cls.project == project_id).scalar()
 
 
 class Quarantined(BaseModel):
@@ -429,4 +509,4 @@ def set_search_index(present):
                              ' ((message COLLATE "C") gin_trgm_ops)' % SEARCH_INDEX)
 
 
-MODELS = [Project, ApiKey, Log, Quarantined, User, Grant, Session]
+MODELS = [Project, ApiKey, Log, LogCount, Quarantined, User, Grant, Session]

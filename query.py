@@ -50,6 +50,8 @@ BUCKET_WIDTHS = ([step * 10 ** power for power in range(3) for step in (1, 2, 3,
                  + [step * 60000 for step in (1, 2, 3, 5, 10, 15, 30)]
                  + [step * 3600000 for step in (1, 2, 3, 6, 12)]
                  + [step * 86400000 for step in (1, 2, 4, 7)])
+# What models.LogCount counts by, in microseconds: histograms of whole minutes read it.
+ROLLUP_STEP = 60 * 1000000
 # Logs on each side of GET /logs/<id>/context, by default and at most.
 DEFAULT_CONTEXT = 20
 MAX_CONTEXT = 100
@@ -564,6 +566,53 @@ def bucket_width(since, until):
     raise InvalidQuery("since..until is too wide")
 
 
+def counted_rows(project_id, log_filter, origin, step):
+    """(bucket index, level, logs) of the matching rows between since and until, counted row by row."""
+    rows = stored_rows(matching(project_id, log_filter)
+                       .select(stored_bucket(origin, step), Log.level, fn.COUNT(SQL("*")))
+                       .group_by(SQL("1"), SQL("2")))
+    for bucket, level, number in rows:
+        yield (micros(bucket) - origin) // step if models.on_postgres() else bucket, level, number
+
+
+def counted_minutes(project_id, log_filter, origin, step):
+    """(bucket index, level, logs) of the matching logs in the whole minutes since..until, from models.LogCount."""
+    origin_minute, minutes = origin // ROLLUP_STEP, step // ROLLUP_STEP
+    since, until = micros(log_filter.since) // ROLLUP_STEP, micros(log_filter.until) // ROLLUP_STEP
+    # Never below zero: minute >= since >= origin_minute, so integer division floors on both backends.
+    bucket = (models.LogCount.minute - origin_minute) / minutes
+    query = (models.LogCount.select(bucket, models.LogCount.level, fn.SUM(models.LogCount.number))
+             .where(models.LogCount.project == project_id, models.LogCount.minute >= since,
+                    models.LogCount.minute < until)
+             .group_by(SQL("1"), SQL("2")))
+    if log_filter.levels != frozenset(records.LEVELS):
+        query = query.where(models.LogCount.level.in_(sorted(log_filter.levels)))
+    for index, level, number in query.tuples():
+        yield index, level, int(number)
+
+
+def bucket_counts(project_id, log_filter, origin, step):
+    """(bucket index, level, logs) of the logs the filter matches between its since and until.
+
+    Buckets of whole minutes read the minutes wholly inside the range from the
+    per-minute counts the database writer keeps, and only the part-minutes at
+    its edges from the rows; other filters (text, metadata) need the rows.
+    """
+    if log_filter.text or log_filter.metadata or log_filter.excluded_metadata or step % ROLLUP_STEP:
+        yield from counted_rows(project_id, log_filter, origin, step)
+        return
+    first = -(-micros(log_filter.since) // ROLLUP_STEP) * ROLLUP_STEP
+    last = micros(log_filter.until) // ROLLUP_STEP * ROLLUP_STEP
+    if first >= last:
+        yield from counted_rows(project_id, log_filter, origin, step)
+        return
+    first, last = (EPOCH + datetime.timedelta(microseconds=edge) for edge in (first, last))
+    yield from counted_minutes(project_id, log_filter.replace(since=first, until=last), origin, step)
+    for since, until in ((log_filter.since, first), (last, log_filter.until)):
+        if since < until:
+            yield from counted_rows(project_id, log_filter.replace(since=since, until=until), origin, step)
+
+
 def histogram(project_id, log_filter, now):
     """Counts per level of the logs the filter matches in time buckets of one width, empty ones included.
 
@@ -583,12 +632,9 @@ def histogram(project_id, log_filter, now):
                   for index in range(-(-(micros(until) - origin) // step))]
     except OverflowError:
         raise InvalidQuery("since..until must lie between the years 1 and 9999") from None
-    rows = stored_rows(matching(project_id, log_filter.replace(since=since, until=until))
-                       .select(stored_bucket(origin, step), Log.level, fn.COUNT(SQL("*")))
-                       .group_by(SQL("1"), SQL("2")))
     counts = [dict.fromkeys(records.LEVELS, 0) for _ in starts]
-    for bucket, level, number in rows:
-        index = (micros(bucket) - origin) // step if models.on_postgres() else bucket
+    for index, level, number in bucket_counts(project_id, log_filter.replace(since=since, until=until),
+                                              origin, step):
         counts[index][level] += number
     return {"since": records.format_time(since), "until": records.format_time(until), "interval_ms": width,
             "total": sum(sum(bucket.values()) for bucket in counts),

@@ -23,7 +23,7 @@ import orjson
 import peewee
 import psycopg2.errors
 
-from models import Log, database, durable_transaction, on_postgres
+from models import Log, LogCount, database, durable_transaction, minute_of, minute_of_text, on_postgres
 
 logger = logging.getLogger("logflow")
 
@@ -47,9 +47,11 @@ class DatabaseWriter:
         with database.connection_context(), peewee.__exception_wrapper__:
             with durable_transaction():
                 if on_postgres():
-                    copy_rows(database.cursor(), items)
+                    inserted = copy_rows(database.cursor(), items)
                 else:
-                    insert_rows(database.cursor(), items)
+                    inserted = insert_rows(database.cursor(), items)
+                # Last, so the count rows other consumers also add to stay locked only until COMMIT.
+                LogCount.add(inserted)
         return len(items)
 
     def prune(self, project_id, cutoff, today, dry_run=False):
@@ -72,13 +74,41 @@ class DatabaseWriter:
             else:
                 batch, params = expired.select(peewee.SQL("rowid")).limit(PRUNE_BATCH_ROWS).sql()
                 statement = "DELETE FROM logs WHERE rowid IN (%s)" % batch
+            # The rows a batch really deleted leave the counts in its own transaction.
+            statement += " RETURNING project_id, %s, level" % minute_of()
             deleted = 0
             while True:
                 with database.atomic():
-                    count = database.execute_sql(statement, params).rowcount
+                    gone = collections.Counter(map(tuple, database.execute_sql(statement, params)))
+                    LogCount.add({key: -number for key, number in gone.items()})
+                    forget_empty_counts(project_id, gone)
+                count = sum(gone.values())
                 deleted += count
                 if count < PRUNE_BATCH_ROWS:
                     return {"deleted": deleted}
+
+
+def forget_empty_counts(project_id, changed):
+    """Delete the count rows of these (project, minute, level) keys that fell to zero (or below: see below)."""
+    if not changed:
+        return
+    minutes = [minute for _, minute, _ in changed]
+    # Below zero only where rows were stored before the counts existed and were never
+    # counted (LogCount.rebuild): with their rows gone, no count is the right count.
+    (LogCount.delete()
+     .where(LogCount.project == project_id, LogCount.minute.between(min(minutes), max(minutes)),
+            LogCount.number <= 0)
+     .execute())
+
+
+def count_items(items):
+    """{(project id, minute, level): records} of a batch, as the counts of rows that all went in."""
+    by_text = collections.Counter((project, record["timestamp"][:16], record["level"])
+                                  for project, _, record in items)
+    counts = collections.Counter()
+    for (project, minute, level), number in by_text.items():
+        counts[(project, minute_of_text(minute), level)] += number
+    return counts
 
 
 def copy_rows(cursor, items):
@@ -95,15 +125,19 @@ def copy_rows(cursor, items):
     try:
         cursor.copy_expert("COPY logs (%s) FROM STDIN" % COLUMNS, buffer)
         cursor.execute("RELEASE SAVEPOINT direct_copy")
-        return
+        return count_items(items)
     except psycopg2.errors.UniqueViolation:
         cursor.execute("ROLLBACK TO SAVEPOINT direct_copy")
     buffer.seek(0)
     cursor.execute("CREATE TEMPORARY TABLE IF NOT EXISTS logs_incoming (LIKE logs)"
                    " ON COMMIT DELETE ROWS")
     cursor.copy_expert("COPY logs_incoming (%s) FROM STDIN" % COLUMNS, buffer)
-    cursor.execute("INSERT INTO logs (%s) SELECT %s FROM logs_incoming ON CONFLICT DO NOTHING"
-                   % (COLUMNS, COLUMNS))
+    # RETURNING names only the rows this statement inserted: the skipped ones are counted already.
+    cursor.execute("WITH inserted AS (INSERT INTO logs (%s) SELECT %s FROM logs_incoming ON CONFLICT DO NOTHING"
+                   " RETURNING project_id, level, timestamp)"
+                   " SELECT project_id, %s, level, count(*) FROM inserted GROUP BY 1, 2, 3"
+                   % (COLUMNS, COLUMNS, minute_of()))
+    return {(project, minute, level): number for project, minute, level, number in cursor.fetchall()}
 
 
 # What COPY's text format escapes; normalize() has replaced NULs already.
@@ -124,13 +158,30 @@ def copy_line(project, received_at, record):
 
 
 def insert_rows(cursor, items):
-    """SQLite: one prepared INSERT OR IGNORE run for every row, in the forms Peewee reads back."""
-    cursor.executemany(
-        "INSERT OR IGNORE INTO logs (%s) VALUES (?, ?, ?, ?, ?, ?, ?)" % COLUMNS,
-        [(record["id"].replace("-", ""), project, record["level"], record["message"],
-          orjson.dumps(record["metadata"]).decode(), sqlite_time(record["timestamp"]),
-          sqlite_time(received_at))
-         for project, received_at, record in items])
+    """SQLite: one prepared INSERT OR IGNORE run for every row, in the forms Peewee reads back.
+
+    Returns the counts of the rows inserted. executemany says only how many
+    went in; when some were skipped (redelivery), the batch is inserted again
+    a row at a time to learn which.
+    """
+    statement = "INSERT OR IGNORE INTO logs (%s) VALUES (?, ?, ?, ?, ?, ?, ?)" % COLUMNS
+    rows = [(record["id"].replace("-", ""), project, record["level"], record["message"],
+             orjson.dumps(record["metadata"]).decode(), sqlite_time(record["timestamp"]),
+             sqlite_time(received_at))
+            for project, received_at, record in items]
+    cursor.execute("SAVEPOINT direct_insert")
+    cursor.executemany(statement, rows)
+    if cursor.rowcount == len(rows):
+        cursor.execute("RELEASE SAVEPOINT direct_insert")
+        return count_items(items)
+    cursor.execute("ROLLBACK TO SAVEPOINT direct_insert")
+    cursor.execute("RELEASE SAVEPOINT direct_insert")
+    inserted = []
+    for row, item in zip(rows, items):
+        cursor.execute(statement, row)
+        if cursor.rowcount:
+            inserted.append(item)
+    return count_items(inserted)
 
 
 def sqlite_time(text):
