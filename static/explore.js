@@ -168,6 +168,8 @@
     row.classList.add("focused");
     expand(row, true);
     select(row);
+    // In the middle, not at an edge: the logs just before and after it are what the page is for.
+    row.scrollIntoView({ block: "center" });
   }
 
   function append(logs) {
