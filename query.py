@@ -681,7 +681,10 @@ def live(project_id, log_filter, feed, cursor, max_bytes=MAX_PAGE_BYTES):
     (FEED_SECONDS) before they were read.
     """
     position, taken = parse_live_cursor(cursor)
-    entries, gap = feed(position, taken > 0, MAX_LIVE_ENTRIES)
+    try:
+        entries, gap = feed(position, taken > 0, MAX_LIVE_ENTRIES)
+    except ValueError:  # a position of the other backend's feed, or out of its range
+        raise InvalidQuery("cursor must be one that GET /logs/live gave, not %r" % cursor[:64]) from None
     unread = []  # (position, ids of its entry read once this one is, id)
     for entry, ids in entries:
         first = taken if entry == position else 0

@@ -91,8 +91,10 @@ def decode(payloads):
 
 
 def stream_position(text):
-    """A Redis stream entry id as a comparable pair of integers."""
+    """A Redis stream entry id as a comparable pair of integers; ValueError if it is not one."""
     milliseconds, _, sequence = text.partition("-")
+    if not (milliseconds.isdigit() and (sequence.isdigit() or not sequence)):
+        raise ValueError("%r is not a Redis stream entry id" % text)
     return int(milliseconds), int(sequence or 0)
 
 
@@ -462,6 +464,8 @@ class RedisSpool:
     def feed(self, project_id, after, inclusive, count):
         """Up to `count` feed entries from position `after` on, oldest first, as [(position, [id, ...])]; and
         whether entries after `after` were trimmed away before they were read (a gap)."""
+        if any(part >= 2 ** 64 for part in stream_position(after)):
+            raise ValueError("%r is not a position of this feed" % after)
         key = self._feed_key(project_id)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.xrange(key, after if inclusive else "(" + after, "+", count=count)
@@ -788,6 +792,8 @@ class SqliteSpool:
     def feed(self, project_id, after, inclusive, count):
         """Up to `count` feed entries from position `after` on, oldest first, as [(position, [id, ...])]; and
         whether entries after `after` were trimmed away before they were read (a gap)."""
+        if not (after.isdigit() and int(after) < 2 ** 63):
+            raise ValueError("%r is not a position of this feed" % after)
         connection = self._connection()
         rows = connection.execute(
             "SELECT position, ids FROM feed WHERE project = ? AND position %s ? ORDER BY position LIMIT ?"

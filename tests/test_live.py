@@ -136,11 +136,19 @@ def test_another_projects_logs_never_appear(client, key, read_key):
     assert follow(client, read_key, cursor)[0] == ["yours"]
 
 
-@pytest.mark.parametrize("cursor", ["", "abc", "1-2-3:0", "12:x", "1:" + "9" * 10, "%s:0" % uuid.uuid4()])
+@pytest.mark.parametrize("cursor", ["", "abc", "1-2-3:0", "12:x", "1:" + "9" * 10, "%s:0" % uuid.uuid4(),
+                                    "9" * 20 + ":0", "9" * 20 + "-0:0", "1-" + "9" * 20 + ":0"])
 def test_a_malformed_cursor_is_a_400(client, read_key, cursor):
+    # The feed's own positions differ: Redis stream ids, SQLite row numbers. Each backend refuses the other's.
     response = get(client, read_key, "/logs/live", [("cursor", cursor)])
     assert response.status_code == 400
     assert "cursor" in response.json["error"]
+
+
+def test_the_other_backends_cursor_is_a_400_or_reads_from_its_position(client, read_key, bound):
+    other = "12:0" if bound.redis_url else "1796504445692-0:0"
+    response = get(client, read_key, "/logs/live", [("cursor", other)])
+    assert response.status_code == (200 if bound.redis_url else 400)
 
 
 def test_page_parameters_are_refused(client, read_key):
