@@ -183,7 +183,7 @@ def summary(project, now):
     newest, _ = query.fetch_keys(project.id, query.LogFilter(limit=1))
     newest_at = query.as_python(newest[0])[0] if newest else None
     totals = {level: sum(bucket["counts"][level] for bucket in day["buckets"]) for level in records.LEVELS}
-    label = "Logs over the last 24 hours: %s" % logs_count(day["total"])
+    label = "Logs over the last 24 hours: %s" % counted(day["total"], "log")
     return {"project": project, "url": project_url(project), "total": day["total"], "bars": chart(day),
             "label": label + (" (%s)" % per_level(totals) if day["total"] else ""), "errors": errors["total"],
             "newest": records.format_time(newest_at) if newest_at else None,
@@ -211,13 +211,13 @@ def chart(histogram):
         end = records.parse_timestamp(bucket["start"]) + step
         bars.append({"x": round(index * width + width * 0.1, 2), "width": round(width * 0.8, 2), "rects": rects,
                      "start": bucket["start"], "end": records.format_time(end),
-                     "label": "%s (%s)" % (logs_count(bucket["total"]), per_level(bucket["counts"]))})
+                     "label": "%s (%s)" % (counted(bucket["total"], "log"), per_level(bucket["counts"]))})
     return bars
 
 
-def logs_count(count):
-    """1 log, 2,000 logs."""
-    return "{:,} log{}".format(count, "" if count == 1 else "s")
+def counted(count, noun):
+    """1 log, 2,000 records."""
+    return "{:,} {}{}".format(count, noun, "" if count == 1 else "s")
 
 
 def per_level(counts):
@@ -252,7 +252,7 @@ def problems(writers, alive):
         # Each writer queues its own copy of a record.
         waiting = max(writer["queued"] for writer in writers)
         found.append("No consumer is running: %s." % (
-            "%s waiting in the queue, not written" % records_count(waiting) if waiting
+            "%s waiting in the queue, not written" % counted(waiting, "record") if waiting
             else "new records will wait in the queue"))
     for writer in writers:
         if writer["paused"]:
@@ -260,13 +260,8 @@ def problems(writers, alive):
     quarantined = sum(writer["quarantined"] for writer in writers)
     if quarantined:
         found.append("%s in quarantine: a writer could not store them (manage.py quarantine list)."
-                     % records_count(quarantined))
+                     % counted(quarantined, "record"))
     return found
-
-
-def records_count(count):
-    """1 record, 2,000 records."""
-    return "{:,} record{}".format(count, "" if count == 1 else "s")
 
 
 def ago(seconds):

@@ -1,5 +1,5 @@
 // LogFlow's overview: times are written by the server in UTC; this shows them in the browser's time zone,
-// with UTC kept on hover. The page reads fully without it.
+// with UTC kept on hover, and reloads the page every minute. The page reads fully without it.
 "use strict";
 
 (function () {
@@ -24,4 +24,13 @@
     const title = bucket.querySelector("title");
     if (from && to && title) title.textContent = bucket.dataset.label + " from " + from + " to " + to;
   }
+
+  // Kept open all day: the numbers are read again every minute, while someone can see them.
+  const REFRESH_MS = 60000;
+  const loaded = Date.now();
+  function refresh() {
+    if (document.visibilityState === "visible" && Date.now() - loaded >= REFRESH_MS) location.reload();
+  }
+  setInterval(refresh, REFRESH_MS);
+  document.addEventListener("visibilitychange", refresh);
 })();

@@ -109,6 +109,24 @@ def test_a_project_i_may_not_read_is_absent_and_a_hostile_name_is_text(tab, view
     assert page.dialogs == []
 
 
+def test_the_numbers_are_read_again_every_minute(tab, viewer):  # noqa: F811
+    create_user(viewer, "rhea", "--project", "shop")
+    key = manage(viewer, "create-key", "shop").strip()
+    page = tab()
+    page.clock.install()
+    sign_in(page, "rhea")
+    shop = item(page, "shop")
+    expect(shop.locator(".numbers")).to_contain_text("none yet")
+    send(viewer, key, [{"message": "hello", "level": "critical"}])
+    write_queued(viewer)
+    page.clock.run_for(59_000)
+    expect(shop.locator(".errors dd")).to_have_text("0")
+    with page.expect_navigation():
+        page.clock.run_for(2_000)
+    expect(shop.locator(".errors dd")).to_have_text("1")
+    expect(shop.get_by_role("img")).to_have_attribute("aria-label", "Logs over the last 24 hours: 1 log (1 CRITICAL)")
+
+
 @pytest.fixture(scope="module")
 def busy(viewer):  # noqa: F811 (fixture)
     """A project "checkout" with a day of logs of every level, rising and falling as traffic does."""
