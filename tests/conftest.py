@@ -1,6 +1,7 @@
 """Fixtures: real Redis and PostgreSQL for the session, and an app per test on each backend."""
 import os
 import secrets
+import signal
 
 import pytest
 
@@ -10,6 +11,12 @@ import services
 import tasks
 from logflow import create_app
 from models import ApiKey, Project
+
+# A shell starts a background job (`bash .ci/run &`) with SIGINT ignored, and the processes the
+# tests start would inherit that: the Ctrl-C of tail --follow's test would do nothing. Handled
+# here, SIGINT is back to its default in every child.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def unavailable(error):
