@@ -171,9 +171,11 @@ def insert_rows(cursor, items):
             for project, received_at, record in items]
     cursor.execute("SAVEPOINT direct_insert")
     cursor.executemany(statement, rows)
-    if cursor.rowcount == len(rows):
+    inserted = cursor.rowcount
+    if inserted in (0, len(rows)):
+        # All or none: a batch redelivered whole needs no second pass either.
         cursor.execute("RELEASE SAVEPOINT direct_insert")
-        return count_items(items)
+        return count_items(items) if inserted else {}
     cursor.execute("ROLLBACK TO SAVEPOINT direct_insert")
     cursor.execute("RELEASE SAVEPOINT direct_insert")
     inserted = []

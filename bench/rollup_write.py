@@ -6,8 +6,8 @@ minutes, five levels, as a busy project sends them) alternately through the
 write without counts (the code storage.DatabaseWriter.write ran before the
 counts, copied below) and through storage.DatabaseWriter.write, new and
 redelivered; then two processes at once on PostgreSQL, each mode in turn, to
-show the wait on count rows that consumers share. Prints medians of rows/s
-and the ratio. Takes about 2 minutes with the default 15 rounds.
+show the wait on count rows that consumers share. Prints medians (and the
+fastest) of rows/s and the ratio. Takes about 2 minutes with the default 15 rounds.
 """
 import datetime
 import io
@@ -91,10 +91,12 @@ def side_by_side(name, rounds):
             seconds[(mode, "new")].append(timed(write, items))
             seconds[(mode, "redelivered")].append(timed(write, items))
     for kind in ("new", "redelivered"):
-        rates = {mode: BATCH / statistics.median(seconds[(mode, kind)]) for mode in MODES}
-        print("%-10s %-11s without counts %8.0f rows/s, with counts %8.0f rows/s: %.2fx the time"
-              % (name, kind, rates["without counts"], rates["with counts"],
-                 rates["without counts"] / rates["with counts"]), flush=True)
+        # The fastest write beside the median: on a shared machine it is the one least disturbed.
+        for label, pick in (("median", statistics.median), ("fastest", min)):
+            rates = {mode: BATCH / pick(seconds[(mode, kind)]) for mode in MODES}
+            print("%-10s %-11s %-7s without counts %8.0f rows/s, with counts %8.0f rows/s: %.2fx the time"
+                  % (name, kind, label, rates["without counts"], rates["with counts"],
+                     rates["without counts"] / rates["with counts"]), flush=True)
 
 
 def consumer(url, mode, batches, start, results):
@@ -123,7 +125,7 @@ def concurrent(url, rounds, processes=2, batches=20):
                 worker.join()
             rates[mode].append(processes * batches * BATCH / elapsed)
     medians = {mode: statistics.median(values) for mode, values in rates.items()}
-    print("postgres   %d at once   without counts %8.0f rows/s, with counts %8.0f rows/s: %.2fx the time"
+    print("postgres   %d at once   median  without counts %8.0f rows/s, with counts %8.0f rows/s: %.2fx the time"
           % (processes, medians["without counts"], medians["with counts"],
              medians["without counts"] / medians["with counts"]), flush=True)
 
