@@ -20,6 +20,8 @@
   const HIDDEN_INTERVAL_MS = 5000;
   // Ids of logs shown lately, so that one written twice (a redelivered batch) is shown once.
   const SEEN_KEPT = 5000;
+  // While live, the histogram is drawn again this often (its counts come from the rollup: cheap).
+  const HISTOGRAM_REFRESH_MS = 30000;
   const project = root.dataset.project;
   const api = root.dataset.api;
   const permalinks = root.dataset.permalinks;
@@ -37,6 +39,7 @@
   let liveCursor = null; // where the next GET /logs/live starts
   let liveTimer = null;
   let liveFailures = 0;
+  let histogramDrawn = 0; // when, by performance.now()
   let pending = []; // live logs held while the person looks elsewhere, oldest first
   let pendingCount = 0;
   const seen = new Map(); // id → true, oldest first
@@ -451,6 +454,7 @@
   async function showHistogram(signal) {
     const params = filters();
     const answer = await read(apiUrl(api + "/histogram", params), signal);
+    histogramDrawn = performance.now();
     const width = 1000;
     const height = 120;
     const most = Math.max(1, ...answer.buckets.map((bucket) => bucket.total));
@@ -559,6 +563,10 @@
       liveFailures = 0;
       receive(answer.logs);
       if (answer.more) delay = 0;
+      if (histogram && !document.hidden && performance.now() - histogramDrawn > HISTOGRAM_REFRESH_MS) {
+        // On failure the last drawing stays, and the next refresh tries again.
+        showHistogram(signal).catch((error) => console.warn("the histogram was not refreshed:", error));
+      }
     } catch (error) {
       if (error.name === "AbortError" || signal.aborted) return;
       liveFailures += 1;
