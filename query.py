@@ -678,7 +678,7 @@ def live(project_id, log_filter, feed, cursor, max_bytes=MAX_PAGE_BYTES):
     at least) are taken; the cursor returned says where the next read starts,
     inside a batch if need be. Returns (Log rows, cursor, more waiting, gap):
     a gap means that entries after the cursor were dropped from the feed
-    (FEED_SECONDS) before they were read.
+    (spool.FEED_SECONDS, FEED_MAX_IDS) before they were read.
     """
     position, taken = parse_live_cursor(cursor)
     try:

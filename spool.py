@@ -39,9 +39,12 @@ HEARTBEATS_KEPT_SECONDS = 86400
 # a key or a project, so that lookups cached before it (logflow.KeyCache) are
 # no longer trusted during a database outage.
 KEY_EPOCH = "keys"
-# How long each project's live feed keeps the ids the database writer stored:
-# a viewer whose connection dropped for less than this resumes without a gap.
-FEED_SECONDS = 900
+# How long each project's live feed keeps the ids the database writer stored,
+# and how many at most (about 40 bytes each: 8 MB a project): a viewer whose
+# connection dropped for less resumes without a gap, one away for longer (or
+# under a flood past FEED_MAX_IDS a poll) is told, and reads the list again.
+FEED_SECONDS = 300
+FEED_MAX_IDS = 200_000
 
 
 class SpoolUnavailable(Exception):
@@ -273,11 +276,22 @@ return false
 # ARGV[2], noting the last one dropped in KEYS[2]: a reader whose position is
 # before it has missed entries (Redis's own trimming keeps no such mark).
 PUBLISH_SCRIPT = """
-redis.call('XADD', KEYS[1], '*', 'ids', ARGV[1])
-local last = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[2], '-', 'COUNT', 1)
-if #last > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
-  redis.call('SET', KEYS[2], last[1][1])
+local feed, trimmed, total = KEYS[1], KEYS[2], KEYS[3]
+local oldest_ms, max_ids = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('XADD', feed, '*', 'ids', ARGV[1], 'n', ARGV[2])
+local count = redis.call('INCRBY', total, tonumber(ARGV[2]))
+-- Drop the oldest entries while they are too old or too many ids are kept; never the newest.
+while redis.call('XLEN', feed) > 1 do
+  local first = redis.call('XRANGE', feed, '-', '+', 'COUNT', 1)[1]
+  local ms = tonumber(string.match(first[1], '^(%d+)'))
+  if count <= max_ids and ms >= oldest_ms then break end
+  local n = 0
+  for index = 1, #first[2], 2 do
+    if first[2][index] == 'n' then n = tonumber(first[2][index + 1]) end
+  end
+  redis.call('XDEL', feed, first[1])
+  count = redis.call('DECRBY', total, n)
+  redis.call('SET', trimmed, first[1])
 end
 """
 
@@ -445,13 +459,14 @@ class RedisSpool:
     def publish(self, written):
         """Append the ids the database writer just stored to each project's live feed: {project id: [id, ...]}.
 
-        One stream entry per project and batch; entries older than FEED_SECONDS go as new ones come.
+        One stream entry per project and batch; the oldest go as new ones come (FEED_SECONDS, FEED_MAX_IDS).
         """
-        oldest = "%d-0" % ((time.time() - FEED_SECONDS) * 1000)
+        oldest = int((time.time() - FEED_SECONDS) * 1000)
         with self.client.pipeline(transaction=False) as pipe:
             for project_id, ids in written.items():
                 key = self._feed_key(project_id)
-                self._publish(keys=[key, key + ":trimmed"], args=[",".join(ids), oldest], client=pipe)
+                self._publish(keys=[key, key + ":trimmed", key + ":ids"],
+                              args=[",".join(ids), len(ids), oldest, FEED_MAX_IDS], client=pipe)
             pipe.execute()
 
     def feed_end(self, project_id):
@@ -508,7 +523,7 @@ class SqliteSpool:
         "CREATE TABLE IF NOT EXISTS epochs (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         "CREATE TABLE IF NOT EXISTS strikes (name TEXT PRIMARY KEY, count INTEGER NOT NULL, expires REAL NOT NULL)",
         "CREATE TABLE IF NOT EXISTS feed (position INTEGER PRIMARY KEY AUTOINCREMENT, project INTEGER NOT NULL,"
-        " ids TEXT NOT NULL, at REAL NOT NULL)",
+        " ids TEXT NOT NULL, n INTEGER NOT NULL, at REAL NOT NULL)",
         "CREATE INDEX IF NOT EXISTS feed_project ON feed (project, position)",
         # Per project, the last feed position trimmed away: reading from before it misses entries.
         "CREATE TABLE IF NOT EXISTS feed_trimmed (project INTEGER PRIMARY KEY, position INTEGER NOT NULL)",
@@ -770,15 +785,16 @@ class SqliteSpool:
         """Append the ids the database writer just stored to each project's live feed: {project id: [id, ...]}.
 
         One row per project and batch, numbered in commit order (SQLite has one
-        writer at a time); rows older than FEED_SECONDS go as new ones come.
+        writer at a time); the oldest go as new ones come (FEED_SECONDS, FEED_MAX_IDS), never the newest.
         """
         def work(connection, now):
             for project_id, ids in written.items():
-                connection.execute("INSERT INTO feed (project, ids, at) VALUES (?, ?, ?)",
-                                   (project_id, ",".join(ids), now))
+                newest = connection.execute("INSERT INTO feed (project, ids, n, at) VALUES (?, ?, ?, ?)",
+                                            (project_id, ",".join(ids), len(ids), now)).lastrowid
                 trimmed = connection.execute(
-                    "SELECT max(position) FROM feed WHERE project = ? AND at < ?",
-                    (project_id, now - FEED_SECONDS)).fetchone()[0]
+                    "SELECT max(position) FROM (SELECT position, at, sum(n) OVER (ORDER BY position DESC) AS kept"
+                    " FROM feed WHERE project = ?) WHERE position < ? AND (at < ? OR kept > ?)",
+                    (project_id, newest, now - FEED_SECONDS, FEED_MAX_IDS)).fetchone()[0]
                 if trimmed is not None:
                     connection.execute("DELETE FROM feed WHERE project = ? AND position <= ?", (project_id, trimmed))
                     connection.execute("INSERT OR REPLACE INTO feed_trimmed VALUES (?, ?)", (project_id, trimmed))

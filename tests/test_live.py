@@ -126,6 +126,23 @@ def test_a_cursor_older_than_the_feed_says_there_is_a_gap(client, key, read_key,
     assert live(client, read_key, fresh)["gap"] is False
 
 
+def test_the_feed_keeps_at_most_its_ids_and_says_when_it_dropped_some(client, key, read_key, monkeypatch):
+    monkeypatch.setattr(spool, "FEED_MAX_IDS", 25)
+    cursor = live(client, read_key)["cursor"]
+    for start in range(0, 30, 10):
+        send(client, key, [{"message": "m%d" % number} for number in range(start, start + 10)])
+        drain_all()
+    answer = live(client, read_key, cursor)
+    # The first batch went (30 ids > 25); the answer holds what the feed kept, and says the rest is missing.
+    assert answer["gap"] is True
+    assert [log["message"] for log in answer["logs"]] == ["m%d" % number for number in range(10, 30)]
+    assert live(client, read_key, answer["cursor"])["gap"] is False
+    fresh = live(client, read_key)["cursor"]
+    send(client, key, [{"message": "m%d" % number} for number in range(30, 70)])  # one batch past the bound
+    drain_all()
+    assert follow(client, read_key, fresh)[0] == ["m%d" % number for number in range(30, 70)]
+
+
 def test_another_projects_logs_never_appear(client, key, read_key):
     cursor = live(client, read_key)["cursor"]
     with models.database.connection_context():
