@@ -354,8 +354,10 @@
       button.type = "button";
       button.setAttribute("aria-label", verb + " " + shown);
       button.title = verb + " " + shown;
-      // Dots inside a key cannot be told from the path's own: such a key has no filter.
-      button.disabled = path.some((key) => key.includes(".") || key === "");
+      // Dots inside a key cannot be told from the path's own: such a key has no filter. Nor have true, false
+      // and null: GET /logs matches strings and numbers only, so the filter would match no log, not even this one.
+      button.disabled = path.some((key) => key.includes(".") || key === "") || value === null ||
+                        typeof value === "boolean";
       button.addEventListener("click", () => changed((params) => {
         params.delete(name + (suffix ? "" : "!"), filterValue(value));
         params.append(name + suffix, filterValue(value));
