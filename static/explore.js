@@ -359,7 +359,9 @@
       button.disabled = path.some((key) => key.includes(".") || key === "") || value === null ||
                         typeof value === "boolean";
       button.addEventListener("click", () => changed((params) => {
+        // The opposite filter on this value goes; the same one, clicked again from another log, stays one chip.
         params.delete(name + (suffix ? "" : "!"), filterValue(value));
+        params.delete(name + suffix, filterValue(value));
         params.append(name + suffix, filterValue(value));
       }));
       group.append(button);
