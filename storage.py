@@ -161,29 +161,24 @@ def insert_rows(cursor, items):
     """SQLite: one prepared INSERT OR IGNORE run for every row, in the forms Peewee reads back.
 
     Returns the counts of the rows inserted. executemany says only how many
-    went in; when some were skipped (redelivery), the batch is inserted again
-    a row at a time to learn which.
+    went in; when some were skipped (redelivery), the rows above the largest
+    rowid from before are the ones it inserted: SQLite numbers a new row one
+    above the largest (until 2**63 - 1), and this transaction holds the only
+    write lock (BEGIN IMMEDIATE).
     """
-    statement = "INSERT OR IGNORE INTO logs (%s) VALUES (?, ?, ?, ?, ?, ?, ?)" % COLUMNS
     rows = [(record["id"].replace("-", ""), project, record["level"], record["message"],
              orjson.dumps(record["metadata"]).decode(), sqlite_time(record["timestamp"]),
              sqlite_time(received_at))
             for project, received_at, record in items]
-    cursor.execute("SAVEPOINT direct_insert")
-    cursor.executemany(statement, rows)
-    inserted = cursor.rowcount
-    if inserted in (0, len(rows)):
-        # All or none: a batch redelivered whole needs no second pass either.
-        cursor.execute("RELEASE SAVEPOINT direct_insert")
-        return count_items(items) if inserted else {}
-    cursor.execute("ROLLBACK TO SAVEPOINT direct_insert")
-    cursor.execute("RELEASE SAVEPOINT direct_insert")
-    inserted = []
-    for row, item in zip(rows, items):
-        cursor.execute(statement, row)
-        if cursor.rowcount:
-            inserted.append(item)
-    return count_items(inserted)
+    before = cursor.execute("SELECT coalesce(max(rowid), 0) FROM logs").fetchone()[0]
+    cursor.executemany("INSERT OR IGNORE INTO logs (%s) VALUES (?, ?, ?, ?, ?, ?, ?)" % COLUMNS, rows)
+    if cursor.rowcount == len(rows):
+        return count_items(items)
+    if cursor.rowcount == 0:
+        return {}
+    cursor.execute("SELECT project_id, %s, level, count(*) FROM logs WHERE rowid > ? GROUP BY 1, 2, 3"
+                   % minute_of(), (before,))
+    return {(project, minute, level): number for project, minute, level, number in cursor.fetchall()}
 
 
 def sqlite_time(text):
