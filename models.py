@@ -10,7 +10,7 @@ import sqlite3
 import time
 
 import orjson
-from peewee import (EXCLUDED, SQL, BigIntegerField, BooleanField, CharField, CompositeKey, DatabaseProxy,
+from peewee import (SQL, BigIntegerField, BooleanField, CharField, CompositeKey, DatabaseProxy,
                     DateTimeField, ForeignKeyField, IntegerField, JSONField, Model,
                     OperationalError, PostgresqlDatabase, ProgrammingError, SqliteDatabase, TextField, UUIDField, fn)
 from playhouse import db_url
@@ -319,12 +319,14 @@ class LogCount(BaseModel):
         """
         rows = [(project, minute, level, number) for (project, minute, level), number in sorted(counts.items())
                 if number]
+        # Written out: Peewee took 0.5 ms to build it for a typical batch's 15 rows, a writer's 5 %.
+        values = "(%s)" % ", ".join([database.param] * 4)
         for start in range(0, len(rows), COUNT_CHUNK_ROWS):
-            (cls.insert_many(rows[start:start + COUNT_CHUNK_ROWS],
-                             fields=[cls.project, cls.minute, cls.level, cls.number])
-             .on_conflict(conflict_target=[cls.project, cls.minute, cls.level],
-                          update={cls.number: cls.number + EXCLUDED.number})
-             .as_rowcount().execute())
+            chunk = rows[start:start + COUNT_CHUNK_ROWS]
+            database.execute_sql(
+                "INSERT INTO log_counts (project_id, minute, level, number) VALUES %s"
+                " ON CONFLICT (project_id, minute, level) DO UPDATE SET number = log_counts.number + excluded.number"
+                % ", ".join([values] * len(chunk)), [value for row in chunk for value in row])
 
     @classmethod
     def rebuild(cls, project_id):
