@@ -116,19 +116,22 @@ def viewer(tmp_path_factory, seeded):
     service.read_key = manage(service, "create-key", "--scope", "read", "shop").strip()
     create_user(service, "olga", "--project", "shop", "--project", "evil")
     service.start_web()
-    consumer = service.start_consumer()
-    for name, logs in (("shop", SHOP), ("evil", HOSTILE)):
-        status, reply = post(service.base_url, keys[name], json.dumps([wire(log) for log in logs]).encode())
-        assert (status, reply["accepted"], reply.get("warnings")) == (202, len(logs), None), reply
-    models.bind_database(config.Settings(data_dir=env["LOGFLOW_DATA_DIR"]))
+    try:
+        consumer = service.start_consumer()
+        for name, logs in (("shop", SHOP), ("evil", HOSTILE)):
+            status, reply = post(service.base_url, keys[name], json.dumps([wire(log) for log in logs]).encode())
+            assert (status, reply["accepted"], reply.get("warnings")) == (202, len(logs), None), reply
+        models.bind_database(config.Settings(data_dir=env["LOGFLOW_DATA_DIR"]))
+        sent = {log["id"] for log in SHOP + HOSTILE}
 
-    def stored():
-        consumer.check_alive()
-        with models.database.connection_context():
-            return models.Log.select().count() == len(SHOP) + len(HOSTILE)
-    wait_for(stored, timeout=60, interval=0.2, message="the consumer to store the seeded logs")
-    yield service
-    service.close()
+        def stored():
+            consumer.check_alive()
+            with models.database.connection_context():
+                return {str(log.id) for log in models.Log.select(models.Log.id)} == sent
+        wait_for(stored, timeout=60, interval=0.2, message="the consumer to store the seeded logs")
+        yield service
+    finally:
+        service.close()
 
 
 @pytest.fixture(scope="module")
