@@ -217,3 +217,12 @@ def test_creating_the_counts_table_counts_the_rows_already_stored(bound, project
     assert counts() == expected == counted_rows()
     models.create_tables()  # a table that exists is left as it is
     assert counts() == expected
+
+
+def test_a_removed_project_takes_its_counts_with_it(bound, project):
+    other = Project.create(name="other")
+    for each in (project, other):
+        write(each.id, random_records(random.Random(each.id), 50))
+    with models.database.connection_context():
+        Project.delete().where(Project.id == other.id).execute()  # logs and counts go by ON DELETE CASCADE
+    assert counts() == counted_rows() and {key[0] for key in counts()} == {project.id}
