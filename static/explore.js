@@ -191,10 +191,19 @@
 
   // ---- one log ---------------------------------------------------------------------------------
 
+  // Characters that reorder the text around them (a right-to-left override makes "exe.pdf" of
+  // "fdp.exe"): shown as their code, so that a log cannot disguise what it says.
+  const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+  function visible(content) {
+    return String(content).replace(BIDI_CONTROLS, (character) =>
+      "\u27e6U+" + character.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0") + "\u27e7");
+  }
+
   function text(tag, className, content) {
     const element = document.createElement(tag);
     if (className) element.className = className;
-    element.textContent = content;
+    element.textContent = visible(content);
     return element;
   }
 
@@ -476,7 +485,8 @@
                     (bucket.total === 1 ? " log" : " logs");
       group.setAttribute("class", "bucket");
       group.setAttribute("role", "button");
-      group.setAttribute("tabindex", "0");
+      // One tab stop for the whole chart (the newest bar); arrow keys move between bars.
+      group.setAttribute("tabindex", index === answer.buckets.length - 1 ? "0" : "-1");
       group.setAttribute("aria-label", label);
       const hit = document.createElementNS(SVG, "rect"); // the whole column answers the pointer
       hit.setAttribute("x", index * barWidth);
@@ -512,6 +522,14 @@
       });
       group.addEventListener("keydown", (event) => {
         if (event.key === "Enter" || event.key === " ") { event.preventDefault(); narrow(start.getTime(), start.getTime()); }
+        const step = { ArrowLeft: -1, ArrowRight: 1, Home: -index, End: answer.buckets.length - 1 - index }[event.key];
+        const next = step === undefined ? null : svg.children[index + step];
+        if (next) {
+          event.preventDefault();
+          group.setAttribute("tabindex", "-1");
+          next.setAttribute("tabindex", "0");
+          next.focus();
+        }
       });
       svg.append(group);
     });

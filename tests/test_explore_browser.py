@@ -32,6 +32,11 @@ SHOP, HOSTILE = [], []
 USERS = ("ada", "bob", "carol", "dave")
 IMG = "<img src=x onerror=alert(1)>"
 RLO = "\u202e"  # RIGHT-TO-LEFT OVERRIDE
+
+
+def seen_as(text):
+    """What the page shows of a text: a bidi control as its code, so that it cannot disguise the rest."""
+    return text.replace(RLO, "\u27e6U+202E\u27e7")
 BIG = 64 * 1024
 NARROW = {"width": 360, "height": 740}
 
@@ -387,6 +392,32 @@ def test_a_histogram_bar_click_and_a_drag_narrow_the_range_and_the_list(page, vi
     assert page.dialogs == []
 
 
+def test_the_histogram_is_one_tab_stop_whose_bars_arrow_keys_walk(page, viewer):
+    page.goto("/ui/projects/shop?since=7d")
+    histogram = page.get_by_role("region", name="Logs over time")
+    bars = histogram.get_by_role("button")
+    expect(histogram.locator(".note")).to_contain_text("%d logs from" % len(SHOP))
+    page.get_by_role("button", name="Copy as curl").focus()
+    page.keyboard.press("Tab")  # past the Live switch
+    page.keyboard.press("Tab")
+    newest = bars.last
+    expect(newest).to_be_focused()
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    expect(bars.nth(bars.count() - 3)).to_be_focused()
+    # Shift+Tab leaves the chart at once: its bars are not a hundred stops on the way.
+    page.keyboard.press("Tab")
+    expect(bars.nth(bars.count() - 3)).not_to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    chosen = bars.nth(bars.count() - 3)
+    expect(chosen).to_be_focused()
+    start = bucket_start(chosen.get_attribute("aria-label"))
+    page.keyboard.press("Enter")
+    interval = datetime.timedelta(hours=2)
+    expect(page).to_have_url(re.compile(r"until="))
+    assert parameters(page) == {"since": [iso(start)], "until": [iso(start + interval)]}
+
+
 def test_scrolling_loads_older_logs_by_cursor_without_duplicates(page, viewer):
     page.goto("/ui/projects/shop")
     expect_messages(page, first_lines(SHOP))
@@ -506,18 +537,21 @@ def test_copy_as_curl_reads_the_same_logs_from_the_api_with_a_read_key(page, vie
 def test_hostile_logs_are_text_and_the_page_fits_360_pixels(browser, viewer, signed_in):
     with open_tab(browser, viewer.base_url, storage_state=signed_in, viewport=NARROW, **TAB) as page:
         page.goto("/ui/projects/evil")
-        shown = [log["message"][:500] + "…" if len(log["message"]) > 500 else log["message"] for log in HOSTILE]
+        shown = [seen_as(log["message"][:500] + "…" if len(log["message"]) > 500 else log["message"])
+                 for log in HOSTILE]
         expect_messages(page, shown)
         for index in range(len(HOSTILE)):
             rows(page).nth(index).locator(".summary").click()
         details = rows(page).locator(".detail")
         expect(details).to_have_count(len(HOSTILE))
         for row, log in zip(rows(page).all(), HOSTILE):
-            expect(row.locator(".full-message")).to_have_text(log["message"])
+            expect(row.locator(".full-message")).to_have_text(seen_as(log["message"]))
             for key, value in log["metadata"].items():
-                expect(row.locator(".metadata-tree")).to_contain_text(key)
-                expect(row.locator(".metadata-tree")).to_contain_text(value)
+                expect(row.locator(".metadata-tree")).to_contain_text(seen_as(key))
+                expect(row.locator(".metadata-tree")).to_contain_text(seen_as(value))
         assert len(rows(page).nth(3).locator(".full-message").text_content()) == BIG
+        # "invoice ⟦U+202E⟧fdp.exe is safe": the override is shown, not obeyed (it would read "exe.pdf").
+        expect(rows(page).nth(2).locator(".summary .message")).to_have_text("invoice \u27e6U+202E\u27e7fdp.exe is safe")
         # A right-to-left override in a key reverses that key only: its value and buttons keep their places.
         entry = rows(page).nth(2).locator(".metadata-tree li").first
         key, value = entry.locator(".key").bounding_box(), entry.locator(".value").bounding_box()
