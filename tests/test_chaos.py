@@ -387,6 +387,12 @@ def test_random_faults_lose_no_accepted_record(request, tmp_path, own_postgres, 
         problems.append("the spool is empty but counts records waiting: %s" % waiting)
     if any(status != 0 for status in faults.exits):
         problems.append("consumers stopped with SIGTERM exited with %s" % faults.exits)
+    # The per-minute counts histograms read (models.LogCount) equal the rows, redelivered batches included.
+    counted = query(service.db_url, "SELECT project_id, minute, level, number FROM log_counts")
+    rows = query(service.db_url, "SELECT project_id, (extract(epoch FROM date_trunc('minute', timestamp)) / 60)::bigint,"
+                                 " level, count(*) FROM logs GROUP BY 1, 2, 3")
+    if sorted(counted) != sorted(rows):
+        problems.append("log_counts differs from the rows: %s" % sorted(set(counted) ^ set(rows))[:5])
     assert not problems, "seed %d:\n%s\nfaults: %s" % (seed, "\n".join(problems), faults.log)
 
 
