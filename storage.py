@@ -89,7 +89,7 @@ class DatabaseWriter:
 
 
 def forget_empty_counts(project_id, changed):
-    """Delete the count rows of these (project, minute, level) keys that fell to zero (or below: see below)."""
+    """Delete the count rows in the minutes of these (project, minute, level) keys that fell to zero or below."""
     if not changed:
         return
     minutes = [minute for _, minute, _ in changed]
