@@ -170,13 +170,14 @@ def prepare(settings):
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 15
     print("load before: %s" % open("/proc/loadavg").read().strip(), flush=True)
-    folder = tempfile.mkdtemp(prefix="logflow-rollup-")
-    server = services.start_postgres(os.path.join(folder, "pg"))
-    prepare(config.load({"DATABASE_URL": server.url}))
-    side_by_side("postgres", rounds, server)
-    concurrent(server.url, max(3, rounds // 5))
-    prepare(config.load({"LOGFLOW_DATA_DIR": os.path.join(folder, "data")}))
-    side_by_side("sqlite", rounds)
+    with tempfile.TemporaryDirectory(prefix="logflow-rollup-") as folder:
+        server = services.start_postgres(os.path.join(folder, "pg"))
+        prepare(config.load({"DATABASE_URL": server.url}))
+        side_by_side("postgres", rounds, server)
+        concurrent(server.url, max(3, rounds // 5))
+        prepare(config.load({"LOGFLOW_DATA_DIR": os.path.join(folder, "data")}))
+        side_by_side("sqlite", rounds)
+        services.shutdown_all()
     print("load after: %s" % open("/proc/loadavg").read().strip(), flush=True)
 
 
