@@ -332,6 +332,43 @@ def load(stack, args, marker_path):
 
 # ---------------------------------------------------------------- the stack
 
+def reset(stack, marker):
+    """Delete what earlier runs sent (every row timestamped after the load's end) and its counts; returns rows deleted.
+
+    Each run then reads the data as loaded: the records ingested at the end of
+    a run would otherwise sit above it, newest, in the next run's first pages.
+    """
+    end = datetime.datetime.fromtimestamp(marker["end"], datetime.timezone.utc).replace(tzinfo=None)
+    connection = psycopg2.connect(stack.db_url)
+    connection.autocommit = True  # VACUUM cannot run in a transaction
+    deleted = 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM projects")
+        for project_id, in cursor.fetchall():
+            cursor.execute("DELETE FROM logs WHERE project_id = %s AND timestamp >= %s", (project_id, end))
+            deleted += cursor.rowcount
+        cursor.execute("SELECT to_regclass('log_counts') IS NOT NULL")
+        if cursor.fetchone()[0]:
+            cursor.execute("DELETE FROM log_counts WHERE minute >= %s", (marker["end"] // 60,))
+        if deleted:
+            cursor.execute("VACUUM (ANALYZE) logs")
+    connection.close()
+    return deleted
+
+
+def after_burst(stack, session, args, marker):
+    """The level=ERROR first page again, now that the ingestion runs put many newer INFO logs above the loaded ones."""
+    end = datetime.datetime.fromtimestamp(marker["end"], datetime.timezone.utc).replace(tzinfo=None)
+    with psycopg2.connect(stack.db_url) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM logs WHERE project_id = (SELECT id FROM projects WHERE name = %s)"
+                       " AND timestamp >= %s", (MAIN, end))
+        newer = cursor.fetchone()[0]
+    log("timing the level=ERROR first page below %d newer INFO logs" % newer)
+    url = stack.logflow_url + "/logs?project=%s&limit=100&level=ERROR" % MAIN
+    return ("first page, level=ERROR, below %d new INFO logs" % newer, TARGETS["first page"],
+            timed(stack, session, url, args.requests))
+
+
 class ViewerStack(run.Stack):
     """bench/run.py's stack without hello: Redis, the cached PostgreSQL, then the web line and one consumer."""
 
@@ -732,9 +769,10 @@ def report(info, marker, loaded_now, endpoints, full, paced, rate, cost, shown, 
                  marker["written"] / marker["copy_s"], marker["vacuum_s"],
                  "%.0f s" % marker["counts_s"] if marker["counts_s"] is not None else "(no rollup table)"))
     else:
-        print("load:      cached in %s (loaded in %.0f s when made; --fresh loads again); data %.1f h old"
-              % (os.path.join(CACHE, str(args.rows)), marker["copy_s"] + marker["vacuum_s"] + (marker["counts_s"] or 0),
-                 (time.time() - marker["end"]) / 3600))
+        print("load:      cached in %s (loaded in %.0f s when made; --fresh loads again); data %.1f h old;"
+              " %d rows earlier runs sent deleted first" % (
+                  os.path.join(CACHE, str(args.rows)), marker["copy_s"] + marker["vacuum_s"] + (marker["counts_s"] or 0),
+                  (time.time() - marker["end"]) / 3600, info["reset"]))
     print("rollup:    %s" % ("log_counts present, filled by manage.py rebuild-counts" if info["rollup"]
                              else "none (histograms count rows)"))
     print()
@@ -872,6 +910,8 @@ def main():
             if loaded_now:
                 log("loading %d rows (cached in %s for the next runs)" % (args.rows, server.base))
                 marker = load(stack, args, marker_path)
+            else:
+                info["reset"] = reset(stack, marker)
             with psycopg2.connect(stack.db_url) as connection, connection.cursor() as cursor:
                 cursor.execute("SELECT to_regclass('log_counts') IS NOT NULL")
                 info["rollup"] = cursor.fetchone()[0]
@@ -893,6 +933,7 @@ def main():
             cookies = [sign_in(stack.logflow_url, password).cookies["logflow_session"] for _ in range(args.viewers)]
             full, paced, rate = ingestion(stack, args, key, cookies)
             cost = viewer_cost(stack, args, key, cookies)
+            endpoints.append(after_burst(stack, session, args, marker))
             shown = None
             if not args.no_browser:
                 log("chromium: 1,000 rows")
