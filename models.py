@@ -363,6 +363,11 @@ class Quarantined(BaseModel):
         table_name = "quarantine"
 
     @classmethod
+    def count_by_writer(cls):
+        """{writer: records set aside} of the writers that have any."""
+        return dict(cls.select(cls.writer, fn.COUNT(SQL("*"))).group_by(cls.writer).tuples())
+
+    @classmethod
     def add(cls, writer, item, error):
         """Set one (project id, received_at, record) item aside with the error that refused it."""
         project, received_at, record = item
@@ -442,11 +447,6 @@ class Session(BaseModel):
     # A browser unused this long is signed out: its next page is the sign-in form.
     IDLE_SECONDS = 12 * 3600
     # A session's last use is written at most this often: not one write per page.
-    @classmethod
-    def count_by_writer(cls):
-        """{writer: records set aside} of the writers that have any."""
-        return dict(cls.select(cls.writer, fn.COUNT(SQL("*"))).group_by(cls.writer).tuples())
-
     TOUCH_SECONDS = 60
 
     @classmethod
