@@ -192,12 +192,13 @@ def test_a_session_reads_only_its_projects_and_never_writes(client, shop, bound)
     sign_in(client, "ada")
     assert client.get("/logs?project=shop").status_code == 200
     for url in ("/logs?project=other", "/logs?project=%d" % other.id, "/logs?project=nope",
-                "/logs/histogram?project=other",
+                "/logs/histogram?project=other", "/logs/live?project=other", "/logs/live?project=other&cursor=0:0",
                 "/logs/00000000-0000-7000-8000-000000000001/context?project=other",
                 "/logs/00000000-0000-7000-8000-000000000001?project=other"):
         answer = client.get(url)
         assert answer.status_code == 404 and "secret" not in answer.text, url
     assert client.get("/logs/histogram?project=shop&since=1h").status_code == 200
+    assert client.get("/logs/live?project=shop").status_code == 200
     assert client.post("/logs?project=shop", json={"message": "x"}).status_code == 401
     assert client.post("/v1/logs?project=shop", json={}).status_code == 401
     client.post("/ui/logout", data={"csrf_token": csrf_of(client.get("/ui/"))})
