@@ -252,6 +252,19 @@ def test_only_connection_trouble_counts_as_the_database_being_unreachable(bound)
     assert not query.unreachable(refused.value)
 
 
+@pytest.mark.parametrize("settings", ["postgres"], indirect=True)
+def test_a_read_runs_without_jit_and_with_its_timeout_only_inside_its_transaction(bound):
+    def shown(name):
+        return models.database.execute_sql("SHOW %s" % name).fetchone()[0]
+    with models.database.connection_context():
+        before = shown("statement_timeout"), shown("jit")
+        with query.time_limited(2.5):
+            assert (shown("statement_timeout"), shown("jit")) == ("2500ms", "off")
+        with query.time_limited(0):  # no limit of its own: the server's stays
+            assert (shown("statement_timeout"), shown("jit")) == (before[0], "off")
+        assert (shown("statement_timeout"), shown("jit")) == before
+
+
 def test_a_read_the_database_refuses_is_logged_with_the_request_not_called_an_outage(
         client, read_key, bound, monkeypatch, caplog):
     # Past the cap, SQLite's parser overflows (PostgreSQL's goes deeper): the database is up.
