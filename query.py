@@ -60,6 +60,8 @@ EPOCH = datetime.datetime(1970, 1, 1)
 MAX_LIVE_ENTRIES = 100
 MAX_LIVE_IDS = 5000
 # A GET /logs/live cursor: a feed position (spool.feed), then how many ids of its entry were read.
+# The initial each level has in the live feed: D, I, W, E, C.
+FEED_LEVELS = {level[0]: level for level in records.LEVELS}
 LIVE_CURSOR = re.compile(r"([0-9]{1,20}(?:-[0-9]{1,20})?):([0-9]{1,9})")
 # since and until may be a duration before now: digits and a unit.
 RELATIVE_TIME = re.compile(r"([0-9]{1,9})([smhdw])")
@@ -687,15 +689,16 @@ def live(project_id, log_filter, feed, cursor, max_bytes=MAX_PAGE_BYTES):
         entries, gap = feed(position, taken > 0, MAX_LIVE_ENTRIES)
     except ValueError:  # a position of the other backend's feed, or out of its range
         raise InvalidQuery("cursor must be one that GET /logs/live gave, not %r" % cursor[:64]) from None
-    unread = []  # (position, ids of its entry read once this one is, id)
-    for entry, ids in entries:
+    unread = []  # (position, ids of its entry read once this one is, id, its level if the feed says)
+    for entry, items in entries:
         first = taken if entry == position else 0
-        unread.extend((entry, index + 1, ids[index]) for index in range(first, len(ids)))
+        unread.extend((entry, index + 1) + feed_item(items[index]) for index in range(first, len(items)))
         if len(unread) >= MAX_LIVE_IDS:
             break
     unread = unread[:MAX_LIVE_IDS]
     stored = {}
-    for log_id in {log_id for _, _, log_id in unread}:
+    # A level the filter leaves out needs no lookup: a viewer of errors reads only the errors' rows.
+    for log_id in {log_id for _, _, log_id, level in unread if level is None or level in log_filter.levels}:
         try:
             stored[stored_id(uuid.UUID(log_id))] = log_id
         except ValueError:
@@ -705,7 +708,7 @@ def live(project_id, log_filter, feed, cursor, max_bytes=MAX_PAGE_BYTES):
         rows = stored_rows(matching(project_id, log_filter).select(Log.id, stored_size()).where(among(stored)))
         sizes = {stored[key if isinstance(key, str) else str(key)]: size for key, size in rows}
     chosen, total, read = [], 0, 0
-    for entry, count, log_id in unread:
+    for entry, count, log_id, _ in unread:
         if log_id in sizes:
             total += sizes[log_id] + LOG_BYTES
             if chosen and total > max_bytes:
@@ -714,7 +717,7 @@ def live(project_id, log_filter, feed, cursor, max_bytes=MAX_PAGE_BYTES):
         read += 1
     more = read < len(unread) or len(entries) == MAX_LIVE_ENTRIES or len(unread) == MAX_LIVE_IDS
     if read:
-        entry, count, _ = unread[read - 1]
+        entry, count = unread[read - 1][:2]
         ids_in_entry = next(len(ids) for position_, ids in entries if position_ == entry)
         cursor = "%s:%d" % (entry, 0 if count == ids_in_entry else count)
     rows = {str(row.id): row for row in Log.select().where(Log.project == project_id, among(
@@ -722,6 +725,11 @@ def live(project_id, log_filter, feed, cursor, max_bytes=MAX_PAGE_BYTES):
     # An id published twice (a redelivered batch) is shown once.
     shown = list(dict.fromkeys(log_id for log_id in chosen if log_id in rows))
     return [rows[log_id] for log_id in shown], cursor, more, gap
+
+
+def feed_item(text):
+    """(id, level) of an item of the live feed: the level's initial, then the id (tasks.written_ids)."""
+    return (text[1:], FEED_LEVELS.get(text[0])) if len(text) == 37 else (text, None)
 
 
 def render(log):

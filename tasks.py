@@ -189,10 +189,14 @@ def write_batch(writer, batch):
 
 
 def written_ids(items):
-    """{project id: [log id, ...]} of a batch's items, for the live feed; ids a writer quarantined are simply not found."""
+    """{project id: [level's initial and log id, ...]} of a batch's items, for the live feed (query.feed_item).
+
+    The level lets a live view filtered by level skip the others without
+    reading them; ids a writer quarantined are simply not found.
+    """
     written = collections.defaultdict(list)
     for project_id, _, record in items:
-        written[project_id].append(record["id"])
+        written[project_id].append(record["level"][0] + record["id"])
     return written
 
 

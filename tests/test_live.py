@@ -75,6 +75,22 @@ def test_a_log_timestamped_long_ago_is_shown_when_it_is_stored(client, key, read
     assert follow(client, read_key, cursor)[0] == ["late"]
 
 
+def test_a_level_filter_reads_only_the_rows_of_its_levels(client, key, read_key):
+    send(client, key, [{"message": "an error", "level": "ERROR", "id": log_id(20)}])
+    drain_all()
+    cursor = live(client, read_key)["cursor"]
+    with models.database.connection_context():
+        project_id = models.Log.get(models.Log.message == "an error").project_id
+    # The feed names each id's level. An entry that (wrongly) says INFO for the error: a viewer of
+    # errors does not look it up, so does not see it; a viewer of every level does.
+    tasks.runtime.spool.publish({project_id: ["I" + log_id(20)]})
+    assert live(client, read_key, cursor, [("level", "ERROR")])["logs"] == []
+    assert [log["message"] for log in live(client, read_key, cursor)["logs"]] == ["an error"]
+    # An entry without a level (a bare id) is looked up and filtered by its row.
+    tasks.runtime.spool.publish({project_id: [log_id(20)]})
+    assert [log["message"] for log in live(client, read_key, cursor, [("level", "ERROR")])["logs"]] == ["an error"]
+
+
 def test_a_redelivered_batch_is_shown_once(client, key, read_key):
     cursor = live(client, read_key)["cursor"]
     send(client, key, [{"message": "once", "id": log_id(7)}])
