@@ -592,6 +592,13 @@ def log_histogram():
     return json_response(answer, 200)
 
 
+# Live polls a web process answers at once. Under a flood a poll costs tens of ms of CPU (the
+# logs it renders, for each viewer); one at a time leaves the other threads to POST /logs, and
+# the viewers that wait ask again a second later, taking more logs each time.
+LIVE_POLLS_AT_ONCE = 1
+live_polls = threading.BoundedSemaphore(LIVE_POLLS_AT_ONCE)
+
+
 @bp.get("/logs/live")
 def live_logs():
     """The logs the filters match that were stored after the cursor, in the order stored: what a live view polls.
@@ -608,8 +615,15 @@ def live_logs():
                 return json_response({"logs": [], "cursor": tasks.runtime.spool.feed_end(project_id) + ":0",
                                       "more": False, "gap": False}, 200)
             feed = functools.partial(tasks.runtime.spool.feed, project_id)
-            rows, cursor, more, gap = query.live(project_id, log_filter, feed, given["cursor"],
-                                                 settings.max_page_bytes)
+            if not live_polls.acquire(blocking=False):
+                # Not counted in /metrics: a busy moment, not a refused client.
+                raise APIError(429, "this web process is answering another live poll; ask again in a second",
+                               headers={"Retry-After": "1"}, counted=False)
+            try:
+                rows, cursor, more, gap = query.live(project_id, log_filter, feed, given["cursor"],
+                                                     settings.max_page_bytes)
+            finally:
+                live_polls.release()
     except SpoolUnavailable as error:
         logger.error("the live feed is unavailable: %s", error)
         raise APIError(503, "the live feed is unavailable; retry later", headers={

@@ -95,7 +95,11 @@
     }
     let body = null;
     try { body = await response.json(); } catch (error) { body = null; }
-    if (!response.ok) throw new Error((body && body.error) || ("the server answered " + response.status));
+    if (!response.ok) {
+      const error = new Error((body && body.error) || ("the server answered " + response.status));
+      error.status = response.status;
+      throw error;
+    }
     return body;
   }
 
@@ -591,6 +595,11 @@
       }
     } catch (error) {
       if (error.name === "AbortError" || signal.aborted) return;
+      if (error.status === 429) {
+        // The server is busy with other viewers' polls: ask again soon, from the same cursor.
+        liveTimer = setTimeout(() => poll(signal), LIVE_INTERVAL_MS * (1 + Math.random()));
+        return;
+      }
       liveFailures += 1;
       delay = Math.min(30000, LIVE_INTERVAL_MS * 2 ** liveFailures);
       say("Live: " + error.message + ". Trying again in " + Math.round(delay / 1000) + " s.", true);

@@ -3,6 +3,7 @@ import uuid
 
 import pytest
 
+import logflow
 import models
 import query
 import spool
@@ -157,6 +158,20 @@ def test_the_feed_keeps_at_most_its_ids_and_says_when_it_dropped_some(client, ke
     send(client, key, [{"message": "m%d" % number} for number in range(30, 70)])  # one batch past the bound
     drain_all()
     assert follow(client, read_key, fresh)[0] == ["m%d" % number for number in range(30, 70)]
+
+
+def test_a_poll_while_the_process_answers_another_is_asked_to_come_back_in_a_second(client, key, read_key):
+    cursor = live(client, read_key)["cursor"]
+    send(client, key, [{"message": "waited"}])
+    drain_all()
+    assert logflow.live_polls.acquire(blocking=False)  # another viewer's poll, under way
+    try:
+        busy = get(client, read_key, "/logs/live", [("cursor", cursor)])
+        assert busy.status_code == 429 and busy.headers["Retry-After"] == "1"
+        assert live(client, read_key)["logs"] == []  # asking for the cursor of now needs no turn
+    finally:
+        logflow.live_polls.release()
+    assert follow(client, read_key, cursor)[0] == ["waited"]
 
 
 def test_another_projects_logs_never_appear(client, key, read_key):
