@@ -622,14 +622,15 @@ def live_logs():
             try:
                 rows, cursor, more, gap = query.live(project_id, log_filter, feed, given["cursor"],
                                                      settings.max_page_bytes)
+                # Rendered under the same turn: turning rows into JSON is much of a flood's cost.
+                return json_response({"logs": [query.render(row) for row in rows], "cursor": cursor,
+                                      "more": more, "gap": gap}, 200)
             finally:
                 live_polls.release()
     except SpoolUnavailable as error:
         logger.error("the live feed is unavailable: %s", error)
         raise APIError(503, "the live feed is unavailable; retry later", headers={
             "Retry-After": str(settings.retry_after_seconds)}) from None
-    return json_response({"logs": [query.render(row) for row in rows], "cursor": cursor, "more": more,
-                          "gap": gap}, 200)
 
 
 @bp.get("/logs/<log_id>/context")

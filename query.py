@@ -57,7 +57,7 @@ DEFAULT_CONTEXT = 20
 MAX_CONTEXT = 100
 EPOCH = datetime.datetime(1970, 1, 1)
 # What one GET /logs/live reads of the feed at most: entries (a stored batch each), and ids among them.
-MAX_LIVE_ENTRIES = 100
+MAX_LIVE_ENTRIES = 20
 MAX_LIVE_IDS = 5000
 # A GET /logs/live cursor: a feed position (spool.feed), then how many ids of its entry were read.
 # The initial each level has in the live feed: D, I, W, E, C.

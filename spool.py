@@ -272,14 +272,22 @@ return false
 """
 
 
-# Append ids ARGV[1] to the live feed KEYS[1] and drop its entries older than
-# ARGV[2], noting the last one dropped in KEYS[2]: a reader whose position is
-# before it has missed entries (Redis's own trimming keeps no such mark).
+# Append ARGV[2] ids ARGV[1] to the live feed KEYS[1] and drop its entries older
+# than ARGV[3] seconds or past ARGV[4] ids (KEYS[3] counts them), noting the last
+# one dropped in KEYS[2]: a reader whose position is before it has missed entries
+# (Redis's own trimming keeps no such mark). Ages by Redis's clock, as the entry ids.
 PUBLISH_SCRIPT = """
 local feed, trimmed, total = KEYS[1], KEYS[2], KEYS[3]
-local oldest_ms, max_ids = tonumber(ARGV[3]), tonumber(ARGV[4])
+local clock = redis.call('TIME')
+local oldest_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) - tonumber(ARGV[3]) * 1000
+local max_ids = tonumber(ARGV[4])
 redis.call('XADD', feed, '*', 'ids', ARGV[1], 'n', ARGV[2])
 local count = redis.call('INCRBY', total, tonumber(ARGV[2]))
+if redis.call('XLEN', feed) == 1 then
+  -- A new (or emptied) stream: the count starts again, should it ever have drifted.
+  redis.call('SET', total, ARGV[2])
+  count = tonumber(ARGV[2])
+end
 -- Drop the oldest entries while they are too old or too many ids are kept; never the newest.
 while redis.call('XLEN', feed) > 1 do
   local first = redis.call('XRANGE', feed, '-', '+', 'COUNT', 1)[1]
@@ -461,12 +469,11 @@ class RedisSpool:
 
         One stream entry per project and batch; the oldest go as new ones come (FEED_SECONDS, FEED_MAX_IDS).
         """
-        oldest = int((time.time() - FEED_SECONDS) * 1000)
         with self.client.pipeline(transaction=False) as pipe:
             for project_id, ids in written.items():
                 key = self._feed_key(project_id)
                 self._publish(keys=[key, key + ":trimmed", key + ":ids"],
-                              args=[",".join(ids), len(ids), oldest, FEED_MAX_IDS], client=pipe)
+                              args=[",".join(ids), len(ids), FEED_SECONDS, FEED_MAX_IDS], client=pipe)
             pipe.execute()
 
     def feed_end(self, project_id):
@@ -479,14 +486,17 @@ class RedisSpool:
     def feed(self, project_id, after, inclusive, count):
         """Up to `count` feed entries from position `after` on, oldest first, as [(position, [id, ...])]; and
         whether entries after `after` were trimmed away before they were read (a gap)."""
-        if any(part >= 2 ** 64 for part in stream_position(after)):
+        # The largest id has no id after it: an exclusive range from it is an error in Redis.
+        if any(part >= 2 ** 64 - 1 for part in stream_position(after)):
             raise ValueError("%r is not a position of this feed" % after)
         key = self._feed_key(project_id)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.xrange(key, after if inclusive else "(" + after, "+", count=count)
             pipe.get(key + ":trimmed")
             entries, trimmed = pipe.execute()
-        gap = bool(trimmed) and stream_position(trimmed.decode()) > stream_position(after)
+        # Reading from inside an entry (inclusive), that entry's being dropped is a gap too.
+        gap = bool(trimmed) and (stream_position(trimmed.decode()) >= stream_position(after) if inclusive
+                                 else stream_position(trimmed.decode()) > stream_position(after))
         return [(position.decode(), fields[b"ids"].decode().split(",")) for position, fields in entries], gap
 
     def beat(self, name, at):
@@ -815,7 +825,9 @@ class SqliteSpool:
             "SELECT position, ids FROM feed WHERE project = ? AND position %s ? ORDER BY position LIMIT ?"
             % (">=" if inclusive else ">"), (project_id, int(after), count)).fetchall()
         trimmed = connection.execute("SELECT position FROM feed_trimmed WHERE project = ?", (project_id,)).fetchone()
-        return [(str(position), ids.split(",")) for position, ids in rows], bool(trimmed and trimmed[0] > int(after))
+        # Reading from inside an entry (inclusive), that entry's being dropped is a gap too.
+        gap = bool(trimmed) and (trimmed[0] >= int(after) if inclusive else trimmed[0] > int(after))
+        return [(str(position), ids.split(",")) for position, ids in rows], gap
 
     def beat(self, name, at):
         """Record that consumer `name` was alive at `at` (epoch seconds); forgets beats a day old."""

@@ -128,7 +128,7 @@ def test_large_logs_are_read_a_part_at_a_time_and_none_is_skipped_or_repeated(cl
 
 def test_a_cursor_older_than_the_feed_says_there_is_a_gap(client, key, read_key, monkeypatch):
     cursor = live(client, read_key)["cursor"]
-    # On Redis the feed drops whole stream nodes (100 entries): enough batches to fill more than one.
+    # Many batches, then a trim that drops them all but the newest.
     for number in range(120):
         send(client, key, [{"message": "m%d" % number}])
         drain_all()
@@ -172,6 +172,23 @@ def test_a_poll_while_the_process_answers_another_is_asked_to_come_back_in_a_sec
     finally:
         logflow.live_polls.release()
     assert follow(client, read_key, cursor)[0] == ["waited"]
+
+
+def test_a_batch_dropped_while_a_cursor_stood_inside_it_is_a_gap(client, key, read_key, monkeypatch):
+    cursor = live(client, read_key)["cursor"]
+    big = "y" * 60_000
+    # 4.2 MB in batches of 600 kB: a poll of 4 MiB stops inside the last of them.
+    for start in range(0, 70, 10):
+        send(client, key, [{"message": "%d %s" % (number, big)} for number in range(start, start + 10)])
+    drain_all()
+    inside = live(client, read_key, cursor)
+    while inside["cursor"].endswith(":0"):
+        assert inside["more"] is True
+        inside = live(client, read_key, inside["cursor"])
+    monkeypatch.setattr(spool, "FEED_MAX_IDS", 5)
+    send(client, key, [{"message": "next"}])  # more ids kept than 5: all but this batch go
+    drain_all()
+    assert live(client, read_key, inside["cursor"])["gap"] is True
 
 
 def test_another_projects_logs_never_appear(client, key, read_key):
