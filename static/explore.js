@@ -19,7 +19,7 @@
   const LIVE_INTERVAL_MS = 1000;
   const HIDDEN_INTERVAL_MS = 5000;
   // Ids of logs shown lately, so that one written twice (a redelivered batch) is shown once.
-  const SEEN_KEPT = 5000;
+  const SEEN_KEPT = 50000;
   // While live, the histogram is drawn again this often (its counts come from the rollup: cheap).
   const HISTOGRAM_REFRESH_MS = 30000;
   const project = root.dataset.project;
@@ -43,6 +43,7 @@
   let pending = []; // live logs held while the person looks elsewhere, oldest first
   let pendingCount = 0;
   const seen = new Map(); // id → true, oldest first
+  const inPage = new Set(); // ids of the rows in the list: a log is never shown twice
   const liveSwitch = document.getElementById("live");
   const newLogs = document.getElementById("new-logs");
 
@@ -117,6 +118,7 @@
     fillForm();
     showChips();
     list.replaceChildren();
+    inPage.clear();
     cursor = null;
     selected = null;
     more.hidden = true;
@@ -127,8 +129,20 @@
       } else {
         // The feed's position first, then the page: a log stored in between comes in
         // both, and is shown once.
-        if (isLive()) liveCursor = (await read(apiUrl(api + "/live", filters()), signal)).cursor;
+        let liveError = null;
+        if (isLive()) {
+          try {
+            liveCursor = (await read(apiUrl(api + "/live", filters()), signal)).cursor;
+          } catch (error) {
+            if (error.name === "AbortError") throw error;
+            liveError = error; // the list can still be read
+          }
+        }
         await showPage(signal);
+        if (liveError) {
+          say("Live is unavailable: " + liveError.message + ". Switch it off and on to try again.", true);
+          return;
+        }
       }
     } catch (error) {
       if (error.name !== "AbortError") say(error.message, true);
@@ -151,10 +165,13 @@
   async function loadMore() {
     if (!cursor || !loading || more.disabled) return;
     more.disabled = true;
+    const from = cursor;
     const params = filters();
-    params.set("cursor", cursor);
+    params.set("cursor", from);
     try {
       const page = await read(apiUrl(api, params), loading.signal);
+      // Live dropped the oldest rows meanwhile (or the view changed): this page would leave a hole.
+      if (cursor !== from) return;
       append(page.logs);
       cursor = page.next_cursor;
       more.hidden = !cursor;
@@ -182,6 +199,9 @@
   function append(logs) {
     const fragment = document.createDocumentFragment();
     for (const log of logs) {
+      // An older page holds a log that live showed at the top already (a late timestamp).
+      if (inPage.has(log.id)) continue;
+      inPage.add(log.id);
       remember(log.id);
       fragment.append(row(log));
     }
@@ -588,8 +608,11 @@
       if (liveFailures) say("");
       liveFailures = 0;
       receive(answer.logs);
-      if (answer.more) delay = 0;
-      if (histogram && !document.hidden && performance.now() - histogramDrawn > HISTOGRAM_REFRESH_MS) {
+      if (answer.more && !document.hidden) delay = 0;
+      // Only a histogram the per-minute counts serve is refreshed: with q or meta.* it reads the rows.
+      const counted = ![...filters().keys()].some((name) => name === "q" || name.startsWith("meta."));
+      if (histogram && counted && !document.hidden && performance.now() - histogramDrawn > HISTOGRAM_REFRESH_MS) {
+        histogramDrawn = performance.now(); // one refresh at a time, and after a failure the next in 30 s
         // On failure the last drawing stays, and the next refresh tries again.
         showHistogram(signal).catch((error) => console.warn("the histogram was not refreshed:", error));
       }
@@ -612,14 +635,15 @@
   }
 
   function receive(logs) {
-    const fresh = logs.filter((log) => !seen.has(log.id));
+    const fresh = logs.filter((log) => !seen.has(log.id) && !inPage.has(log.id));
     for (const log of fresh) remember(log.id);
     if (!fresh.length) return;
     if (pending.length || lookingElsewhere()) {
       pending.push(...fresh);
       pendingCount += fresh.length;
       pending = pending.slice(-MAX_ROWS);
-      newLogs.textContent = pendingCount + " new";
+      newLogs.textContent = pendingCount + " new" +
+        (pendingCount > pending.length ? " (the newest " + pending.length + " are kept)" : "");
       newLogs.hidden = false;
     } else {
       prepend(fresh);
@@ -630,6 +654,7 @@
     // Written order, latest on top; no more than the page keeps.
     const fragment = document.createDocumentFragment();
     for (const log of logs.slice(-MAX_ROWS).reverse()) {
+      inPage.add(log.id);
       const item = row(log);
       item.classList.add("arrived");
       fragment.append(item);
@@ -639,6 +664,7 @@
     let dropped = 0;
     while (list.children.length > MAX_ROWS) {
       if (list.lastElementChild === selected) selected = null;
+      inPage.delete(list.lastElementChild.dataset.id);
       list.lastElementChild.remove();
       dropped += 1;
     }

@@ -132,3 +132,17 @@ def test_logs_sent_while_the_connection_was_down_appear_once_it_is_back(page, vi
     assert sum("during the drop" in text for text in texts) == 5
     assert sum("before the drop" in text for text in texts) == 1
     assert page.dialogs == []
+
+
+def test_a_late_log_shown_live_is_not_shown_again_by_the_older_pages(page, viewer, project):
+    name, key = project
+    post(viewer, key, [{"message": "old %03d" % number, "timestamp": "2026-01-01T10:%02d:%02dZ" % divmod(number, 60)}
+                       for number in range(150)])
+    open_live(page, name)
+    expect(rows(page)).to_have_count(100)
+    # Timestamped among the logs the next page holds: live shows it on top now, the page later.
+    post(viewer, key, [{"message": "late", "timestamp": "2026-01-01T10:00:20.5Z"}])
+    expect(rows(page).first).to_contain_text("late")
+    page.get_by_role("button", name="Older logs").click()
+    expect(rows(page)).to_have_count(151)
+    expect(page.get_by_text("late", exact=True)).to_have_count(1)
