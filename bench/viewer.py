@@ -70,6 +70,8 @@ TEMPLATES = 20_000
 TARGETS = {"first page": 100, "permalink": 100, "histogram 24h": 500, "overview": 300}
 LIVE_TARGET_MS = 20  # per viewer per second
 SLOW_MS = 100
+# --viewer-pool: the niceness of the web process the live viewers poll.
+VIEWER_NICENESS = 10
 LEVEL_WEIGHTS = (("DEBUG", 30), ("INFO", 62), ("WARN", 6), ("ERROR", 1.8), ("CRITICAL", 0.2))
 SERVICES = ("checkout", "billing", "auth", "search", "inventory", "gateway", "notifications")
 PATHS = ("/api/orders", "/api/users", "/api/cart", "/api/search", "/api/payments", "/api/products", "/healthz")
@@ -395,6 +397,13 @@ class ViewerStack(run.Stack):
         self.web_args = self.web_flags()
         self.web = web.settings(self.env, extra_args=self.web_args)
         self.logflow_url = self.start_gunicorn("logflow")
+        # Where the live viewers poll: the same web process, or with --viewer-pool a second one (the
+        # same line) at a lower CPU priority, as a proxy would route /ui/ and /logs/live to it.
+        self.viewer_url = self.logflow_url
+        if self.args.viewer_pool:
+            self.viewer_url = self.start_gunicorn("logflow-viewer")
+            master = next(process for name, process in self.processes if name == "logflow-viewer")
+            os.setpriority(os.PRIO_PGRP, master.pid, VIEWER_NICENESS)
         self.spawn("consumer-0", [sys.executable, run.HUEY_CONSUMER, *run.CONSUMER_ARGS])
 
     def add_project(self, name):
@@ -595,9 +604,9 @@ def ingestion(stack, args, key, cookies):
     """Single-record POSTs at full speed and at a set rate, alone and beside 50 live viewers, in alternating order."""
     quiet = next(iter(OTHERS))
     kinds = {"alone": None,
-             "viewers of %s" % quiet: Viewers(stack.logflow_url, cookies, project=quiet),
-             "viewers, level=ERROR": Viewers(stack.logflow_url, cookies, "&level=ERROR"),
-             "viewers, unfiltered": Viewers(stack.logflow_url, cookies)}
+             "viewers of %s" % quiet: Viewers(stack.viewer_url, cookies, project=quiet),
+             "viewers, level=ERROR": Viewers(stack.viewer_url, cookies, "&level=ERROR"),
+             "viewers, unfiltered": Viewers(stack.viewer_url, cookies)}
     names = list(kinds)
     full = {name: [] for name in names}
     for number in range(args.rounds):
@@ -634,7 +643,7 @@ def post_run(stack, args, key, viewers, script, extra):
 def viewer_cost(stack, args, key, cookies):
     """Server CPU per viewer-second: 100 records/s arriving, without and with the viewers, CPU compared."""
     out = {}
-    for name, viewers in (("alone", None), ("viewers", Viewers(stack.logflow_url, cookies))):
+    for name, viewers in (("alone", None), ("viewers", Viewers(stack.viewer_url, cookies))):
         log("viewer cost: %s" % name)
         if viewers:
             viewers.start()
@@ -759,6 +768,8 @@ def report(info, marker, loaded_now, endpoints, full, paced, rate, cost, shown, 
     print("servers:   %s" % info["servers"])
     print("set-up:    the Procfile's web line: %s; 1 consumer x 4 threads; PostgreSQL as tests/services.py"
           " (fsync=off, shared_buffers=128MB)" % info["web"])
+    if args.viewer_pool:
+        print("viewers:   poll a second web process (the same line) at nice %d (--viewer-pool)" % VIEWER_NICENESS)
     print()
     print("data:      %d rows in project %r over %d days to %s, beside %s; %d rows in all"
           % (args.rows, MAIN, DAYS, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(marker["end"])),
@@ -894,6 +905,9 @@ def main():
     parser.add_argument("--browser-runs", type=int, default=3, help="page loads and floods in chromium (default 3)")
     parser.add_argument("--no-browser", action="store_true", help="skip chromium")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (process logs)")
+    parser.add_argument("--viewer-pool", action="store_true",
+                        help="live viewers poll a second web process at nice %d, not the one POSTs go to"
+                             % VIEWER_NICENESS)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -903,7 +917,8 @@ def main():
     info.update(command=shlex.join(["python3", *sys.argv]), load_start=load_text())
     workdir = tempfile.mkdtemp(prefix="logflow-bench-viewer-")
     stack_args = argparse.Namespace(workers=None, threads=None, consumers=1, gunicorn_arg=[], balance=False,
-                                    connections=args.connections, wrk_threads=1, aof=False)
+                                    connections=args.connections, wrk_threads=1, aof=False,
+                                    viewer_pool=args.viewer_pool)
     try:
         with ViewerStack(stack_args, workdir) as stack:
             server, marker, marker_path = open_cache(args)
