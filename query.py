@@ -59,9 +59,9 @@ EPOCH = datetime.datetime(1970, 1, 1)
 # What one GET /logs/live reads of the feed at most: entries (a stored batch each), and ids among them.
 MAX_LIVE_ENTRIES = 20
 MAX_LIVE_IDS = 5000
-# A GET /logs/live cursor: a feed position (spool.feed), then how many ids of its entry were read.
 # The initial each level has in the live feed: D, I, W, E, C.
 FEED_LEVELS = {level[0]: level for level in records.LEVELS}
+# A GET /logs/live cursor: a feed position (spool.feed), then how many ids of its entry were read.
 LIVE_CURSOR = re.compile(r"([0-9]{1,20}(?:-[0-9]{1,20})?):([0-9]{1,9})")
 # since and until may be a duration before now: digits and a unit.
 RELATIVE_TIME = re.compile(r"([0-9]{1,9})([smhdw])")
@@ -689,16 +689,17 @@ def live(project_id, log_filter, feed, cursor, max_bytes=MAX_PAGE_BYTES):
         entries, gap = feed(position, taken > 0, MAX_LIVE_ENTRIES)
     except ValueError:  # a position of the other backend's feed, or out of its range
         raise InvalidQuery("cursor must be one that GET /logs/live gave, not %r" % cursor[:64]) from None
-    unread = []  # (position, ids of its entry read once this one is, id, its level if the feed says)
+    unread = []  # (the cursor once it is read, id, its level if the feed says)
     for entry, items in entries:
         first = taken if entry == position else 0
-        unread.extend((entry, index + 1) + feed_item(items[index]) for index in range(first, len(items)))
+        unread.extend(((entry, 0 if index + 1 == len(items) else index + 1),) + feed_item(items[index])
+                      for index in range(first, len(items)))
         if len(unread) >= MAX_LIVE_IDS:
             break
     unread = unread[:MAX_LIVE_IDS]
-    stored = {}
+    stored = {}  # stored id → id as the feed spells it
     # A level the filter leaves out needs no lookup: a viewer of errors reads only the errors' rows.
-    for log_id in {log_id for _, _, log_id, level in unread if level is None or level in log_filter.levels}:
+    for log_id in {log_id for _, log_id, level in unread if level is None or level in log_filter.levels}:
         try:
             stored[stored_id(uuid.UUID(log_id))] = log_id
         except ValueError:
@@ -708,7 +709,7 @@ def live(project_id, log_filter, feed, cursor, max_bytes=MAX_PAGE_BYTES):
         rows = stored_rows(matching(project_id, log_filter).select(Log.id, stored_size()).where(among(stored)))
         sizes = {stored[key if isinstance(key, str) else str(key)]: size for key, size in rows}
     chosen, total, read = [], 0, 0
-    for entry, count, log_id, _ in unread:
+    for _, log_id, _ in unread:
         if log_id in sizes:
             total += sizes[log_id] + LOG_BYTES
             if chosen and total > max_bytes:
@@ -717,11 +718,10 @@ def live(project_id, log_filter, feed, cursor, max_bytes=MAX_PAGE_BYTES):
         read += 1
     more = read < len(unread) or len(entries) == MAX_LIVE_ENTRIES or len(unread) == MAX_LIVE_IDS
     if read:
-        entry, count = unread[read - 1][:2]
-        ids_in_entry = next(len(ids) for position_, ids in entries if position_ == entry)
-        cursor = "%s:%d" % (entry, 0 if count == ids_in_entry else count)
+        cursor = "%s:%d" % unread[read - 1][0]
+    wanted = set(chosen)
     rows = {str(row.id): row for row in Log.select().where(Log.project == project_id, among(
-        stored_id(uuid.UUID(log_id)) for log_id in chosen))} if chosen else {}
+        key for key, log_id in stored.items() if log_id in wanted))} if chosen else {}
     # An id published twice (a redelivered batch) is shown once.
     shown = list(dict.fromkeys(log_id for log_id in chosen if log_id in rows))
     return [rows[log_id] for log_id in shown], cursor, more, gap

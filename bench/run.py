@@ -65,6 +65,20 @@ PLANS = {
 }
 
 
+@contextlib.contextmanager
+def removed_unless_kept(workdir, args):
+    """Run the benchmark's body; then remove its work folder, unless --keep or the body failed (it says where)."""
+    try:
+        yield
+    except BaseException:
+        log("failed; the processes' logs are in %s" % workdir)
+        args.keep = True
+        raise
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def log(message):
     """Progress on stderr, so stdout holds only the report."""
     print("[%s] %s" % (time.strftime("%H:%M:%S"), message), file=sys.stderr, flush=True)
@@ -776,7 +790,7 @@ def main():
     workdir = tempfile.mkdtemp(prefix="logflow-bench-")
     results = {key: [] for key in ("single", "hello_single", "queued_single", "batch", "hello_batch",
                                    "e2e_single", "e2e_batch", "copy")}
-    try:
+    with removed_unless_kept(workdir, args):
         with Stack(args, workdir) as stack:
             log("starting Redis, PostgreSQL, 2 gunicorns, %d consumer(s) in %s" % (args.consumers, workdir))
             stack.start()
@@ -817,13 +831,6 @@ def main():
                 results["profile"] = {name[:-4].replace("_", " ").replace(".", ", "): read_profile(
                     os.path.join(workdir, name))
                                       for name in os.listdir(workdir) if name.endswith(".spy")}
-    except BaseException:
-        log("failed; the processes' logs are in %s" % workdir)
-        args.keep = True
-        raise
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     info["load_end"] = os.getloadavg()[0]
     report(info, results, args, plan)
     print("\ntook %.0f s" % (time.monotonic() - began))

@@ -919,7 +919,7 @@ def main():
     stack_args = argparse.Namespace(workers=None, threads=None, consumers=1, gunicorn_arg=[], balance=False,
                                     connections=args.connections, wrk_threads=1, aof=False,
                                     viewer_pool=args.viewer_pool)
-    try:
+    with run.removed_unless_kept(workdir, args):
         with ViewerStack(stack_args, workdir) as stack:
             server, marker, marker_path = open_cache(args)
             stack.start_servers(server)
@@ -957,13 +957,6 @@ def main():
                 info["chromium"] = re.search(r"[\d.]+", subprocess.run(
                     ["/usr/bin/chromium", "--version"], capture_output=True, text=True).stdout).group(0)
                 shown = browser(stack, args, password, key)
-    except BaseException:
-        log("failed; the processes' logs are in %s" % workdir)
-        args.keep = True
-        raise
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     report(info, marker, loaded_now, endpoints, full, paced, rate, cost, shown, args)
     print()
     report_slow_statements(stack)

@@ -42,7 +42,7 @@
   let histogramDrawn = 0; // when, by performance.now()
   let pending = []; // live logs held while the person looks elsewhere, oldest first
   let pendingCount = 0;
-  const seen = new Map(); // id → true, oldest first
+  const seen = new Set(); // ids, oldest first
   const inPage = new Set(); // ids of the rows in the list: a log is never shown twice
   const liveSwitch = document.getElementById("live");
   const newLogs = document.getElementById("new-logs");
@@ -209,8 +209,8 @@
   }
 
   function remember(id) {
-    seen.set(id, true);
-    if (seen.size > SEEN_KEPT) seen.delete(seen.keys().next().value);
+    seen.add(id);
+    if (seen.size > SEEN_KEPT) seen.delete(seen.values().next().value);
   }
 
   // ---- one log ---------------------------------------------------------------------------------
