@@ -267,7 +267,7 @@ MIN_PASSWORD_LENGTH = 8
 def read_password(from_stdin):
     """A new password: the first line of standard input, or typed twice at the terminal, never echoed."""
     if from_stdin:
-        password = click.get_text_stream("stdin").readline().removesuffix("\n").removesuffix("\r")
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
     elif not sys.stdin.isatty():
         fail("no terminal to ask for the password on: give it on standard input with --password-stdin")
     else:
