@@ -14,6 +14,7 @@ import random
 import socket
 import threading
 import time
+import urllib.parse
 
 import orjson
 from huey import Huey, crontab
@@ -105,7 +106,14 @@ class LogFlowHuey(Huey):
         # hooks: a bad setting stops the process here, naming the variable.
         if runtime.settings is None:
             configure(config.load())
-        return super().create_consumer(**options)
+        consumer = super().create_consumer(**options)
+        set_up_logging()
+        # One line, even with --quiet (which only quiets huey's own logger), so
+        # that a person running `honcho start` sees this half start too.
+        logger.info("consumer started: %d %s workers; queue %s; %s", consumer.workers,
+                    consumer.worker_type, describe_queue(runtime.settings),
+                    "; ".join(describe_writers(runtime.settings)))
+        return consumer
 
 
 huey = LogFlowHuey("logflow", results=False, serializer=JSONSerializer(), storage_class=MemoryStorage)
@@ -247,15 +255,44 @@ def collect_garbage_rarely():
     gc.set_threshold(50_000, 20, 100)
 
 
-@huey.on_startup()
-def start_worker():
-    """Set up the logflow logger in the consumer and resume what a dead consumer left behind."""
-    collect_garbage_rarely()
+def set_up_logging():
+    """Give the logflow logger a handler in the consumer, once (tests and manage.py bring their own)."""
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(runtime.settings.log_level)
+
+
+def without_password(url):
+    """A store's URL without its password (nor a query, which may hold one), fit for a log line."""
+    parts = urllib.parse.urlsplit(url)
+    credentials, _, host = parts.netloc.rpartition("@")
+    user = credentials.partition(":")[0]
+    return urllib.parse.urlunsplit((parts.scheme, "%s@%s" % (user, host) if user else host,
+                                    parts.path, "", ""))
+
+
+def describe_queue(settings):
+    """Where this consumer takes its work from."""
+    if settings.redis_url:
+        return without_password(settings.redis_url)
+    return os.path.abspath(os.path.join(settings.data_dir, "spool.db"))
+
+
+def describe_writers(settings):
+    """Each configured writer and where it writes."""
+    places = {"db": without_password(settings.database_url) if settings.database_url
+              else os.path.abspath(settings.sqlite_path),
+              "file": os.path.abspath(settings.log_dir)}
+    return ["%s writer to %s" % (name, places[name]) for name in settings.storage]
+
+
+@huey.on_startup()
+def start_worker():
+    """Set up the logflow logger in the consumer and resume what a dead consumer left behind."""
+    collect_garbage_rarely()
+    set_up_logging()
     for writer in config.WRITERS:
         drain(writer)
 

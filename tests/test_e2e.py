@@ -118,6 +118,25 @@ def test_consumer_sigterm_stops_gracefully(service):
     assert (result.lost, result.db_duplicates, result.file_duplicates) == (0, 0, 0)
 
 
+def test_consumer_says_where_it_works_when_it_starts_and_hides_passwords(service):
+    """One line at start, even with --quiet: workers, queue and writers, with no password in it."""
+    at = service.db_url.index("@")
+    service.env["DATABASE_URL"] = service.db_url[:at] + ":hunter2-not-shown" + service.db_url[at:]
+    consumer = service.start_consumer()
+    wait_for(lambda: consumer.check_alive() or consumer.count("consumer started"), timeout=30,
+             message="the consumer's start line")
+    line = next(line for line in consumer.text().splitlines() if "consumer started" in line)
+    redis_place = service.env["REDIS_URL"]
+    assert line.endswith("consumer started: 4 thread workers; queue %s; db writer to %s; file writer to %s"
+                         % (redis_place, service.db_url, service.log_dir)), line
+    # The consumer does connect with that password (trust auth ignores it): it stores a record.
+    service.start_web()
+    record_id = str(uuid.uuid4())
+    post(service.base_url, service.key, json.dumps({"id": record_id, "message": "hi"}).encode())
+    service.wait_delivered({record_id}, consumer)
+    assert "hunter2" not in consumer.text()
+
+
 def test_a_dead_consumers_batches_return_as_their_leases_run_out(service):
     """Batches left leased at different times by a dead consumer are written without waiting for the sweep."""
     dead = spool.RedisSpool(service.env["REDIS_URL"], LEASE_SECONDS)
@@ -173,6 +192,9 @@ def test_dev_mode_procfile_runs_the_whole_service_on_sqlite(tmp_path):
                 connection.close()
             return len(rows) == len(ids) and {r["id"] for r in file_records(str(tmp_path / "logs"))} == ids
         wait_for(stored, timeout=30, interval=0.2, message="records in SQLite and the files")
+        # Both halves say they started, the consumer where it works (honcho prefixes "worker.1 |").
+        assert "consumer started: 4 thread workers; queue %s; db writer to %s; file writer to %s" % (
+            tmp_path / "data" / "spool.db", tmp_path / "data" / "logflow.db", tmp_path / "logs") in honcho.text()
         honcho.popen.send_signal(signal.SIGINT)
         honcho.popen.wait(timeout=30)
     finally:
