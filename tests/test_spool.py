@@ -1,13 +1,26 @@
 """The spool on both backends: batches, leases, redelivery and wake-ups."""
+import subprocess
+import sys
+
 import pytest
 
 import spool as spools
 from helpers import wait_for
+from processes import ROOT
 
 
 @pytest.fixture
 def spool(bound):
     return spools.open_spool(bound)
+
+
+@pytest.mark.parametrize("first", ["spool", "spool_redis", "spool_sqlite"])
+def test_the_contract_and_either_backend_import_in_any_order(first):
+    # The backends import spool for the contract; spool imports a backend only when asked for one.
+    code = ("import %s, spool, spool_redis, spool_sqlite; print(spool.RedisSpool is spool_redis.RedisSpool,"
+            " spool.SqliteSpool is spool_sqlite.SqliteSpool)" % first)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "True True\n", "")
 
 
 def test_claimed_batches_hold_what_was_pushed_in_order(spool):

@@ -1,0 +1,363 @@
+"""The spool on Redis, for production: Lua scripts keep each step atomic across web processes and consumers.
+
+What the methods promise is spool.Spool's; the limits (FEED_MAX_IDS and the
+others) are read from spool when used, so that they are set in one place.
+"""
+import math
+import time
+import uuid
+
+import redis
+
+import spool
+
+# Claim a batch for writer KEYS: an expired lease first (its consumer died or
+# its retry is due), else up to ARGV[2] items / ARGV[3] bytes from the queue.
+# Returns {id, attempts, payloads, more}, or an empty table.
+CLAIM_SCRIPT = """
+local queue, leases, attempts, flag, queued = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local prefix, lease = ARGV[1], tonumber(ARGV[4])
+local max_items, max_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local id
+local due = redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 2)
+if #due > 0 then
+  id = due[1]
+else
+  id = ARGV[5]
+  local batch = prefix .. id
+  local count, size, records = 0, 0, 0
+  while count < max_items and size < max_bytes do
+    local item = redis.call('LMOVE', queue, batch, 'RIGHT', 'RIGHT')
+    if not item then break end
+    count, size = count + 1, size + #item
+    records = records + (tonumber(string.match(item, '^{"count":(%d+)')) or 0)
+  end
+  if count == 0 then
+    redis.call('DEL', flag)
+    return {}
+  end
+  -- Only a batch that exists: ack removes the entry, and nothing acks an empty claim.
+  redis.call('HSET', queued .. ':batches', id, records)
+end
+redis.call('ZADD', leases, now + lease, id)
+local more = redis.call('LLEN', queue) > 0 or #due > 1
+if more then
+  redis.call('SET', flag, '1', 'EX', math.ceil(lease))
+else
+  redis.call('DEL', flag)
+end
+return {id, tonumber(redis.call('HGET', attempts, id) or '0'),
+        redis.call('LRANGE', prefix .. id, 0, -1), more and 1 or 0}
+"""
+
+# Queue ARGV[1] (holding ARGV[2] records) on each writer's queue: KEYS come in
+# threes (queue, scheduled flag, queued-records counter), then the project's
+# token bucket, then the metrics hash, to which ARGV[7..] adds (field, amount) pairs. Refuses when a queue holds ARGV[3] records already (returns
+# {1}) or the bucket lacks the tokens (returns {2, seconds to wait}); else
+# returns {0, indexes of the writers whose flag it set}.
+PUSH_SCRIPT = """
+local payload, records, max_queue = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local flag_ttl, rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local writers = (#KEYS - 2) / 3
+if max_queue > 0 then
+  for i = 1, writers do
+    if (tonumber(redis.call('GET', KEYS[3 * i]) or '0') + records) > max_queue then
+      return {1}
+    end
+  end
+end
+if rate > 0 then
+  local bucket = KEYS[#KEYS - 1]
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  local state = redis.call('HMGET', bucket, 'tokens', 'at')
+  local tokens = math.min(burst, (tonumber(state[1]) or burst) + (now - (tonumber(state[2]) or now)) * rate)
+  -- A request larger than the burst waits for a full bucket rather than forever.
+  local cost = math.min(records, burst)
+  if tokens < cost then
+    return {2, tostring((cost - tokens) / rate)}
+  end
+  redis.call('HSET', bucket, 'tokens', tostring(tokens - cost), 'at', tostring(now))
+  redis.call('EXPIRE', bucket, math.ceil(burst / rate) + 1)
+end
+for i = 7, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[#KEYS], ARGV[i], ARGV[i + 1])
+end
+local woken = {}
+for i = 1, writers do
+  redis.call('LPUSH', KEYS[3 * i - 2], payload)
+  redis.call('INCRBY', KEYS[3 * i], records)
+  if redis.call('SET', KEYS[3 * i - 1], '1', 'NX', 'EX', flag_ttl) then
+    table.insert(woken, i)
+  end
+end
+return {0, woken}
+"""
+
+# Put a failed batch back for a retry after ARGV[2] seconds and pause its
+# writer (KEYS[3]) as long; returns the batch's attempts.
+FAIL_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+end
+redis.call('SET', KEYS[3], '1', 'PX', math.floor(tonumber(ARGV[2]) * 1000) + 1)
+return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+"""
+
+# Forget batch ARGV[1]: its list KEYS[1], the writer's failure streak KEYS[2],
+# its lease and attempts (KEYS[3], KEYS[4]); its records leave the count of
+# waiting records (KEYS[5]) only now, and only once if two consumers ack it.
+ACK_SCRIPT = """
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+if redis.call('DEL', KEYS[1]) == 1 then
+  local records = tonumber(redis.call('HGET', KEYS[5] .. ':batches', ARGV[1]) or '0')
+  redis.call('DECRBY', KEYS[5], records)
+end
+redis.call('HDEL', KEYS[5] .. ':batches', ARGV[1])
+"""
+
+# Forget the record counts (in hash KEYS[1]) of the batch ids in ARGV that count
+# 0 records and hold no lease (KEYS[2]): empty claims before 6420e63 left them,
+# and nothing acknowledges them. Returns how many went.
+FORGET_SCRIPT = """
+local removed = 0
+for i = 1, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == '0' and not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+# If writer's leases (KEYS[1]) hold a batch and no wake-up is reserved
+# (KEYS[2]), reserve one until that batch's lease ends; returns the delay.
+WAKEUP_SCRIPT = """
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+if #first == 0 then return false end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local delay = math.max(0, tonumber(first[2]) - now)
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', math.floor(delay * 1000) + 1) then
+  return tostring(delay)
+end
+return false
+"""
+
+
+# Append ARGV[2] ids ARGV[1] to the live feed KEYS[1] and drop its entries older
+# than ARGV[3] seconds or past ARGV[4] ids (KEYS[3] counts them), noting the last
+# one dropped in KEYS[2]: a reader whose position is before it has missed entries
+# (Redis's own trimming keeps no such mark). Ages by Redis's clock, as the entry ids.
+PUBLISH_SCRIPT = """
+local feed, trimmed, total = KEYS[1], KEYS[2], KEYS[3]
+local clock = redis.call('TIME')
+local oldest_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) - tonumber(ARGV[3]) * 1000
+local max_ids = tonumber(ARGV[4])
+redis.call('XADD', feed, '*', 'ids', ARGV[1], 'n', ARGV[2])
+local count = redis.call('INCRBY', total, tonumber(ARGV[2]))
+if redis.call('XLEN', feed) == 1 then
+  -- A new (or emptied) stream: the count starts again, should it ever have drifted.
+  redis.call('SET', total, ARGV[2])
+  count = tonumber(ARGV[2])
+end
+-- Drop the oldest entries while they are too old or too many ids are kept; never the newest.
+while redis.call('XLEN', feed) > 1 do
+  local first = redis.call('XRANGE', feed, '-', '+', 'COUNT', 1)[1]
+  local ms = tonumber(string.match(first[1], '^(%d+)'))
+  if count <= max_ids and ms >= oldest_ms then break end
+  local n = 0
+  for index = 1, #first[2], 2 do
+    if first[2][index] == 'n' then n = tonumber(first[2][index + 1]) end
+  end
+  redis.call('XDEL', feed, first[1])
+  count = redis.call('DECRBY', total, n)
+  redis.call('SET', trimmed, first[1])
+end
+"""
+
+
+@spool.reports_unavailable(redis.RedisError, "Redis")
+class RedisSpool(spool.Spool):
+    """The spool on Redis lists: a queue, leased batch lists and a lease sorted set per writer."""
+
+    def __init__(self, url, lease_seconds, max_queue=0, prefix="logflow"):
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+        self.lease_seconds = lease_seconds
+        self.max_queue = max_queue
+        self.prefix = prefix
+        self._push = self.client.register_script(PUSH_SCRIPT)
+        self._claim = self.client.register_script(CLAIM_SCRIPT)
+        self._fail = self.client.register_script(FAIL_SCRIPT)
+        self._wakeup = self.client.register_script(WAKEUP_SCRIPT)
+        self._ack = self.client.register_script(ACK_SCRIPT)
+        self._forget = self.client.register_script(FORGET_SCRIPT)
+        self._publish = self.client.register_script(PUBLISH_SCRIPT)
+
+    def _key(self, writer, part):
+        return "%s:%s:%s" % (self.prefix, writer, part)
+
+    def push(self, payload, writers, records, limit=None, counters=()):
+        keys = [self._key(writer, part) for writer in writers
+                for part in ("queue", "scheduled", "queued")]
+        keys.append("%s:bucket:%s" % (self.prefix, limit.key if limit else "-"))
+        keys.append(self._key("metrics", "counters"))
+        args = [payload, records, self.max_queue, max(1, int(self.lease_seconds)),
+                limit.rate if limit else 0, limit.burst if limit else 0]
+        args.extend(item for pair in counters for item in pair)
+        result = self._push(keys=keys, args=args)
+        if result[0] == 1:
+            raise spool.QueueFull()
+        if result[0] == 2:
+            raise spool.RateLimited(float(result[1]))
+        return [writers[index - 1] for index in result[1]]
+
+    def claim(self, writer, max_bytes):
+        keys = [self._key(writer, part) for part in ("queue", "leases", "attempts", "scheduled", "queued")]
+        args = [self._key(writer, "batch:"), spool.MAX_BATCH_ITEMS, max_bytes,
+                self.lease_seconds, uuid.uuid4().hex]
+        result = self._claim(keys=keys, args=args)
+        if not result:
+            return None
+        batch_id, attempts, payloads, more = result
+        return spool.Batch(batch_id.decode(), attempts, payloads, bool(more))
+
+    def ack(self, writer, batch_id):
+        keys = [self._key(writer, part) for part in
+                ("batch:" + batch_id, "failures", "leases", "attempts", "queued")]
+        self._ack(keys=keys, args=[batch_id])
+
+    def count_failure(self, writer):
+        return self.client.incr(self._key(writer, "failures"))
+
+    def fail(self, writer, batch_id, retry_in):
+        keys = [self._key(writer, "leases"), self._key(writer, "attempts"), self._key(writer, "paused")]
+        return int(self._fail(keys=keys, args=[batch_id, retry_in]))
+
+    def paused(self, writer):
+        return max(0, self.client.pttl(self._key(writer, "paused"))) / 1000
+
+    def reserve_wakeup(self, writer):
+        keys = [self._key(writer, "leases"), self._key(writer, "wakeup")]
+        delay = self._wakeup(keys=keys)
+        return None if delay is None else float(delay)
+
+    def queued_records(self, writer):
+        return int(self.client.get(self._key(writer, "queued")) or 0)
+
+    def remember(self, name, value, seconds):
+        self.client.set("%s:memo:%s" % (self.prefix, name), value, ex=max(1, int(seconds)))
+
+    def recall(self, name):
+        return self.client.get("%s:memo:%s" % (self.prefix, name))
+
+    def epoch(self, name):
+        return int(self.client.get("%s:epoch:%s" % (self.prefix, name)) or 0)
+
+    def advance(self, name):
+        return self.client.incr("%s:epoch:%s" % (self.prefix, name))
+
+    def strike(self, name, seconds):
+        key = "%s:strikes:%s" % (self.prefix, name)
+        with self.client.pipeline() as pipe:  # MULTI: the expiry and the count go together
+            pipe.set(key, 0, ex=max(1, math.ceil(seconds)), nx=True)
+            pipe.incr(key)
+            return pipe.execute()[1]
+
+    def strikes(self, name):
+        key = "%s:strikes:%s" % (self.prefix, name)
+        with self.client.pipeline() as pipe:
+            pipe.get(key)
+            pipe.pttl(key)
+            count, left = pipe.execute()
+        return (int(count), max(0, left) / 1000) if count else (0, 0)
+
+    def clear_strikes(self, name):
+        self.client.delete("%s:strikes:%s" % (self.prefix, name))
+
+    def add_counters(self, counters):
+        with self.client.pipeline(transaction=False) as pipe:
+            for name, amount in counters:
+                pipe.hincrby(self._key("metrics", "counters"), name, amount)
+            pipe.execute()
+
+    def counters(self):
+        return {name.decode(): int(value) for name, value in
+                self.client.hgetall(self._key("metrics", "counters")).items()}
+
+    def oldest_received_at(self, writer):
+        oldest = self.client.lindex(self._key(writer, "queue"), -1)
+        return spool.received_at_of(oldest) if oldest else None
+
+    def depth(self, writer):
+        return self.client.llen(self._key(writer, "queue")) + sum(
+            self.client.llen(self._key(writer, "batch:" + batch_id.decode()))
+            for batch_id in self.client.zrange(self._key(writer, "leases"), 0, -1))
+
+    def ping(self):
+        """Raise SpoolUnavailable unless Redis answers."""
+        self.client.ping()
+
+    def forget_empty_claims(self, writer):
+        """Clear the record counts that empty claims left in Redis before 6420e63; returns how many went."""
+        counts, leases = self._key(writer, "queued") + ":batches", self._key(writer, "leases")
+        removed, cursor = 0, 0
+        while True:
+            cursor, fields = self.client.hscan(counts, cursor, count=1000)
+            empty = [batch for batch, records in fields.items() if records == b"0"]
+            if empty:
+                removed += self._forget(keys=[counts, leases], args=empty)
+            if not cursor:
+                return removed
+
+    def _feed_key(self, project_id):
+        return "%s:feed:%d" % (self.prefix, project_id)
+
+    def publish(self, written):
+        # One stream entry per project and batch; PUBLISH_SCRIPT drops the oldest.
+        with self.client.pipeline(transaction=False) as pipe:
+            for project_id, ids in written.items():
+                key = self._feed_key(project_id)
+                self._publish(keys=[key, key + ":trimmed", key + ":ids"],
+                              args=[",".join(ids), len(ids), spool.FEED_SECONDS, spool.FEED_MAX_IDS], client=pipe)
+            pipe.execute()
+
+    def feed_end(self, project_id):
+        try:
+            return self.client.xinfo_stream(self._feed_key(project_id))["last-generated-id"].decode()
+        except redis.ResponseError:  # no such key: nothing was ever published
+            return "0-0"
+
+    def feed(self, project_id, after, inclusive, count):
+        # The largest id has no id after it: an exclusive range from it is an error in Redis.
+        if any(part >= 2 ** 64 - 1 for part in spool.stream_position(after)):
+            raise ValueError("%r is not a position of this feed" % after)
+        key = self._feed_key(project_id)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.xrange(key, after if inclusive else "(" + after, "+", count=count)
+            pipe.get(key + ":trimmed")
+            entries, trimmed = pipe.execute()
+        gap = self._gap(spool.stream_position(trimmed.decode()) if trimmed else None,
+                        spool.stream_position(after), inclusive)
+        return [(position.decode(), fields[b"ids"].decode().split(",")) for position, fields in entries], gap
+
+    def beat(self, name, at):
+        key = self._key("consumers", "heartbeats")
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {name: at})
+            pipe.zremrangebyscore(key, "-inf", at - spool.HEARTBEATS_KEPT_SECONDS)
+            pipe.execute()
+
+    def heartbeats(self):
+        # beat() forgets old beats only while some consumer still beats.
+        return {name.decode(): at for name, at in
+                self.client.zrangebyscore(self._key("consumers", "heartbeats"),
+                                          time.time() - spool.HEARTBEATS_KEPT_SECONDS, "+inf", withscores=True)}
+
