@@ -80,6 +80,14 @@ class Url:
         raise ValueError("must start with %s; this value has no scheme" % expected)
 
 
+def parse_flag(value):
+    """A yes/no setting: 1, true or yes; 0, false or no."""
+    answer = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(value.lower())
+    if answer is None:
+        raise ValueError("must be 1 or 0 (true/false, yes/no), not %r" % value[:32])
+    return answer
+
+
 # Characters a signing secret has at least: secrets.token_urlsafe(32) gives 43, 256 random bits.
 MIN_SECRET_LENGTH = 32
 
@@ -171,6 +179,17 @@ class Settings:
     # Signs the viewer's cookies; empty: dev mode generates one in data_dir,
     # production (DATABASE_URL set) refuses to start the web process.
     secret_key: str = dataclasses.field(default="", repr=False)
+    # Where people open the viewer: alert notifications link to pages under it.
+    public_url: str = "http://127.0.0.1:5000"
+    # Alerts may notify loopback and link-local addresses (cloud metadata) only when this is set.
+    allow_private_webhooks: bool = False
+    # smtp://user:password@host:587 (STARTTLS) or smtps://...:465 (TLS), for email alerts.
+    smtp_url: str = dataclasses.field(default="", repr=False)
+    smtp_from: str = "logflow@localhost"
+    # Each attempt to deliver a notification has this long to connect and be answered.
+    notify_timeout_seconds: float = 10.0
+    # A notification not delivered within this time is given up, and shown as failed.
+    notify_give_up_seconds: float = 86400.0
 
     @property
     def dev_mode(self):
@@ -225,6 +244,12 @@ ENVIRONMENT = {
     "LOGFLOW_MAX_PAGE_BYTES": ("max_page_bytes", COUNT),
     "LOGFLOW_LOG_LEVEL": ("log_level", parse_log_level),
     "LOGFLOW_SECRET_KEY": ("secret_key", parse_secret),
+    "LOGFLOW_PUBLIC_URL": ("public_url", Url(("http", "https"))),
+    "LOGFLOW_ALLOW_PRIVATE_WEBHOOKS": ("allow_private_webhooks", parse_flag),
+    "LOGFLOW_SMTP_URL": ("smtp_url", Url(("smtp", "smtps"))),
+    "LOGFLOW_SMTP_FROM": ("smtp_from", str),
+    "LOGFLOW_NOTIFY_TIMEOUT_SECONDS": ("notify_timeout_seconds", Number(seconds=True, most=600)),
+    "LOGFLOW_NOTIFY_GIVE_UP_SECONDS": ("notify_give_up_seconds", Number(seconds=True, most=7 * DAY)),
 }
 
 

@@ -1,4 +1,4 @@
-"""LogFlow's command line: projects, their API keys, the viewer's users, and quarantined records."""
+"""LogFlow's command line: projects, their API keys, the viewer's users, alerts, and quarantined records."""
 import datetime
 import getpass
 import sys
@@ -8,6 +8,7 @@ import click
 import orjson
 import peewee
 
+import alerts
 import config
 import models
 import query
@@ -575,6 +576,112 @@ def search_index(drop):
         # No right to create the extension, or the build was cancelled: say so, no traceback.
         fail("PostgreSQL refused: %s" % str(error).strip())
     click.echo("trigram index %s %s" % (models.SEARCH_INDEX, "dropped" if drop else "ready"))
+
+
+@cli.group()
+def alert():
+    """Alert rules on saved searches: add, list, remove, or test one."""
+
+
+def find_rule(project, name):
+    """The project's alert of this name; exits if there is none."""
+    rule = alerts.find_rule(project, name)
+    if rule is None:
+        fail("project %s has no alert named %r" % (escape(project.name), name))
+    return rule
+
+
+@alert.command("add")
+@click.argument("project")
+@click.argument("name")
+@click.option("--query", "text", metavar="QUERYSTRING",
+              help="GET /logs' own parameters, e.g. 'level=ERROR&q=timeout&meta.service=api'; saved as the"
+                   " search NAME (leave it out to alert on the saved search NAME).")
+@click.option("--threshold", type=click.IntRange(1), help="Fire at this many matching logs within --window.")
+@click.option("--window", type=click.IntRange(1, alerts.MAX_WINDOW_MINUTES), metavar="MINUTES",
+              help="The threshold's window.")
+@click.option("--absent-for", type=click.IntRange(1, alerts.MAX_WINDOW_MINUTES), metavar="MINUTES",
+              help="Fire when no log matches within this many minutes.")
+@click.option("--webhook", metavar="URL", help="POST signed JSON to this URL.")
+@click.option("--slack", metavar="URL", help="A Slack-compatible incoming webhook URL.")
+@click.option("--email", metavar="ADDRESS", help="Send email here (through LOGFLOW_SMTP_URL).")
+@click.option("--repeat", type=click.IntRange(1), metavar="MINUTES",
+              help="While firing, notify again this often (default: once).")
+def alert_add(project, name, text, threshold, window, absent_for, webhook, slack, email, repeat):
+    """Add an alert NAME: a saved search (--query), a rule on it, and one channel; a webhook's secret is printed once."""
+    project = find_project(project)
+    if (threshold is None) == (absent_for is None) or (threshold is None) != (window is None):
+        fail("give either --threshold N --window MINUTES, or --absent-for MINUTES")
+    channels = [(channel, target) for channel, target in
+                (("webhook", webhook), ("slack", slack), ("email", email)) if target is not None]
+    if len(channels) != 1:
+        fail("give one channel: --webhook URL, --slack URL or --email ADDRESS")
+    [(channel, target)] = channels
+    try:
+        # One transaction: a rule refused leaves no saved search behind.
+        with models.database.atomic():
+            search = alerts.find_search(project, name)
+            if search is None:
+                search = alerts.save_search(project, name, text or "")
+            elif text is not None and text != search.query:
+                raise alerts.AlertError("the saved search %s has the query %r; leave --query out to use it, or"
+                                        " choose another name" % (name, search.query))
+            rule, secret = alerts.add_rule(
+                search, "absence" if absent_for else "threshold", absent_for or window, channel, target,
+                tasks.runtime.settings, threshold=threshold, repeat_minutes=repeat)
+    except alerts.AlertError as error:
+        fail(str(error))
+    click.echo("alert %s added to project %s: %s, to %s" % (
+        escape(name), escape(project.name), escape(alerts.describe(rule)), channel), err=True)
+    if secret:
+        click.echo("Signing secret (shown once; receivers verify X-LogFlow-Signature with it):", err=True)
+        click.echo(secret)
+
+
+@alert.command("list")
+@click.argument("project", required=False)
+def alert_list(project):
+    """List alerts: project, name, rule, channel, state, last evaluation, last error."""
+    shown = alerts.rules(find_project(project) if project else None)
+    rows = []
+    for rule in shown:
+        evaluated = ("%s (%d)" % (rule.evaluated_at.isoformat(timespec="seconds"), rule.last_count)
+                     if rule.evaluated_at else "not yet")
+        rows.append((escape(rule.search.project.name), escape(rule.search.name), escape(alerts.describe(rule)),
+                     rule.channel, rule.state, evaluated, escape((rule.last_error or "-").splitlines()[0][:120])))
+    click.echo("%-16s %-20s %-8s %-7s %-26s %s" % ("project", "name", "channel", "state", "last evaluation (count)",
+                                                 "rule; last error"))
+    for project_name, name, rule, channel, state, evaluated, error in rows:
+        click.echo("%-16s %-20s %-8s %-7s %-26s %s; %s" % (project_name, name, channel, state, evaluated, rule, error))
+
+
+@alert.command("remove")
+@click.argument("project")
+@click.argument("name")
+def alert_remove(project, name):
+    """Remove an alert, its saved search, its history and any notification not yet sent."""
+    project = find_project(project)
+    rule = find_rule(project, name)
+    rule.search.delete_instance(recursive=True)
+    click.echo("alert %s removed from project %s" % (escape(name), escape(project.name)))
+
+
+@alert.command("test")
+@click.argument("project")
+@click.argument("name")
+def alert_test(project, name):
+    """Send a test notification now, and say what the channel answered."""
+    rule = find_rule(find_project(project), name)
+    notification_id = alerts.record_test(rule, tasks.runtime.settings)
+    outcome = alerts.deliver(notification_id, tasks.runtime.settings, tasks.runtime.spool.add_counters)
+    if outcome == "sent":
+        click.echo("test notification %s delivered by %s" % (notification_id, rule.channel))
+        return
+    error = models.Notification.get_by_id(notification_id).last_error
+    if outcome == "retry":
+        tasks.send_notification.schedule((notification_id,), delay=60)
+        fail("test notification %s not delivered: %s; a consumer will try again" % (notification_id, escape(error)))
+    fail("test notification %s not delivered: %s" % (notification_id, escape(error or "")))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ COUNTERS = {
     "records_written": ("Records stored by a writer.", ("writer",)),
     "write_failures": ("Failed batch writes (the batch is retried after a backoff).", ("writer",)),
     "records_quarantined": ("Records a writer could not store, set aside in quarantine.", ("writer",)),
+    "notifications_sent": ("Alert notifications delivered, per channel type.", ("channel",)),
+    "notifications_failed": ("Failed attempts to deliver an alert notification, per channel type.", ("channel",)),
 }
 
 

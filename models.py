@@ -511,4 +511,87 @@ def set_search_index(present):
                              ' ((message COLLATE "C") gin_trgm_ops)' % SEARCH_INDEX)
 
 
-MODELS = [Project, ApiKey, Log, LogCount, Quarantined, User, Grant, Session]
+class SavedSearch(BaseModel):
+    """A named query of one project, in GET /logs' own parameters (q, level, min_level, meta.<path>)."""
+
+    class Meta:
+        table_name = "saved_searches"
+        indexes = ((("project", "name"), True),)
+
+    project = ForeignKeyField(Project, backref="searches", on_delete="CASCADE")
+    name = CharField()
+    query = TextField()
+    created_at = DateTimeField(default=utcnow)
+
+
+class AlertRule(BaseModel):
+    """A rule on a saved search, its channel, and its state; alerts.py evaluates and notifies."""
+
+    class Meta:
+        table_name = "alert_rules"
+
+    search = ForeignKeyField(SavedSearch, backref="rules", on_delete="CASCADE", unique=True)
+    # "threshold": at least `threshold` logs within the window; "absence": none within it.
+    kind = CharField()
+    threshold = IntegerField(null=True)
+    window_minutes = IntegerField()
+    # "webhook", "slack" or "email", and its URL or address.
+    channel = CharField()
+    target = TextField()
+    # The webhook's signing secret: HMAC needs it itself, so it cannot be stored as a hash.
+    secret = CharField(null=True)
+    # Minutes between notifications while a rule keeps firing; empty: notify once.
+    repeat_minutes = IntegerField(null=True)
+    state = CharField(default="ok")
+    changed_at = DateTimeField(default=utcnow)
+    notified_at = DateTimeField(null=True)
+    # The next minute to evaluate; consumers claim it by moving it on (alerts.claim).
+    due_at = DateTimeField(default=utcnow, index=True)
+    evaluated_at = DateTimeField(null=True)
+    last_count = IntegerField(null=True)
+    # The last delivery's error, cleared by the next success.
+    last_error = TextField(null=True)
+    created_at = DateTimeField(default=utcnow)
+
+
+class AlertEvaluation(BaseModel):
+    """One evaluation of a rule: what it counted and what it concluded (the last day's are kept)."""
+
+    class Meta:
+        table_name = "alert_evaluations"
+        indexes = ((("rule", "at"), False),)
+
+    rule = ForeignKeyField(AlertRule, backref="evaluations", on_delete="CASCADE")
+    at = DateTimeField(default=utcnow)
+    count = IntegerField(null=True)
+    state = CharField()
+    note = TextField(default="")
+
+
+class Notification(BaseModel):
+    """A notification LogFlow decided to send: recorded before it is sent, sent at least once.
+
+    Its id is the delivery id a receiver sees on every attempt. Consumers claim
+    it with a lease, so one killed mid-send leaves it to another.
+    """
+
+    class Meta:
+        table_name = "notifications"
+
+    id = UUIDField(primary_key=True)
+    rule = ForeignKeyField(AlertRule, backref="notifications", on_delete="CASCADE")
+    # "firing", "resolved" or "test".
+    event = CharField()
+    # The payload, built when the notification was decided: retries send the same.
+    body = TextField()
+    created_at = DateTimeField(default=utcnow)
+    attempts = IntegerField(default=0)
+    due_at = DateTimeField(default=utcnow, index=True)
+    leased_until = DateTimeField(null=True)
+    sent_at = DateTimeField(null=True)
+    failed_at = DateTimeField(null=True)
+    last_error = TextField(null=True)
+
+
+MODELS = [Project, ApiKey, Log, LogCount, Quarantined, User, Grant, Session,
+          SavedSearch, AlertRule, AlertEvaluation, Notification]

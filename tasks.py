@@ -17,11 +17,13 @@ import time
 import urllib.parse
 
 import orjson
+import peewee
 from huey import Huey, crontab
 from huey.registry import Message
 from huey.serializer import Serializer
 from huey.storage import MemoryStorage, RedisStorage, SqliteStorage
 
+import alerts
 import config
 import metrics
 import models
@@ -371,6 +373,39 @@ def prune_hourly():
     it, and each host has its own LOGFLOW_LOG_DIR (see start_file_pruning).
     """
     log_pruned(prune(writers=("db",)))
+
+
+@huey.periodic_task(crontab(minute="*"))
+def evaluate_alerts():
+    """Every minute, evaluate the alert rules no other consumer took this minute, and send what is due.
+
+    Each consumer's scheduler enqueues this; alerts.claim lets one of them
+    evaluate each rule. Notifications whose sending task was lost (a consumer
+    killed mid-send) are found here once their lease runs out.
+    """
+    try:
+        # How far the database lags what was accepted: no rule may fire or resolve on logs still queued.
+        lag = metrics.writer_state(runtime.spool, "db", time.time()).oldest_seconds or 0.0
+        with models.database.connection_context():
+            alerts.evaluate_due(runtime.settings, lag)
+            due = alerts.due_notifications()
+    except (peewee.DatabaseError, spools.SpoolUnavailable) as error:
+        # A store down, or the tables not made yet (init-db): said once a minute, tried again the next.
+        logger.error("alerts not evaluated this minute: %s",
+                     str(error).strip().split("\n")[0] or type(error).__name__)
+        return
+    for notification_id in due:
+        send_notification(notification_id)
+
+
+@huey.task()
+def send_notification(notification_id):
+    """One attempt to deliver a notification; a failed one that may succeed later is scheduled again."""
+    with models.database.connection_context():
+        outcome = alerts.deliver(notification_id, runtime.settings, runtime.spool.add_counters)
+        if outcome == "retry":
+            due_at = models.Notification.get_by_id(notification_id).due_at
+            send_notification.schedule((notification_id,), delay=max(0.0, (due_at - models.utcnow()).total_seconds()))
 
 
 def prune_files(today=None):

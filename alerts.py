@@ -1,0 +1,306 @@
+"""Saved searches and alert rules: evaluate each rule once a minute, decide and record its notifications.
+
+A rule is evaluated by whichever consumer claims its minute first (claim):
+several consumers on several hosts evaluate it once between them. What an
+evaluation decides to send is written, in the same transaction as the rule's
+new state, to the notifications table before anything is sent; deliver()
+then sends it at least once, from any consumer, under a lease.
+"""
+import datetime
+import logging
+import secrets
+import urllib.parse
+import uuid
+
+import orjson
+
+import metrics
+import notify
+import query
+import records
+from models import AlertEvaluation, AlertRule, Notification, SavedSearch, database, durable_transaction, utcnow
+
+logger = logging.getLogger("logflow")
+
+KINDS = ("threshold", "absence")
+# A saved search holds filters only: the rule's window sets the time range.
+FILTER_PARAMETERS = ("q", "level", "min_level")
+MAX_QUERY_LENGTH = 4096
+MAX_WINDOW_MINUTES = 7 * 24 * 60
+SAMPLES = 5
+# Evaluations kept per rule, for `alert list` and the viewer.
+EVALUATIONS_KEPT = datetime.timedelta(days=1)
+# One attempt holds a notification for this many timeouts (connect, send, answer) plus a margin,
+# after which another consumer may take it: the one sending may have died.
+LEASE_TIMEOUTS = 3
+LEASE_MARGIN_SECONDS = 5
+
+
+class AlertError(ValueError):
+    """A saved search or rule that cannot be made as asked; the message says why."""
+
+
+def search_filter(text):
+    """The LogFilter of a saved search's query string; raises AlertError naming a parameter it cannot hold."""
+    if len(text) > MAX_QUERY_LENGTH:
+        raise AlertError("the query is longer than %d characters" % MAX_QUERY_LENGTH)
+    pairs = urllib.parse.parse_qsl(text, keep_blank_values=True, max_num_fields=100)
+    for name, _ in pairs:
+        if name not in FILTER_PARAMETERS and not name.startswith("meta."):
+            raise AlertError("a saved search holds q, level, min_level and meta.<path> only, not %r"
+                             " (the rule's window sets the time range)" % name[:64])
+    try:
+        return query.parse_filter(pairs)
+    except (query.InvalidQuery, ValueError) as error:
+        raise AlertError(str(error)) from None
+
+
+def describe(rule):
+    """The rule in words, as notifications and `alert list` say it."""
+    if rule.kind == "absence":
+        return "no log matching %s within %d minutes" % (rule.search.query or "anything", rule.window_minutes)
+    return "at least %d logs matching %s within %d minutes" % (rule.threshold, rule.search.query or "anything",
+                                                                rule.window_minutes)
+
+
+def save_search(project, name, text):
+    """Save a named search of the project; raises AlertError if the name or query cannot be used."""
+    problem = project.name_problem(name)
+    if problem:
+        raise AlertError(problem.replace("project", "saved search"))
+    search_filter(text)
+    with database.atomic():
+        if SavedSearch.select().where(SavedSearch.project == project, SavedSearch.name == name).exists():
+            raise AlertError("project %s already has a saved search named %s" % (project.name, name))
+        return SavedSearch.create(project=project, name=name, query=text)
+
+
+def find_search(project, name):
+    """The project's saved search of this name; None if there is none."""
+    return SavedSearch.get_or_none(SavedSearch.project == project, SavedSearch.name == name)
+
+
+def add_rule(search, kind, window_minutes, channel, target, settings, threshold=None, repeat_minutes=None):
+    """Add the alert rule of a saved search; returns (rule, the webhook's signing secret or None, shown once)."""
+    if kind not in KINDS:
+        raise AlertError("the rule must be a threshold or an absence")
+    if not 1 <= window_minutes <= MAX_WINDOW_MINUTES:
+        raise AlertError("the window must be 1 to %d minutes" % MAX_WINDOW_MINUTES)
+    if kind == "threshold" and not (threshold and threshold >= 1):
+        raise AlertError("a threshold must be 1 or more")
+    if repeat_minutes is not None and repeat_minutes < 1:
+        raise AlertError("the repeat interval must be 1 minute or more")
+    try:
+        notify.check_target(channel, target, settings.allow_private_webhooks)
+    except notify.Refused as error:
+        raise AlertError(str(error)) from None
+    secret = "whsec_" + secrets.token_urlsafe(32) if channel == "webhook" else None
+    with database.atomic():
+        if AlertRule.select().where(AlertRule.search == search).exists():
+            raise AlertError("the saved search %s has an alert already" % search.name)
+        rule = AlertRule.create(search=search, kind=kind, threshold=threshold if kind == "threshold" else None,
+                                window_minutes=window_minutes, channel=channel, target=target.strip(),
+                                secret=secret, repeat_minutes=repeat_minutes, due_at=next_minute(utcnow()))
+    return rule, secret
+
+
+def find_rule(project, name):
+    """The project's rule of this name, with its saved search; None if there is none."""
+    return (AlertRule.select(AlertRule, SavedSearch).join(SavedSearch)
+            .where(SavedSearch.project == project, SavedSearch.name == name).first())
+
+
+def rules(project=None):
+    """Every rule (of one project), with its saved search and project, by project and name."""
+    selected = AlertRule.select(AlertRule, SavedSearch).join(SavedSearch)
+    if project is not None:
+        selected = selected.where(SavedSearch.project == project)
+    return selected.order_by(SavedSearch.project, SavedSearch.name)
+
+
+def next_minute(now):
+    """The start of the minute after now: when a rule evaluated now is due again."""
+    return now.replace(second=0, microsecond=0) + datetime.timedelta(minutes=1)
+
+
+def claim(rule, now):
+    """Take this minute's evaluation of the rule; False if another consumer took it first."""
+    moved = (AlertRule.update(due_at=next_minute(now))
+             .where(AlertRule.id == rule.id, AlertRule.due_at == rule.due_at).execute())
+    return moved == 1
+
+
+def evaluate_due(settings, lag_seconds=0.0, now=None):
+    """Evaluate every rule whose minute has come and that no other consumer took; returns the notification ids made."""
+    now = now or utcnow()
+    made = []
+    for rule in list(AlertRule.select(AlertRule, SavedSearch).join(SavedSearch)
+                     .where(AlertRule.due_at <= now).order_by(AlertRule.due_at)):
+        if not claim(rule, now):
+            continue
+        try:
+            made += evaluate(rule, settings, now, lag_seconds)
+        except Exception:  # one rule's failure must not keep the others from their minute
+            logger.exception("alert %s (rule %d) could not be evaluated; next try in a minute",
+                             rule.search.name, rule.id)
+    return made
+
+
+def evaluate(rule, settings, now, lag_seconds=0.0):
+    """Count the rule's logs in its window, move its state, and record what to notify; returns notification ids.
+
+    The window ends `lag_seconds` before now when the database writer's queue
+    is that far behind: records still queued must not make an absence rule
+    fire, nor a firing rule resolve.
+    """
+    until = now - datetime.timedelta(seconds=lag_seconds)
+    since = until - datetime.timedelta(minutes=rule.window_minutes)
+    log_filter = search_filter(rule.search.query).replace(since=since, until=until)
+    count = query.matching(rule.search.project_id, log_filter).count()
+    firing = count == 0 if rule.kind == "absence" else count >= rule.threshold
+    event = None
+    if firing and rule.state != "firing":
+        event = "firing"
+    elif not firing and rule.state == "firing":
+        event = "resolved"
+    elif firing and rule.repeat_minutes and (
+            rule.notified_at is None or now - rule.notified_at >= datetime.timedelta(minutes=rule.repeat_minutes)):
+        event = "firing"
+    note = "the database writer's queue is %d s behind; window moved back" % lag_seconds if lag_seconds >= 1 else ""
+    made = []
+    with durable_transaction():
+        changes = {"evaluated_at": now, "last_count": count}
+        if event:
+            changes.update(state="firing" if event == "firing" else "ok", notified_at=now)
+            if (event == "firing") != (rule.state == "firing"):
+                changes["changed_at"] = now
+            made.append(record(rule, event, count, since, until, log_filter, settings, now))
+        AlertRule.update(**changes).where(AlertRule.id == rule.id).execute()
+        AlertEvaluation.create(rule=rule, at=now, count=count, state="firing" if firing else "ok", note=note)
+        AlertEvaluation.delete().where(AlertEvaluation.rule == rule,
+                                       AlertEvaluation.at < now - EVALUATIONS_KEPT).execute()
+    if event:
+        logger.info("alert %s of project %s is %s: %d logs in %d minutes", rule.search.name,
+                    rule.search.project.name, event, count, rule.window_minutes)
+    return made
+
+
+def viewer_url(settings, project_name, text, since, until):
+    """The viewer's page showing exactly the logs a window of the rule counted."""
+    pairs = urllib.parse.parse_qsl(text, keep_blank_values=True) + [
+        ("since", since.strftime("%Y-%m-%dT%H:%M:%SZ")), ("until", until.strftime("%Y-%m-%dT%H:%M:%SZ"))]
+    return "%s/ui/projects/%s?%s" % (settings.public_url.rstrip("/"), urllib.parse.quote(project_name, safe=""),
+                                     urllib.parse.urlencode(pairs))
+
+
+def payload(rule, notification_id, event, count, since, until, samples, settings):
+    """The notification as the webhook's JSON body (the other channels render the same fields)."""
+    return {"id": notification_id, "alert": rule.search.name, "project": rule.search.project.name,
+            "state": event, "rule": describe(rule), "kind": rule.kind, "threshold": rule.threshold,
+            "count": count, "window_minutes": rule.window_minutes,
+            "since": records.format_time(since), "until": records.format_time(until),
+            "samples": samples, "url": viewer_url(settings, rule.search.project.name, rule.search.query, since, until)}
+
+
+def record(rule, event, count, since, until, log_filter, settings, now):
+    """Store a notification to send (inside the caller's transaction); returns its id."""
+    samples = []
+    if event != "resolved" and count:
+        rows, _ = query.fetch(rule.search.project_id, log_filter.replace(limit=SAMPLES, order="desc"))
+        samples = [query.render(row) for row in rows[:SAMPLES]]
+    notification_id = str(uuid.uuid4())
+    body = orjson.dumps(payload(rule, notification_id, event, count, since, until, samples, settings))
+    Notification.create(id=notification_id, rule=rule, event=event, body=body.decode(), created_at=now, due_at=now)
+    return notification_id
+
+
+def record_test(rule, settings):
+    """Store a test notification for the rule (the last window's count, state "test"); returns its id."""
+    now = utcnow()
+    since = now - datetime.timedelta(minutes=rule.window_minutes)
+    log_filter = search_filter(rule.search.query).replace(since=since, until=now)
+    count = query.matching(rule.search.project_id, log_filter).count()
+    with durable_transaction():
+        return record(rule, "test", count, since, now, log_filter, settings, now)
+
+
+def due_notifications(now=None, limit=100):
+    """Ids of notifications waiting to be sent whose time has come and that no consumer holds."""
+    now = now or utcnow()
+    return [str(n.id) for n in Notification.select(Notification.id)
+            .where(Notification.sent_at.is_null(), Notification.failed_at.is_null(), Notification.due_at <= now,
+                   Notification.leased_until.is_null() | (Notification.leased_until < now))
+            .order_by(Notification.due_at).limit(limit)]
+
+
+def lease(notification_id, settings, now):
+    """Take the notification for one attempt; None if it is sent, given up, or another consumer holds it."""
+    held_until = now + datetime.timedelta(seconds=settings.notify_timeout_seconds * LEASE_TIMEOUTS + LEASE_MARGIN_SECONDS)
+    taken = (Notification.update(leased_until=held_until, attempts=Notification.attempts + 1)
+             .where(Notification.id == notification_id, Notification.sent_at.is_null(),
+                    Notification.failed_at.is_null(), Notification.due_at <= now,
+                    Notification.leased_until.is_null() | (Notification.leased_until < now))
+             .execute())
+    if taken != 1:
+        return None
+    return (Notification.select(Notification, AlertRule, SavedSearch).join(AlertRule).join(SavedSearch)
+            .where(Notification.id == notification_id).first())
+
+
+def retry_delay(attempts, settings, asked=None):
+    """Seconds before the next attempt: doubling from 5 s, capped at 10 minutes, or what the receiver asked."""
+    delay = min(5 * 2 ** (attempts - 1), 600)
+    return min(max(delay, asked), 3600) if asked is not None else delay
+
+
+def deliver(notification_id, settings, counters=None):
+    """Send one notification if it is due and free: at least once, retried with backoff until given up.
+
+    Returns "sent", "retry", "failed" or None (not taken). `counters`, when
+    given, is the spool's add_counters, for /metrics.
+    """
+    now = utcnow()
+    notification = lease(notification_id, settings, now)
+    if notification is None:
+        return None
+    rule = notification.rule
+    try:
+        notify.send(rule, notification_id, notification.body.encode(), settings)
+    except (notify.DeliveryFailed, notify.Refused) as error:
+        retry = isinstance(error, notify.DeliveryFailed) and error.retry
+        given_up = now - notification.created_at >= datetime.timedelta(seconds=settings.notify_give_up_seconds)
+        outcome = "retry" if retry and not given_up else "failed"
+        message = "%s (attempt %d)" % (error, notification.attempts)
+        changes = {"leased_until": None, "last_error": message}
+        if outcome == "failed":
+            changes["failed_at"] = utcnow()
+        else:
+            asked = getattr(error, "retry_after", None)
+            changes["due_at"] = utcnow() + datetime.timedelta(
+                seconds=retry_delay(notification.attempts, settings, asked))
+        with database.atomic():
+            Notification.update(**changes).where(Notification.id == notification_id).execute()
+            AlertRule.update(last_error=message).where(AlertRule.id == rule.id).execute()
+        (logger.warning if outcome == "retry" else logger.error)(
+            "alert %s: %s notification %s not delivered by %s: %s; %s", rule.search.name, notification.event,
+            notification_id, rule.channel, message, "will retry" if outcome == "retry" else "given up")
+        if counters:
+            counters([(metrics.counter("notifications_failed", channel=rule.channel), 1)])
+        return outcome
+    with database.atomic():
+        Notification.update(sent_at=utcnow(), leased_until=None, last_error=None).where(
+            Notification.id == notification_id).execute()
+        AlertRule.update(last_error=None).where(AlertRule.id == rule.id).execute()
+    logger.info("alert %s: %s notification %s delivered by %s", rule.search.name, notification.event,
+                notification_id, rule.channel)
+    if counters:
+        counters([(metrics.counter("notifications_sent", channel=rule.channel), 1)])
+    return "sent"
+
+
+def history(rule, limit=10):
+    """The rule's last evaluations and notifications, newest first."""
+    evaluations = list(rule.evaluations.order_by(AlertEvaluation.at.desc()).limit(limit))
+    notifications = list(rule.notifications.order_by(Notification.created_at.desc()).limit(limit))
+    return evaluations, notifications
+

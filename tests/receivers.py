@@ -1,0 +1,94 @@
+"""Real receivers of alert notifications on 127.0.0.1: an HTTP server (webhooks, Slack) and an SMTP server."""
+import contextlib
+import http.server
+import threading
+
+from aiosmtpd.controller import Controller
+
+from helpers import wait_for
+from processes import free_port
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """An HTTP server that keeps every POST and answers from a plan: a status, or "hang" until closed."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), ReceiverHandler)
+        self.received = []  # (headers as a dict, raw body), in arrival order
+        self.plan = []  # answers for the next requests, then 200
+        self.lock = threading.Lock()
+        self.closing = threading.Event()
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d/hook" % self.server_port
+
+    def next_answer(self):
+        with self.lock:
+            return self.plan.pop(0) if self.plan else 200
+
+    def wait_for(self, count, timeout=30):
+        """The first `count` requests, once they have arrived."""
+        wait_for(lambda: len(self.received) >= count, timeout=timeout, message="%d notifications" % count)
+        return self.received[:count]
+
+
+class ReceiverHandler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with self.server.lock:
+            self.server.received.append(({name.lower(): value for name, value in self.headers.items()}, body))
+        answer = self.server.next_answer()
+        if answer == "hang":
+            self.server.closing.wait(60)
+            return
+        self.send_response(answer)
+        if answer == 429:
+            self.send_header("Retry-After", "1")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def receiver():
+    """A Receiver serving from a thread; yields it."""
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.closing.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+class Mailbox:
+    """aiosmtpd's handler: keeps each message's envelope and content."""
+
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+
+@contextlib.contextmanager
+def smtp_server():
+    """A real SMTP server on 127.0.0.1 (no TLS, no login); yields (its smtp:// URL, its Mailbox)."""
+    mailbox = Mailbox()
+    port = free_port()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield "smtp://127.0.0.1:%d" % port, mailbox
+    finally:
+        controller.stop()

@@ -1,0 +1,290 @@
+"""Alerts: rules evaluated over stored logs, notifications recorded, then delivered to real receivers."""
+import datetime
+import email
+import email.policy
+import hashlib
+import hmac
+import threading
+import urllib.parse
+
+import orjson
+import pytest
+
+import alerts
+import models
+import notify
+import tasks
+from helpers import drain_all, post_logs
+from receivers import receiver, smtp_server
+
+# Minutes before now, so that notifications are as young as they are in service (a day old ones are given up).
+T0 = models.utcnow().replace(second=0, microsecond=0) - datetime.timedelta(minutes=15)
+ISO = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def minutes(n):
+    return T0 + datetime.timedelta(minutes=n)
+
+
+def errors_at(client, key, when, count, message="timeout talking to db"):
+    """Post `count` ERROR logs timestamped `when`, and store them as a consumer would."""
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    response = post_logs(client, key, [{"message": "%s %d" % (message, n), "level": "error", "timestamp": stamp,
+                                        "metadata": {"service": "api"}} for n in range(count)])
+    assert response.status_code == 202, response.get_json()
+    drain_all()
+
+
+@pytest.fixture
+def private(bound):
+    """Settings that let alerts notify 127.0.0.1, where the tests' receivers listen."""
+    settings = bound.replace(allow_private_webhooks=True, notify_timeout_seconds=2)
+    tasks.runtime.settings = settings
+    return settings
+
+
+@pytest.fixture
+def hook():
+    with receiver() as server:
+        yield server
+
+
+def add(project, settings, name="errors", query="level=ERROR&q=timeout", kind="threshold", window=5,
+        channel="webhook", target=None, threshold=10, repeat=None):
+    with models.database.connection_context(), models.database.atomic():
+        search = alerts.save_search(project, name, query)
+        rule, secret = alerts.add_rule(search, kind, window, channel, target, settings,
+                                       threshold=threshold, repeat_minutes=repeat)
+        models.AlertRule.update(due_at=T0).where(models.AlertRule.id == rule.id).execute()
+    return rule, secret
+
+
+def run_minute(settings, when):
+    """One consumer's minute: evaluate what is due at `when`, then deliver every due notification."""
+    with models.database.connection_context():
+        made = alerts.evaluate_due(settings, now=when)
+        for notification_id in alerts.due_notifications(now=datetime.datetime.max):
+            alerts.deliver(notification_id, settings)
+    return made
+
+
+def verify(secret, headers, body, now):
+    """The receiver's check, as docs/alerts.md shows it: signature over "<timestamp>.<body>", and a fresh timestamp."""
+    timestamp = headers["x-logflow-timestamp"]
+    expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, headers["x-logflow-signature"]) and abs(now - int(timestamp)) < 300
+
+
+def rule_row(rule):
+    with models.database.connection_context():
+        return models.AlertRule.get_by_id(rule.id)
+
+
+def test_a_threshold_fires_once_then_resolves_once(client, key, project, private, hook):
+    rule, secret = add(project, private, target=hook.url)
+    errors_at(client, key, minutes(-1), 12)
+    errors_at(client, key, minutes(-1), 30, message="unrelated failure")  # ERROR, but not "timeout"
+    assert len(run_minute(private, minutes(0))) == 1
+    [(headers, body)] = hook.wait_for(1)
+    sent = orjson.loads(body)
+    assert verify(secret, headers, body, int(datetime.datetime.now().timestamp()))
+    assert not verify("whsec_other", headers, body, int(datetime.datetime.now().timestamp()))
+    assert headers["x-logflow-delivery"] == sent["id"] and headers["content-type"] == "application/json"
+    assert (sent["alert"], sent["project"], sent["state"], sent["count"], sent["window_minutes"]) == (
+        "errors", "acme", "firing", 12, 5)
+    assert len(sent["samples"]) == 5 and all("timeout" in log["message"] for log in sent["samples"])
+    url = urllib.parse.urlsplit(sent["url"])
+    assert url.path == "/ui/projects/acme"
+    assert urllib.parse.parse_qs(url.query) == {"level": ["ERROR"], "q": ["timeout"],
+                                                "since": [minutes(-5).strftime(ISO)], "until": [T0.strftime(ISO)]}
+    assert rule_row(rule).state == "firing"
+
+    # Still firing: no repeat was asked for, so nothing is sent.
+    errors_at(client, key, minutes(1), 10)
+    assert run_minute(private, minutes(2)) == []
+    assert rule_row(rule).state == "firing"
+    # The logs leave the window: one "resolved", then quiet.
+    assert len(run_minute(private, minutes(9))) == 1
+    assert run_minute(private, minutes(10)) == []
+    bodies = [orjson.loads(body) for _, body in hook.wait_for(2)]
+    assert [b["state"] for b in bodies] == ["firing", "resolved"] and len(hook.received) == 2
+    assert bodies[1]["count"] == 0 and bodies[1]["samples"] == []
+    with models.database.connection_context():
+        evaluations = [(e.count, e.state) for e in rule.evaluations.order_by(models.AlertEvaluation.at)]
+    assert evaluations == [(12, "firing"), (22, "firing"), (0, "ok"), (0, "ok")]
+
+
+def test_a_rule_repeats_only_as_often_as_asked(client, key, project, private, hook):
+    add(project, private, target=hook.url, threshold=1, repeat=3)
+    for minute in range(0, 7):
+        errors_at(client, key, minutes(minute) - datetime.timedelta(seconds=30), 1)
+        run_minute(private, minutes(minute))
+    assert [orjson.loads(body)["state"] for _, body in hook.received] == ["firing"] * 3  # minutes 0, 3 and 6
+
+
+def test_an_absence_rule_fires_when_nothing_matches_and_resolves_when_a_log_comes(client, key, project, private,
+                                                                                  hook):
+    add(project, private, name="backup", query="q=backup+done", kind="absence", window=60, target=hook.url,
+        threshold=None)
+    errors_at(client, key, minutes(-90), 1, message="backup done")  # before the window
+    run_minute(private, minutes(0))
+    errors_at(client, key, minutes(0), 1, message="backup done")
+    run_minute(private, minutes(1))
+    states = [(orjson.loads(body)["state"], orjson.loads(body)["count"]) for _, body in hook.wait_for(2)]
+    assert states == [("firing", 0), ("resolved", 1)]
+
+
+def test_records_still_queued_do_not_make_an_absence_rule_fire(client, key, project, private, hook):
+    rule, _ = add(project, private, name="heartbeat", query="q=alive", kind="absence", window=5, target=hook.url,
+                  threshold=None)
+    errors_at(client, key, minutes(-4), 1, message="alive")
+    # The writer is 3 minutes behind: the window ends where what is stored ends, and still holds the log.
+    with models.database.connection_context():
+        alerts.evaluate_due(private, lag_seconds=180, now=minutes(2))
+        assert rule_row(rule).state == "ok"
+        [evaluation] = rule.evaluations
+    assert evaluation.count == 1 and "180 s behind" in evaluation.note
+
+
+def test_each_rule_is_evaluated_once_a_minute_however_many_consumers_try(client, key, project, private, hook):
+    rule, _ = add(project, private, target=hook.url, threshold=1)
+    errors_at(client, key, minutes(-1), 3)
+    results, barrier = [], threading.Barrier(4)
+
+    def consumer():
+        with models.database.connection_context():
+            barrier.wait()
+            results.append(alerts.evaluate_due(private, now=minutes(0)))
+    threads = [threading.Thread(target=consumer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(len(made) for made in results) == [0, 0, 0, 1]
+    with models.database.connection_context():
+        assert rule.evaluations.count() == 1 and rule.notifications.count() == 1
+    # The same minute again: already taken.
+    assert run_minute(private, minutes(0) + datetime.timedelta(seconds=30)) == []
+    assert len(hook.wait_for(1)) == 1
+
+
+def test_a_receiver_answering_500_gets_the_same_notification_again(client, key, project, private, hook):
+    rule, _ = add(project, private, target=hook.url, threshold=1)
+    hook.plan = [500, 429]
+    errors_at(client, key, minutes(-1), 1)
+    with models.database.connection_context():
+        [notification_id] = alerts.evaluate_due(private, now=minutes(0))
+        assert alerts.deliver(notification_id, private) == "retry"
+        assert "500" in rule_row(rule).last_error
+        # Not due again until its backoff has passed: nobody takes it meanwhile.
+        assert alerts.deliver(notification_id, private) is None
+        models.Notification.update(due_at=T0).execute()
+        assert alerts.deliver(notification_id, private) == "retry"
+        row = models.Notification.get_by_id(notification_id)
+        # The receiver's Retry-After (1 s) is less than the backoff (10 s for a second attempt): the backoff wins.
+        assert 9 <= (row.due_at - models.utcnow()).total_seconds() <= 11
+        models.Notification.update(due_at=T0).execute()
+        assert alerts.deliver(notification_id, private) == "sent"
+        assert rule_row(rule).last_error is None
+    deliveries = hook.wait_for(3)
+    assert {headers["x-logflow-delivery"] for headers, _ in deliveries} == {notification_id}
+    assert len({body for _, body in deliveries}) == 1
+
+
+def test_a_receiver_that_hangs_times_out_and_is_retried(client, key, project, private, hook):
+    rule, _ = add(project, private, target=hook.url, threshold=1)
+    hook.plan = ["hang"]
+    errors_at(client, key, minutes(-1), 1)
+    with models.database.connection_context():
+        [notification_id] = alerts.evaluate_due(private, now=minutes(0))
+        started = datetime.datetime.now()
+        assert alerts.deliver(notification_id, private) == "retry"
+        assert (datetime.datetime.now() - started).total_seconds() < 3 * private.notify_timeout_seconds
+        assert "timed out" in rule_row(rule).last_error
+
+
+def test_private_addresses_are_refused_when_added_and_when_sent(client, key, project, bound, private, hook):
+    for target in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest/meta-data/", "http://[::1]/x",
+                   "http://0.0.0.0/", "http://localhost:9/"):
+        with pytest.raises(alerts.AlertError, match="loopback or link-local"):
+            add(project, bound, name="x", target=target)
+    for target, problem in (("ftp://example.com/", "not an http"), ("http://u:p@example.com/", "user or password")):
+        with pytest.raises(alerts.AlertError, match=problem):
+            add(project, bound, name="x", target=target)
+    # Added while allowed, sent after it no longer is: refused again, at send time, and not retried.
+    rule, _ = add(project, private, target=hook.url, threshold=1)
+    errors_at(client, key, minutes(-1), 1)
+    with models.database.connection_context():
+        [notification_id] = alerts.evaluate_due(bound, now=minutes(0))
+        assert alerts.deliver(notification_id, bound) == "failed"
+        assert "loopback" in rule_row(rule).last_error
+    assert hook.received == []
+
+
+def test_slack_messages_are_readable_and_log_content_cannot_mention_anyone(client, key, project, private, hook):
+    add(project, private, channel="slack", target=hook.url, threshold=1)
+    errors_at(client, key, minutes(-1), 1, message="timeout <!channel> <https://evil.example|click> & more")
+    run_minute(private, minutes(0))
+    [(headers, body)] = hook.wait_for(1)
+    text = orjson.loads(body)["text"]
+    assert text.startswith("*FIRING: alert errors (acme): 1 matching log in 5 minutes*")
+    assert "&lt;!channel&gt; &lt;https://evil.example|click&gt; &amp; more" in text
+    assert "<!channel>" not in text and "x-logflow-signature" not in headers
+    assert text.endswith("|Open these logs in LogFlow>") and "<http://127.0.0.1:5000/ui/projects/acme?" in text
+
+
+def test_email_alerts_arrive_as_text_and_html(client, key, project, private):
+    with smtp_server() as (url, mailbox):
+        settings = private.replace(smtp_url=url, smtp_from="alerts@example.com")
+        add(project, settings, channel="email", target="oncall@example.com", threshold=1)
+        errors_at(client, key, minutes(-1), 2, message="timeout <b>bold</b>")
+        run_minute(settings, minutes(0))
+        [(sender, recipients, content)] = mailbox.messages
+    message = email.message_from_bytes(content, policy=email.policy.default)
+    assert (sender, recipients) == ("alerts@example.com", ["oncall@example.com"])
+    assert message["Subject"] == "FIRING: alert errors (acme): 2 matching logs in 5 minutes"
+    text = message.get_body(("plain",)).get_content()
+    page = message.get_body(("html",)).get_content()
+    assert "timeout <b>bold</b> 0" in text and "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold" not in page
+
+
+def test_bad_rules_are_refused_with_a_reason(project, private, hook):
+    for query, problem in (("since=1h", "'since'"), ("level=LOUD", "level"), ("limit=5", "'limit'")):
+        with pytest.raises(alerts.AlertError, match=problem):
+            add(project, private, name="x", query=query, target=hook.url)
+    with pytest.raises(alerts.AlertError, match="already has a saved search named dup"):
+        add(project, private, name="dup", target=hook.url)
+        add(project, private, name="dup", target=hook.url)
+    with pytest.raises(alerts.AlertError, match="not an email"):
+        add(project, private, name="mail", channel="email", target="not-an-address")
+
+
+def test_signature_is_hmac_sha256_over_timestamp_dot_body():
+    body = b'{"id":"x"}'
+    assert notify.signature("whsec_k", 1700000000, body) == "sha256=" + hmac.new(
+        b"whsec_k", b"1700000000." + body, hashlib.sha256).hexdigest()
+
+
+def test_a_minute_without_the_tables_is_logged_not_raised(bound, caplog):
+    """A consumer upgraded before init-db ran: one line a minute, no traceback, nothing evaluated."""
+    with models.database.connection_context():
+        models.database.drop_tables([models.Notification, models.AlertEvaluation, models.AlertRule])
+    with caplog.at_level("ERROR", logger="logflow"):
+        tasks.evaluate_alerts.call_local()
+    [record] = caplog.records
+    assert record.getMessage().startswith("alerts not evaluated this minute: ") and "alert_rules" in record.getMessage()
+    assert record.exc_info is None
+
+
+def test_metrics_count_notifications_sent_and_failed_per_channel(client, key, project, private, hook):
+    add(project, private, target=hook.url, threshold=1)
+    hook.plan = [503]
+    errors_at(client, key, minutes(-1), 1)
+    with models.database.connection_context():
+        [notification_id] = alerts.evaluate_due(private, now=minutes(0))
+        alerts.deliver(notification_id, private, tasks.runtime.spool.add_counters)
+        models.Notification.update(due_at=T0).execute()
+        alerts.deliver(notification_id, private, tasks.runtime.spool.add_counters)
+    page = client.get("/metrics").get_data(as_text=True)
+    assert 'logflow_notifications_sent_total{channel="webhook"} 1.0' in page
+    assert 'logflow_notifications_failed_total{channel="webhook"} 1.0' in page
