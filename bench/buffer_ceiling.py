@@ -12,12 +12,12 @@ in each round. Prints requests/s and web CPU per request of each round, then
 the medians and their ratios to hello.
 """
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 
-import run  # bench/run.py: the stack, wrk and the CPU meter
+import servers  # bench/servers.py: the stack
+import traffic  # bench/traffic.py: wrk
 
 APPS = ("LogFlow", "LogFlow, append", "hello", "hello + LPUSH")
 
@@ -30,14 +30,14 @@ def main():
     args = argparse.Namespace(workers=None, threads=None, consumers=1, gunicorn_arg=[], connections=16,
                               balance=False, wrk_threads=1, aof=False)
     rates = {name: [] for name in APPS}
-    with run.Stack(args, tempfile.mkdtemp(prefix="logflow-buffer-")) as stack:
+    with servers.Stack(args, tempfile.mkdtemp(prefix="logflow-buffer-")) as stack:
         stack.start()
         buffered_url = stack.start_gunicorn("logflow-buffered", "bench.buffered:app")
         _, key = stack.add_project("buffer")
         urls = dict(zip(APPS, (stack.logflow_url, buffered_url, stack.hello_url, stack.hello_url + "/queued")))
         for round_number in range(options.repeats):
             for name in APPS:
-                result = run.throughput(stack, urls[name], stack.single_body, key, options.seconds, 1)
+                result = traffic.throughput(stack, urls[name], stack.single_body, key, options.seconds, 1)
                 group = "hello web" if name.startswith("hello") else "logflow web"
                 web_ms = result["cpu"]["groups"][group] / result["requests"] * 1000
                 rates[name].append(result["req_s"])

@@ -39,7 +39,7 @@ def main():
     import hello
     import logflow
     import models
-    from run import log_record
+    from servers import log_record
     app = logflow.create_app()
     with models.database.connection_context():
         key = models.ApiKey.issue(models.Project.create(name="inprocess"))

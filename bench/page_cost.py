@@ -54,7 +54,7 @@ def measure(postgres, redis_server, requests):
     import models
     import query
     import storage
-    from run import log_record
+    from servers import log_record
     # As the environment of a production web process gives them (a secret for the viewer's cookies too).
     settings = config.load({"DATABASE_URL": postgres.url, "REDIS_URL": redis_server.url,
                             "LOGFLOW_DATA_DIR": os.path.join(os.path.dirname(postgres.directory), "data"),

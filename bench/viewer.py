@@ -47,10 +47,13 @@ import urllib.parse
 import psycopg2
 import requests
 
-import run  # bench/run.py: the stack, wrk, the CPU meter
+import servers  # bench/servers.py, first: the stack; it puts the repository's root and tests/ on sys.path
+import meters  # bench/meters.py: the CPU meter
+import reporting  # bench/reporting.py: the machine's facts, medians and spreads
 import services  # tests/services.py
 import spool
 import storage  # storage.copy_line: the row format the database writer COPYs
+import traffic  # bench/traffic.py: wrk
 import web
 
 CACHE = "/tmp/logflow-bench-viewer"
@@ -79,10 +82,6 @@ STATUSES = (200,) * 40 + (201,) * 4 + (204,) * 3 + (304,) * 3 + (404,) * 2 + (40
 EXCEPTIONS = ("KeyError: 'sku'", "ValueError: invalid literal for int() with base 10: 'abc'",
               "psycopg2.OperationalError: server closed the connection unexpectedly",
               "TimeoutError: upstream did not answer within 30 s", "AttributeError: 'NoneType' object has no attribute 'id'")
-
-
-def log(message):
-    run.log(message)
 
 
 def load_text():
@@ -275,7 +274,7 @@ def open_cache(args):
             marker = json.load(saved)
         age = time.time() - marker["end"]
         if marker.get("layout") != LAYOUT or age > args.max_age * 3600:
-            log("cached data is %.1f h old or of another layout: loading afresh" % (age / 3600))
+            servers.log("cached data is %.1f h old or of another layout: loading afresh" % (age / 3600))
             marker = None
     if marker is None:
         shutil.rmtree(base, ignore_errors=True)
@@ -308,7 +307,7 @@ def load(stack, args, marker_path):
         for number, rows in enumerate(pool.imap_unordered(copy_hour, jobs), 1):
             written += rows
             if number % 24 == 0:
-                log("loaded %d of %d hours, %d rows, %.0f rows/s" % (
+                servers.log("loaded %d of %d hours, %d rows, %.0f rows/s" % (
                     number, hours, written, written / (time.monotonic() - began)))
     copied = time.monotonic() - began
     connection = psycopg2.connect(stack.db_url)  # not `with`: that would open a transaction, where VACUUM cannot run
@@ -321,7 +320,7 @@ def load(stack, args, marker_path):
     vacuumed = time.monotonic() - began - copied
     counted = None
     if rollup:
-        log("filling the histogram's rollup: manage.py rebuild-counts")
+        servers.log("filling the histogram's rollup: manage.py rebuild-counts")
         counting = time.monotonic()
         stack.manage("rebuild-counts")
         counted = time.monotonic() - counting
@@ -365,23 +364,19 @@ def after_burst(stack, session, args, marker):
         cursor.execute("SELECT count(*) FROM logs WHERE project_id = (SELECT id FROM projects WHERE name = %s)"
                        " AND timestamp >= %s", (MAIN, end))
         newer = cursor.fetchone()[0]
-    log("timing the level=ERROR first page below %d newer INFO logs" % newer)
+    servers.log("timing the level=ERROR first page below %d newer INFO logs" % newer)
     url = stack.logflow_url + "/logs?project=%s&limit=100&level=ERROR" % MAIN
     return ("first page, level=ERROR, below %d new INFO logs" % newer, TARGETS["first page"],
             timed(stack, session, url, args.requests))
 
 
-class ViewerStack(run.Stack):
-    """bench/run.py's stack without hello: Redis, the cached PostgreSQL, then the web line and one consumer."""
+class ViewerStack(servers.Stack):
+    """servers.Stack without hello: Redis, the cached PostgreSQL, then the web line and one consumer."""
 
     def start_servers(self, server):
         self.redis = services.start_redis(os.path.join(self.workdir, "redis"))
         self.pg, self.db_url = server, server.url
-        self.log_dir = os.path.join(self.workdir, "logs")
-        inherited = {name: value for name, value in os.environ.items() if not name.startswith("LOGFLOW_")}
-        self.env = {**inherited, "DATABASE_URL": self.db_url, "REDIS_URL": self.redis.url,
-                    "LOGFLOW_LOG_DIR": self.log_dir, "LOGFLOW_DATA_DIR": os.path.join(self.workdir, "data"),
-                    "LOGFLOW_SECRET_KEY": secrets.token_urlsafe(32)}
+        self.set_environment()
         self.manage("init-db")  # creates what the code added since the cache was made (a rollup is counted then)
         connection = psycopg2.connect(self.db_url)
         connection.autocommit = True  # ALTER SYSTEM cannot run in a transaction
@@ -404,7 +399,7 @@ class ViewerStack(run.Stack):
             self.viewer_url = self.start_gunicorn("logflow-viewer")
             master = next(process for name, process in self.processes if name == "logflow-viewer")
             os.setpriority(os.PRIO_PGRP, master.pid, VIEWER_NICENESS)
-        self.spawn("consumer-0", [sys.executable, run.HUEY_CONSUMER, *run.CONSUMER_ARGS])
+        self.spawn("consumer-0", [sys.executable, servers.HUEY_CONSUMER, *servers.CONSUMER_ARGS])
 
     def add_project(self, name):
         """The project's id, created if missing (a cached database has it already)."""
@@ -452,7 +447,7 @@ def timed(stack, session, url, count, next_url=None, interval=0):
         answer.raise_for_status()
         url = next_url(url, answer) if next_url else url
     times, sizes, rows = [], [], []
-    meter = run.Meter(stack)
+    meter = meters.Meter(stack)
     next_start = time.monotonic()
     for _ in range(count):
         time.sleep(max(0.0, next_start - time.monotonic()))  # pacing, not synchronisation
@@ -506,13 +501,13 @@ def reads(stack, session, args, marker, key):
     ]
     results = []
     for name, target, url in plan:
-        log("timing %s" % name)
+        servers.log("timing %s" % name)
         results.append((name, TARGETS.get(target), timed(stack, session, url, args.requests)))
     cursor = session.get(base + "/logs/live?" + project).json()["cursor"]
     live_url = base + "/logs/live?%s&cursor=%s" % (project, urllib.parse.quote(cursor))
-    log("timing live polls, no new logs")
+    servers.log("timing live polls, no new logs")
     results.append(("live poll, no new logs", None, timed(stack, session, live_url, args.requests, follow_live)))
-    log("timing live polls, 1 a second, while 100 records/s arrive")
+    servers.log("timing live polls, 1 a second, while 100 records/s arrive")
     sender = paced_sender(stack, key, 100)
     try:
         cursor = session.get(base + "/logs/live?" + project).json()["cursor"]
@@ -529,7 +524,8 @@ def reads(stack, session, args, marker, key):
 
 def paced_sender(stack, key, rate, connections=4):
     """wrk sending single-record POSTs at about `rate` a second until SIGINT (paced.lua)."""
-    return subprocess.Popen(["wrk", "-t1", "-c%d" % connections, "-d3600s", "-s", os.path.join(run.BENCH, "paced.lua"),
+    return subprocess.Popen(["wrk", "-t1", "-c%d" % connections, "-d3600s",
+                             "-s", os.path.join(servers.BENCH, "paced.lua"),
                              stack.logflow_url + "/logs", "--", stack.single_body, key,
                              "%.1f" % (1000.0 * connections / rate)], stdout=subprocess.DEVNULL)
 
@@ -611,14 +607,14 @@ def ingestion(stack, args, key, cookies):
     full = {name: [] for name in names}
     for number in range(args.rounds):
         for name in names if number % 2 == 0 else names[::-1]:
-            log("ingestion round %d/%d, %s" % (number + 1, args.rounds, name))
+            servers.log("ingestion round %d/%d, %s" % (number + 1, args.rounds, name))
             full[name].append(post_run(stack, args, key, kinds[name], "post.lua", []))
     rate = statistics.median(one["req_s"] for one in full["alone"]) / 2
     paced = {name: [] for name in names}
     pause = "%.2f" % (1000.0 * stack.args.connections / rate)
     for number in range(args.rounds):
         for name in names if number % 2 == 0 else names[::-1]:
-            log("paced round %d/%d at %.0f requests/s, %s" % (number + 1, args.rounds, rate, name))
+            servers.log("paced round %d/%d at %.0f requests/s, %s" % (number + 1, args.rounds, rate, name))
             paced[name].append(post_run(stack, args, key, kinds[name], "paced.lua", [pause]))
     return full, paced, rate
 
@@ -628,8 +624,8 @@ def post_run(stack, args, key, viewers, script, extra):
     if viewers:
         viewers.start()
         time.sleep(1.5)  # every viewer has taken its cursor and polls
-    meter = run.Meter(stack)
-    result = run.wrk(stack.logflow_url + "/logs", script, [stack.single_body, key, *extra], args.seconds,
+    meter = meters.Meter(stack)
+    result = traffic.wrk(stack.logflow_url + "/logs", script, [stack.single_body, key, *extra], args.seconds,
                      stack.args.connections, 1, latency=True)
     result["cpu"] = meter.stop()
     if viewers:
@@ -644,12 +640,12 @@ def viewer_cost(stack, args, key, cookies):
     """Server CPU per viewer-second: 100 records/s arriving, without and with the viewers, CPU compared."""
     out = {}
     for name, viewers in (("alone", None), ("viewers", Viewers(stack.viewer_url, cookies))):
-        log("viewer cost: %s" % name)
+        servers.log("viewer cost: %s" % name)
         if viewers:
             viewers.start()
             time.sleep(1.5)
         sender = paced_sender(stack, key, 100)
-        meter = run.Meter(stack)
+        meter = meters.Meter(stack)
         time.sleep(args.seconds * 2)  # a measurement window: the CPU meter reads /proc around it
         cpu, used = stack.server_cpu(meter)
         sender.send_signal(signal.SIGINT)
@@ -827,9 +823,9 @@ def report_ingestion(full, paced, rate, args):
             ("at %.0f/s: requests/s" % rate, paced, "req_s", "%.0f"), ("at %.0f/s: p50 ms" % rate, paced, "p50", "%.1f"),
             ("at %.0f/s: p99 ms" % rate, paced, "p99", "%.1f")]
     for label, runs, field, fmt in rows:
-        alone = run.median(runs["alone"], field)
-        print("%-26s  %s" % (label, "".join("%-*s" % (width, run.spread(runs[name], field, fmt) + (
-            " [%.2f]" % (run.median(runs[name], field) / alone) if name != "alone" else "")) for name in names)))
+        alone = reporting.median(runs["alone"], field)
+        print("%-26s  %s" % (label, "".join("%-*s" % (width, reporting.spread(runs[name], field, fmt) + (
+            " [%.2f]" % (reporting.median(runs[name], field) / alone) if name != "alone" else "")) for name in names)))
     for label, runs in (("full speed", full), ("at %.0f/s" % rate, paced)):
         groups = (("web", "logflow web"), ("cons.", "consumers"), ("pg", "postgres"), ("redis", "redis"))
         print("%-26s  %s" % (label + ": CPU, % of a core", "".join("%-*s" % (width, " ".join(
@@ -913,19 +909,19 @@ def main():
         sys.exit("wrk not found: apt-get install -y wrk")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     began = time.monotonic()
-    info = run.machine()
+    info = reporting.machine()
     info.update(command=shlex.join(["python3", *sys.argv]), load_start=load_text())
     workdir = tempfile.mkdtemp(prefix="logflow-bench-viewer-")
     stack_args = argparse.Namespace(workers=None, threads=None, consumers=1, gunicorn_arg=[], balance=False,
                                     connections=args.connections, wrk_threads=1, aof=False,
                                     viewer_pool=args.viewer_pool)
-    with run.removed_unless_kept(workdir, args):
+    with servers.removed_unless_kept(workdir, args):
         with ViewerStack(stack_args, workdir) as stack:
             server, marker, marker_path = open_cache(args)
             stack.start_servers(server)
             loaded_now = marker is None
             if loaded_now:
-                log("loading %d rows (cached in %s for the next runs)" % (args.rows, server.base))
+                servers.log("loading %d rows (cached in %s for the next runs)" % (args.rows, server.base))
                 marker = load(stack, args, marker_path)
             else:
                 info["reset"] = reset(stack, marker)
@@ -935,25 +931,25 @@ def main():
             stack.start_processes()
             info["web"] = web.describe(stack.web)
             key = stack.manage("create-key", MAIN)
-            stack.single_body = stack.write_body("single.json", run.log_record(0))
+            stack.single_body = stack.write_body("single.json", servers.log_record(0))
             password = secrets.token_urlsafe(16)
             created = subprocess.run([sys.executable, "manage.py", "create-user", USER, "--all-projects",
-                                      "--password-stdin"], cwd=run.ROOT, env=stack.env, input=password + "\n",
+                                      "--password-stdin"], cwd=servers.ROOT, env=stack.env, input=password + "\n",
                                      capture_output=True, text=True)
             if created.returncode:  # a cached database has the user: a new password for this run
                 subprocess.run([sys.executable, "manage.py", "set-password", USER, "--password-stdin"],
-                               cwd=run.ROOT, env=stack.env, input=password + "\n", check=True, capture_output=True,
+                               cwd=servers.ROOT, env=stack.env, input=password + "\n", check=True, capture_output=True,
                                text=True)
             session = sign_in(stack.logflow_url, password)
             endpoints = reads(stack, session, args, marker, key)
-            log("signing %d viewers in" % args.viewers)
+            servers.log("signing %d viewers in" % args.viewers)
             cookies = [sign_in(stack.logflow_url, password).cookies["logflow_session"] for _ in range(args.viewers)]
             full, paced, rate = ingestion(stack, args, key, cookies)
             cost = viewer_cost(stack, args, key, cookies)
             endpoints.append(after_burst(stack, session, args, marker))
             shown = None
             if not args.no_browser:
-                log("chromium: 1,000 rows")
+                servers.log("chromium: 1,000 rows")
                 info["chromium"] = re.search(r"[\d.]+", subprocess.run(
                     ["/usr/bin/chromium", "--version"], capture_output=True, text=True).stdout).group(0)
                 shown = browser(stack, args, password, key)

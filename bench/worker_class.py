@@ -19,7 +19,10 @@ import os
 import sys
 import tempfile
 
-import run  # bench/run.py: the stack, wrk and the CPU meter
+import reporting  # bench/reporting.py: the machine's facts, medians and spreads
+import servers  # bench/servers.py: the stack
+import traffic  # bench/traffic.py: wrk
+import web  # bench/web.py: the Procfile's web line
 
 CLASSES = ("BufferingWorker", "gthread")
 # extra_args per class: the web line as it is, then with gunicorn's gthread (the last flag wins).
@@ -45,7 +48,7 @@ def main():
                               connections=16, balance=options.balance, wrk_threads=1, aof=False)
     results = {(kind, name): [] for kind, *_ in KINDS for name in CLASSES}
     paced = {name: [] for name in CLASSES}
-    with run.Stack(args, tempfile.mkdtemp(prefix="logflow-worker-class-")) as stack:
+    with servers.Stack(args, tempfile.mkdtemp(prefix="logflow-worker-class-")) as stack:
         stack.start()
         urls = {("logflow", "BufferingWorker"): stack.logflow_url, ("hello", "BufferingWorker"): stack.hello_url,
                 ("logflow", "gthread"): stack.start_gunicorn("logflow-gthread", None, CLASS_ARGS["gthread"]),
@@ -53,18 +56,18 @@ def main():
                                                            CLASS_ARGS["gthread"])}
         bodies = {"single": stack.single_body, "batch": stack.batch_body}
         _, key = stack.add_project("worker-class")
-        info = run.machine()
+        info = reporting.machine()
         print("%s, commit %s, %d cores; 1-min load average %.2f at start" % (
             info["date"], info["commit"], info["nproc"], os.getloadavg()[0]))
         print("web line: %s; the same + --worker-class gthread; wrk -t1 -c16 (keep-alive), %d s per run"
-              % (run.web.describe(stack.web), options.seconds), flush=True)
+              % (web.describe(stack.web), options.seconds), flush=True)
         for number in range(options.rounds):
-            run.log("round %d/%d" % (number + 1, options.rounds))
+            servers.log("round %d/%d" % (number + 1, options.rounds))
             for kind, app, body, per in KINDS:
                 for name in in_turn(number):
-                    result = run.throughput(stack, urls[app, name], bodies[body], key, options.seconds, per)
+                    result = traffic.throughput(stack, urls[app, name], bodies[body], key, options.seconds, per)
                     result["web_ms"] = 1000 * result["cpu"]["groups"][app + " web"] / result["requests"]
-                    result["busiest"] = run.busiest_worker(result)
+                    result["busiest"] = reporting.busiest_worker(result)
                     results[kind, name].append(result)
                     print("round %d  %-13s %-16s %8.0f %s  web CPU %.3f ms/request  p99 %5.1f ms  busiest worker"
                           " %s%%  closed unanswered %d  non-2xx %d  other processes %.0f%%" % (
@@ -72,11 +75,11 @@ def main():
                               "records/s " if per > 1 else "requests/s", result["web_ms"], result["p99"],
                               result["busiest"], result["socket_errors"], result["non2xx"],
                               100 * result["cpu"]["other"] / result["cpu"]["wall"] / os.cpu_count()), flush=True)
-        rate = min(run.median(results["single", name], "req_s") for name in CLASSES) / 2
+        rate = min(reporting.median(results["single", name], "req_s") for name in CLASSES) / 2
         for number in range(options.rounds):
-            run.log("paced round %d/%d at %.0f requests/s" % (number + 1, options.rounds, rate))
+            servers.log("paced round %d/%d at %.0f requests/s" % (number + 1, options.rounds, rate))
             for name in in_turn(number):
-                result = run.paced(stack, urls["logflow", name], stack.single_body, key, options.seconds, rate)
+                result = traffic.paced(stack, urls["logflow", name], stack.single_body, key, options.seconds, rate)
                 paced[name].append(result)
                 print("paced %d  %-16s %6.0f requests/s  p50 %5.1f ms  p99 %5.1f ms  closed unanswered %d" % (
                     number + 1, name, result["req_s"], result["p50"], result["p99"], result["socket_errors"]),
@@ -105,7 +108,7 @@ def report(results, paced, rate, options, workers):
             ("hello single POST: web CPU ms per request", "hello single", "web_ms", "%.3f"),
             ("hello 100-record batches: records/s", "hello batch", "records_s", "%.0f"),
             ("hello 100-record batches: web CPU ms per request", "hello batch", "web_ms", "%.3f")]
-    table = [(label, [run.spread(results[kind, name], field, fmt) for name in CLASSES],
+    table = [(label, [reporting.spread(results[kind, name], field, fmt) for name in CLASSES],
               ratios([one[field] for one in results[kind, CLASSES[0]]],
                      [one[field] for one in results[kind, CLASSES[1]]]))
              for label, kind, field, fmt in rows]
@@ -116,10 +119,10 @@ def report(results, paced, rate, options, workers):
                      for name in CLASSES]
         table.append((label, [spread(values, "%.2f") for values in per_class], ratios(*per_class)))
     table.append(("single POST at %.0f requests/s: p99 ms" % rate,
-                  [run.spread(paced[name], "p99", "%.1f") + " at %.0f/s" % run.median(paced[name], "req_s")
+                  [reporting.spread(paced[name], "p99", "%.1f") + " at %.0f/s" % reporting.median(paced[name], "req_s")
                    for name in CLASSES], ratios(*([one["p99"] for one in paced[name]] for name in CLASSES))))
     table.append(("single POST at %.0f requests/s: p50 ms" % rate,
-                  [run.spread(paced[name], "p50", "%.1f") for name in CLASSES],
+                  [reporting.spread(paced[name], "p50", "%.1f") for name in CLASSES],
                   ratios(*([one["p50"] for one in paced[name]] for name in CLASSES))))
     width = max(len(row[0]) for row in table)
     print("\n%d rounds of %d s, classes in alternating order%s; median (min–max)"
@@ -144,8 +147,8 @@ def ratios(first, second):
 
 
 def spread(values, fmt):
-    """run.spread() of plain numbers."""
-    return run.spread([{"value": value} for value in values], "value", fmt)
+    """reporting.spread() of plain numbers."""
+    return reporting.spread([{"value": value} for value in values], "value", fmt)
 
 
 if __name__ == "__main__":
