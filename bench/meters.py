@@ -100,7 +100,8 @@ def start_profiles(stack, seconds, out_dir):
     return spies
 
 
-def read_profile(path, own_files=("logflow.py", "records.py", "spool.py", "tasks.py", "storage.py", "models.py")):
+def read_profile(path, own_files=("logflow.py", "records.py", "spool.py", "spool_redis.py", "spool_sqlite.py", "tasks.py",
+                                  "storage.py", "models.py")):
     """From a py-spy raw profile: samples, the top functions by own time, and LogFlow's functions by total time."""
     own, total, samples = {}, {}, 0
     with open(path) as profile:
