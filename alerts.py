@@ -40,6 +40,10 @@ class AlertError(ValueError):
     """A saved search or rule that cannot be made as asked; the message says why."""
 
 
+class NameTaken(AlertError):
+    """The project has a saved search of that name already."""
+
+
 def search_filter(text):
     """The LogFilter of a saved search's query string; raises AlertError naming a parameter it cannot hold."""
     if len(text) > MAX_QUERY_LENGTH:
@@ -71,7 +75,7 @@ def save_search(project, name, text):
     search_filter(text)
     with database.atomic():
         if SavedSearch.select().where(SavedSearch.project == project, SavedSearch.name == name).exists():
-            raise AlertError("project %s already has a saved search named %s" % (project.name, name))
+            raise NameTaken("project %s already has a saved search named %s" % (project.name, name))
         return SavedSearch.create(project=project, name=name, query=text)
 
 

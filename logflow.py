@@ -17,6 +17,7 @@ import peewee
 from flask import Blueprint, Flask, current_app, g, redirect, request, url_for
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
+import alerts
 import config
 import metrics
 import models
@@ -669,6 +670,61 @@ def reading():
         logger.error("database unavailable for a read: %s", error)
         raise APIError(503, "the database is unavailable; retry later", headers={
             "Retry-After": str(settings.retry_after_seconds)}) from None
+
+
+# A saved search's JSON body is a name and a query string: far below any log batch.
+MAX_SEARCH_BODY_BYTES = 16 * 1024
+
+
+def search_as_json(search):
+    """A saved search as the API shows it, with its alert's name and state if it has one."""
+    rule = search.rules.first()
+    return {"name": search.name, "query": search.query, "created_at": records.format_time(search.created_at),
+            "alert": None if rule is None else {"rule": alerts.describe(rule), "channel": rule.channel,
+                                                "state": rule.state}}
+
+
+@bp.get("/searches")
+def list_searches():
+    """The project's saved searches, by name."""
+    project_id, _ = reader(current_app.extensions["logflow"]["settings"])
+    with reading():
+        searches = models.SavedSearch.select().where(models.SavedSearch.project == project_id)
+        return json_response({"searches": [search_as_json(search) for search in
+                                           searches.order_by(models.SavedSearch.name)]}, 200)
+
+
+@bp.post("/searches")
+def save_search():
+    """Save a search of the project: {"name": ..., "query": "level=ERROR&q=timeout"}."""
+    project_id = authenticate(current_app.extensions["logflow"]["settings"], scope="read")[0]
+    if (request.content_length or 0) > MAX_SEARCH_BODY_BYTES:
+        raise APIError(413, "a saved search's body is at most %d bytes" % MAX_SEARCH_BODY_BYTES)
+    try:
+        given = orjson.loads(request.get_data())
+    except orjson.JSONDecodeError:
+        raise APIError(400, "the body is not valid JSON; send {\"name\": ..., \"query\": ...}") from None
+    if not (isinstance(given, dict) and isinstance(given.get("name"), str)
+            and isinstance(given.get("query", ""), str)):
+        raise APIError(400, "send {\"name\": \"...\", \"query\": \"level=ERROR&q=...\"}: name and query are strings")
+    with reading():
+        try:
+            search = alerts.save_search(models.Project.get_by_id(project_id), given["name"], given.get("query", ""))
+        except alerts.AlertError as error:
+            raise APIError(409 if isinstance(error, alerts.NameTaken) else 400, str(error)) from None
+        return json_response(search_as_json(search), 201)
+
+
+@bp.delete("/searches/<name>")
+def delete_search(name):
+    """Delete a saved search of the project, and its alert if it has one."""
+    project_id = authenticate(current_app.extensions["logflow"]["settings"], scope="read")[0]
+    with reading():
+        search = alerts.find_search(project_id, name)
+        if search is None:
+            raise APIError(404, "this project has no saved search named %r" % name[:100])
+        search.delete_instance(recursive=True)
+    return current_app.response_class(status=204)
 
 
 @bp.get("/openapi.json")

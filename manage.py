@@ -579,6 +579,49 @@ def search_index(drop):
 
 
 @cli.group()
+def search():
+    """Saved searches: add, list or remove them (an alert is a rule on one)."""
+
+
+@search.command("add")
+@click.argument("project")
+@click.argument("name")
+@click.argument("text", metavar="QUERYSTRING", default="")
+def search_add(project, name, text):
+    """Save a search NAME: QUERYSTRING is GET /logs' filters, e.g. 'level=ERROR&q=timeout'."""
+    project = find_project(project)
+    try:
+        alerts.save_search(project, name, text)
+    except alerts.AlertError as error:
+        fail(str(error))
+    click.echo("saved search %s of project %s: %s" % (escape(name), escape(project.name), escape(text or "every log")))
+
+
+@search.command("list")
+@click.argument("project")
+def search_list(project):
+    """List a project's saved searches: name, query, and its alert if it has one."""
+    project = find_project(project)
+    for saved in project.searches.order_by(models.SavedSearch.name):
+        rule = saved.rules.first()
+        click.echo("%-24s %-40s %s" % (escape(saved.name), escape(saved.query or "(every log)"),
+                                       "alert: %s, %s" % (rule.channel, rule.state) if rule else ""))
+
+
+@search.command("remove")
+@click.argument("project")
+@click.argument("name")
+def search_remove(project, name):
+    """Remove a saved search, and its alert if it has one."""
+    project = find_project(project)
+    saved = alerts.find_search(project, name)
+    if saved is None:
+        fail("project %s has no saved search named %r" % (escape(project.name), name))
+    saved.delete_instance(recursive=True)
+    click.echo("saved search %s removed from project %s" % (escape(name), escape(project.name)))
+
+
+@cli.group()
 def alert():
     """Alert rules on saved searches: add, list, remove, or test one."""
 

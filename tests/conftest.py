@@ -4,8 +4,10 @@ import secrets
 import signal
 
 import pytest
+from click.testing import CliRunner
 
 import config
+import manage
 import models
 import services
 import tasks
@@ -117,3 +119,15 @@ def read_key(project):
     """A key of the same project with scope read (GET /logs), which cannot send logs."""
     with models.database.connection_context():
         return ApiKey.issue(project, scope="read")
+
+
+@pytest.fixture
+def run(bound):
+    """Run a manage.py command against the test's backend; returns the click Result."""
+    environment = {"DATABASE_URL": bound.database_url, "REDIS_URL": bound.redis_url,
+                   "LOGFLOW_DATA_DIR": bound.data_dir, "LOGFLOW_LOG_DIR": bound.log_dir}
+
+    def run(*arguments, stdin=None, **changes):
+        """`stdin` is the command's standard input; `changes` override variables of that environment (REDIS_URL=..., say)."""
+        return CliRunner().invoke(manage.cli, list(arguments), input=stdin, env={**environment, **changes})
+    return run

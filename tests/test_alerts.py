@@ -5,6 +5,7 @@ import email.policy
 import hashlib
 import hmac
 import threading
+import time
 import urllib.parse
 
 import orjson
@@ -288,3 +289,71 @@ def test_metrics_count_notifications_sent_and_failed_per_channel(client, key, pr
     page = client.get("/metrics").get_data(as_text=True)
     assert 'logflow_notifications_sent_total{channel="webhook"} 1.0' in page
     assert 'logflow_notifications_failed_total{channel="webhook"} 1.0' in page
+
+
+def test_saved_searches_through_the_api(client, project, read_key, key):
+    headers = {"X-API-Key": read_key}
+    created = client.post("/searches", json={"name": "api timeouts", "query": "level=ERROR&q=timeout"},
+                          headers=headers)
+    assert created.status_code == 201 and created.json["alert"] is None
+    assert client.post("/searches", json={"name": "api timeouts", "query": ""}, headers=headers).status_code == 409
+    refused = client.post("/searches", json={"name": "x", "query": "since=1h"}, headers=headers)
+    assert refused.status_code == 400 and "'since'" in refused.json["error"]
+    assert client.post("/searches", json={"name": "x"}, headers={"X-API-Key": key}).status_code == 403
+    assert client.post("/searches", data=b"x" * 20000, headers=headers,
+                       content_type="application/json").status_code == 413
+    listed = client.get("/searches", headers=headers).json["searches"]
+    assert [(s["name"], s["query"]) for s in listed] == [("api timeouts", "level=ERROR&q=timeout")]
+    with models.database.connection_context():
+        assert [s.name for s in models.SavedSearch.select()] == ["api timeouts"]
+    assert client.delete("/searches/api%20timeouts", headers=headers).status_code == 204
+    assert client.delete("/searches/api%20timeouts", headers=headers).status_code == 404
+    with models.database.connection_context():
+        assert models.SavedSearch.select().count() == 0
+
+
+def test_the_command_line_adds_lists_tests_and_removes_alerts(run, project, hook, bound):
+    private = {"LOGFLOW_ALLOW_PRIVATE_WEBHOOKS": "1"}
+    added = run("alert", "add", "acme", "errors", "--query", "level=ERROR&q=timeout", "--threshold", "10",
+                "--window", "5", "--webhook", hook.url, **private)
+    assert added.exit_code == 0, added.output
+    secret = added.stdout.strip()
+    assert secret.startswith("whsec_") and "\n" not in secret and "shown once" in added.stderr
+    with models.database.connection_context():
+        [rule] = models.AlertRule.select()
+        assert (rule.search.query, rule.kind, rule.threshold, rule.window_minutes) == (
+            "level=ERROR&q=timeout", "threshold", 10, 5)
+    listed = run("alert", "list", "acme")
+    assert "errors" in listed.stdout and "webhook" in listed.stdout and " ok " in listed.stdout
+    assert secret not in listed.stdout
+
+    tested = run("alert", "test", "acme", "errors", **private)
+    assert tested.exit_code == 0 and "delivered by webhook" in tested.stdout, tested.output
+    [(headers, body)] = hook.wait_for(1)
+    assert orjson.loads(body)["state"] == "test" and verify(secret, headers, body, int(time.time()))
+
+    # An existing saved search can carry an absence alert to email, named by the search.
+    assert run("search", "add", "acme", "backup", "q=backup done").exit_code == 0
+    mailed = run("alert", "add", "acme", "backup", "--absent-for", "1500", "--email", "ops@example.com")
+    assert mailed.exit_code == 0 and mailed.stdout == "", mailed.output
+    assert "backup" in run("search", "list", "acme").stdout
+
+    assert run("alert", "remove", "acme", "errors").exit_code == 0
+    with models.database.connection_context():
+        assert [s.name for s in models.SavedSearch.select()] == ["backup"]
+
+
+@pytest.mark.parametrize("arguments, problem", [
+    (["--threshold", "10", "--webhook", "https://example.com/h"], "either --threshold N --window MINUTES"),
+    (["--absent-for", "5", "--threshold", "1", "--window", "5", "--webhook", "https://example.com/h"], "either"),
+    (["--absent-for", "5"], "give one channel"),
+    (["--absent-for", "5", "--webhook", "https://example.com/h", "--email", "a@example.com"], "give one channel"),
+    (["--absent-for", "5", "--webhook", "http://169.254.169.254/latest/"], "loopback or link-local"),
+    (["--absent-for", "5", "--query", "until=now", "--webhook", "https://example.com/h"], "'until'"),
+])
+def test_the_command_line_refuses_a_bad_alert_in_one_line(run, project, arguments, problem):
+    result = run("alert", "add", "acme", "x", *arguments)
+    assert result.exit_code != 0 and problem in result.stderr and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    with models.database.connection_context():
+        assert models.SavedSearch.select().count() == 0 and models.AlertRule.select().count() == 0

@@ -13,7 +13,7 @@ from helpers import post_logs
 from logflow import APIError, KeyCache, create_app
 from processes import ROOT, dev_mode_environment, make_service, post
 from test_faults import close_after, own_postgres  # noqa: F401  (the fixture)
-from test_manage import closed_port, run, unreachable_redis_url  # noqa: F401  (the fixtures)
+from test_manage import closed_port, unreachable_redis_url  # noqa: F401  (the fixtures)
 
 
 def break_database(settings):

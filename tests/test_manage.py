@@ -17,18 +17,6 @@ from helpers import drain_all, post_logs
 from processes import ROOT, dev_mode_environment
 
 
-@pytest.fixture
-def run(bound):
-    """Run a manage.py command against the test's backend; returns the click Result."""
-    environment = {"DATABASE_URL": bound.database_url, "REDIS_URL": bound.redis_url,
-                   "LOGFLOW_DATA_DIR": bound.data_dir, "LOGFLOW_LOG_DIR": bound.log_dir}
-
-    def run(*arguments, stdin=None, **changes):
-        """`stdin` is the command's standard input; `changes` override variables of that environment (REDIS_URL=..., say)."""
-        return CliRunner().invoke(manage.cli, list(arguments), input=stdin, env={**environment, **changes})
-    return run
-
-
 def test_add_project_prints_its_key_once_and_stores_only_a_hash(run, client):
     result = run("add-project", "shop")
     assert result.exit_code == 0, result.output
@@ -213,7 +201,8 @@ def test_init_db_is_idempotent(run):
 @pytest.mark.parametrize("command", ["init-db", "add-project", "list-projects", "create-key",
                                      "revoke-key", "deactivate", "activate", "set-rate-limit",
                                      "quarantine list", "quarantine show", "quarantine replay",
-                                     "quarantine purge"])
+                                     "quarantine purge", "search add", "search list", "search remove",
+                                     "alert add", "alert list", "alert remove", "alert test"])
 def test_every_command_has_help(command):
     result = CliRunner().invoke(manage.cli, command.split() + ["--help"])
     assert result.exit_code == 0 and len(result.output.splitlines()) > 3
@@ -333,7 +322,7 @@ def test_a_role_that_may_only_read_can_list_projects(bound, project):
 
 
 def test_a_missing_column_is_one_line_that_names_init_db(run, bound):
-    from test_retention import OldProject  # here: test_retention imports this module's fixture
+    from test_retention import OldProject
     with models.database.connection_context():
         models.database.drop_tables(models.MODELS)
         OldProject.create_table()

@@ -17,7 +17,7 @@ import tasks
 from helpers import drain_all, post_logs, stored_logs, wait_for
 from logflow import create_app
 from models import ApiKey, Project
-from test_manage import run  # noqa: F401  (the fixture)
+
 
 TODAY = models.utcnow().date()
 # The default retention of the test settings: 30 days, so rows from this midnight on are kept.

@@ -13,7 +13,7 @@ import records
 import spool
 import storage
 from models import Log, LogCount, Project
-from test_manage import run  # noqa: F401  (the fixture)
+
 
 START = datetime.datetime(2026, 11, 27, 8, 0, 0)
 RECEIVED = "2026-11-27T12:00:00.000000Z"

@@ -7,7 +7,7 @@ import models
 import tasks
 from helpers import drain_all, post_logs
 from test_manage import ESCAPED, HOSTILE, assert_no_control_characters
-from test_manage import closed_port, run, unreachable_redis_url  # noqa: F401  (the fixtures)
+from test_manage import closed_port, unreachable_redis_url  # noqa: F401  (the fixtures)
 
 
 def table(output):

@@ -12,7 +12,7 @@ import pytest
 import models
 from models import Grant, Project, Session, User
 from processes import ROOT, dev_mode_environment
-from test_manage import run  # noqa: F401  (the fixture)
+
 
 PASSWORD = "correct horse battery"
 
