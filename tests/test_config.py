@@ -41,17 +41,17 @@ def test_every_default_loads_as_itself():
     assert config.load(as_text) == defaults
 
 
-def readme_settings():
-    """The README's settings table: [(variables, defaults, meaning)], a row each."""
-    text = (ROOT / "README.md").read_text()
-    table = text[text.index("## Configuration"):text.index("## How records travel")]
+def documented_settings():
+    """docs/configuration.md's settings table: [(variables, defaults, meaning)], a row each."""
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    table = text.split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)*) \| ([^|]+) \| (.+) \|$", table, re.M)
     return [(re.findall(r"`([A-Z_]+)`", names), [cell.strip().strip("`") for cell in defaults.split(" / ")],
              meaning) for names, defaults, meaning in rows]
 
 
-def test_the_readme_table_lists_every_setting_with_its_default_and_its_examples_load():
-    rows = readme_settings()
+def test_the_documented_table_lists_every_setting_with_its_default_and_its_examples_load():
+    rows = documented_settings()
     assert {name for names, _, _ in rows for name in names} == set(config.ENVIRONMENT)
     defaults = {name: default for names, values, _ in rows for name, default in zip(names, values)
                 if not default.startswith("(")}  # "(SQLite in the data folder)": not set
