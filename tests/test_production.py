@@ -164,7 +164,8 @@ def test_web_units_run_the_procfiles_web_line_and_stop_within_their_timeout():
         assert gunicorn_flags(words[2:]) == dict(expected, bind=["127.0.0.1:%d" % port])
         assert service["KillSignal"] == ["SIGTERM"] and service["KillMode"] == ["mixed"]
         assert int(service["TimeoutStopSec"][0]) > expected["graceful_timeout"]
-        assert "--preload" not in words
+        # HUP would fork new workers from a master holding the old code: upgrades restart.
+        assert "--preload" not in words and "ExecReload" not in service
 
 
 def test_consumer_unit_stops_it_with_one_sigterm_to_the_main_process():
