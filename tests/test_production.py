@@ -448,8 +448,8 @@ def test_the_site_file_with_its_tls_server_is_valid_nginx(tmp_path):
     site = site.replace("/etc/nginx/snippets", NGINX_DIR)
     (tmp_path / "logflow.conf").write_text(site)
     (tmp_path / "nginx.conf").write_text(
-        "pid %s/nginx.pid;\nerror_log %s/error.log;\nevents {}\nhttp {\n    include %s/logflow.conf;\n}\n"
-        % (tmp_path, tmp_path, tmp_path))
+        "pid {0}/nginx.pid;\nerror_log {0}/error.log;\nevents {{}}\nhttp {{\n    access_log {0}/access.log;\n"
+        "    include {0}/logflow.conf;\n}}\n".format(tmp_path))
     result = subprocess.run([program("nginx", "/usr/sbin/nginx"), "-t", "-p", str(tmp_path),
                              "-c", str(tmp_path / "nginx.conf"), "-e", str(tmp_path / "error.log")],
                             capture_output=True, text=True, timeout=60)
