@@ -436,7 +436,7 @@ def test_nginx_answers_a_json_503_while_gunicorn_does_not_answer(tmp_path):
 
 
 def test_the_site_file_with_its_tls_server_is_valid_nginx(tmp_path):
-    """deploy/nginx/logflow.conf, with a certificate made here and the snippets from deploy/, passes nginx -t."""
+    """deploy/nginx/logflow.conf, with a certificate made here, the snippets from deploy/ and free ports, passes nginx -t."""
     openssl = program("openssl", "/usr/bin/openssl")
     certificate, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
@@ -446,6 +446,12 @@ def test_the_site_file_with_its_tls_server_is_valid_nginx(tmp_path):
         site = handle.read()
     site = site.replace("/etc/letsencrypt/live/logs.example.com", str(tmp_path))
     site = site.replace("/etc/nginx/snippets", NGINX_DIR)
+    # nginx -t binds the ports: free ones of 127.0.0.1 (80 and 443 need root; a container may lack IPv6).
+    site = re.sub(r"(?m)^ *listen \[::\]:.*\n", "", site)
+    ports = {}
+    site = re.sub(r"listen (?:127\.0\.0\.1:)?(\d+)",
+                  lambda found: "listen 127.0.0.1:%d" % ports.setdefault(found[1], free_port()), site)
+    assert sorted(ports) == ["443", "80", "8080"], ports
     (tmp_path / "logflow.conf").write_text(site)
     (tmp_path / "nginx.conf").write_text(
         "pid {0}/nginx.pid;\nerror_log {0}/error.log;\nevents {{}}\nhttp {{\n    access_log {0}/access.log;\n"
