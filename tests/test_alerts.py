@@ -4,8 +4,8 @@ import email
 import email.policy
 import hashlib
 import hmac
+import pathlib
 import threading
-import time
 import urllib.parse
 
 import orjson
@@ -16,6 +16,7 @@ import models
 import notify
 import tasks
 from helpers import drain_all, post_logs
+from processes import ROOT
 from receivers import receiver, smtp_server
 
 # Minutes before now, so that notifications are as young as they are in service (a day old ones are given up).
@@ -69,11 +70,20 @@ def run_minute(settings, when):
     return made
 
 
-def verify(secret, headers, body, now):
-    """The receiver's check, as docs/alerts.md shows it: signature over "<timestamp>.<body>", and a fresh timestamp."""
-    timestamp = headers["x-logflow-timestamp"]
-    expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, headers["x-logflow-signature"]) and abs(now - int(timestamp)) < 300
+def documented_recipe():
+    """The code block that follows `<!-- recipe: verify -->` in docs/alerts.md, run: its namespace."""
+    text = (pathlib.Path(ROOT) / "docs" / "alerts.md").read_text()
+    code = text.split("<!-- recipe: verify -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(compile(code, "docs/alerts.md", "exec"), namespace)
+    return namespace
+
+
+def verify(secret, headers, body):
+    """The receiver's check exactly as docs/alerts.md shows it, given the headers as a receiver's framework names them."""
+    named = {"X-LogFlow-Timestamp": headers["x-logflow-timestamp"],
+             "X-LogFlow-Signature": headers["x-logflow-signature"]}
+    return documented_recipe()["verify"](secret, named, body)
 
 
 def rule_row(rule):
@@ -88,8 +98,14 @@ def test_a_threshold_fires_once_then_resolves_once(client, key, project, private
     assert len(run_minute(private, minutes(0))) == 1
     [(headers, body)] = hook.wait_for(1)
     sent = orjson.loads(body)
-    assert verify(secret, headers, body, int(datetime.datetime.now().timestamp()))
-    assert not verify("whsec_other", headers, body, int(datetime.datetime.now().timestamp()))
+    assert verify(secret, headers, body)
+    assert not verify("whsec_other", headers, body) and not verify(secret, headers, body + b" ")
+    # A replay with an older timestamp fails the signature; one with its own, the freshness check.
+    older = {"X-LogFlow-Timestamp": str(int(headers["x-logflow-timestamp"]) - 600),
+             "X-LogFlow-Signature": headers["x-logflow-signature"]}
+    assert not documented_recipe()["verify"](secret, older, body)
+    same = dict(older, **{"X-LogFlow-Timestamp": headers["x-logflow-timestamp"]})
+    assert not documented_recipe()["verify"](secret, same, body, tolerance=-1)
     assert headers["x-logflow-delivery"] == sent["id"] and headers["content-type"] == "application/json"
     assert (sent["alert"], sent["project"], sent["state"], sent["count"], sent["window_minutes"]) == (
         "errors", "acme", "firing", 12, 5)
@@ -330,7 +346,7 @@ def test_the_command_line_adds_lists_tests_and_removes_alerts(run, project, hook
     tested = run("alert", "test", "acme", "errors", **private)
     assert tested.exit_code == 0 and "delivered by webhook" in tested.stdout, tested.output
     [(headers, body)] = hook.wait_for(1)
-    assert orjson.loads(body)["state"] == "test" and verify(secret, headers, body, int(time.time()))
+    assert orjson.loads(body)["state"] == "test" and verify(secret, headers, body)
 
     # An existing saved search can carry an absence alert to email, named by the search.
     assert run("search", "add", "acme", "backup", "q=backup done").exit_code == 0
