@@ -18,7 +18,8 @@ import metrics
 import notify
 import query
 import records
-from models import AlertEvaluation, AlertRule, Notification, SavedSearch, database, durable_transaction, utcnow
+from models import (AlertEvaluation, AlertRule, Notification, Project, SavedSearch, database, durable_transaction,
+                    utcnow)
 
 logger = logging.getLogger("logflow")
 
@@ -135,11 +136,15 @@ def claim(rule, now):
 
 
 def evaluate_due(settings, lag_seconds=0.0, now=None):
-    """Evaluate every rule whose minute has come and that no other consumer took; returns the notification ids made."""
+    """Evaluate every rule whose minute has come and that no other consumer took; returns the notification ids made.
+
+    Rules of a deactivated project wait: it sends no logs, and its absence rules would only fire for that.
+    """
     now = now or utcnow()
     made = []
-    for rule in list(AlertRule.select(AlertRule, SavedSearch).join(SavedSearch)
-                     .where(AlertRule.due_at <= now).order_by(AlertRule.due_at)):
+    for rule in list(AlertRule.select(AlertRule, SavedSearch, Project).join(SavedSearch).join(Project)
+                     .where(AlertRule.due_at <= now, Project.is_active == True)  # noqa: E712 (SQL, not Python)
+                     .order_by(AlertRule.due_at)):
         if not claim(rule, now):
             continue
         try:

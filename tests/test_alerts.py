@@ -151,6 +151,15 @@ def test_an_absence_rule_fires_when_nothing_matches_and_resolves_when_a_log_come
     assert states == [("firing", 0), ("resolved", 1)]
 
 
+def test_a_deactivated_projects_rules_wait(project, private, hook):
+    rule, _ = add(project, private, name="quiet", query="", kind="absence", window=5, target=hook.url, threshold=None)
+    with models.database.connection_context():
+        models.Project.update(is_active=False).execute()
+        assert alerts.evaluate_due(private, now=minutes(0)) == [] and rule.evaluations.count() == 0
+        models.Project.update(is_active=True).execute()
+        assert len(alerts.evaluate_due(private, now=minutes(0))) == 1
+
+
 def test_records_still_queued_do_not_make_an_absence_rule_fire(client, key, project, private, hook):
     rule, _ = add(project, private, name="heartbeat", query="q=alive", kind="absence", window=5, target=hook.url,
                   threshold=None)
