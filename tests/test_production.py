@@ -238,8 +238,16 @@ class Stack:
         return process
 
     def stop(self):
-        for process in reversed(self.processes):
-            process.stop()
+        """SIGTERM to every process at once (one each, as systemd sends), SIGKILL to any still running 15 s later."""
+        for process in self.processes:
+            if process.popen.poll() is None:
+                process.popen.terminate()
+        for process in self.processes:
+            try:
+                process.popen.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.popen.kill()
+                process.popen.wait(timeout=10)
         for process in self.processes:  # shown by pytest when a test failed
             print("---- %s (exit %s)\n%s" % (process.name, process.popen.returncode, process.tail()))
 
