@@ -263,15 +263,3 @@ def open_spool(settings):
     return SqliteSpool(os.path.join(settings.data_dir, "spool.db"), settings.lease_seconds,
                        settings.max_queue)
 
-
-def __getattr__(name):
-    """spool.RedisSpool and spool.SqliteSpool, which tests and benchmarks build directly, from their own modules."""
-    # Looked up on first use (PEP 562) rather than imported at the bottom: a
-    # backend imported first would otherwise find itself half-imported here.
-    if name == "RedisSpool":
-        from spool_redis import RedisSpool
-        return RedisSpool
-    if name == "SqliteSpool":
-        from spool_sqlite import SqliteSpool
-        return SqliteSpool
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))

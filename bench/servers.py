@@ -22,7 +22,7 @@ import psycopg2  # noqa: E402
 import redis  # noqa: E402
 
 import services  # noqa: E402  (tests/services.py: throwaway PostgreSQL and Redis)
-import spool  # noqa: E402  (read-only: how many requests still wait for a writer)
+import spool_redis  # noqa: E402  (read-only: how many requests still wait for a writer)
 import web  # noqa: E402  (bench/web.py: the Procfile's web line)
 
 # The consumer as the README's production section runs it. The Procfile's
@@ -84,7 +84,7 @@ class Stack:
         self.db_url = self.pg.url
         self.set_environment()
         self.manage("init-db")
-        self.spool = spool.RedisSpool(self.redis.url, 30)
+        self.spool = spool_redis.RedisSpool(self.redis.url, 30)
         self.web_args = self.web_flags()
         self.web = web.settings(self.env, extra_args=self.web_args)
         self.logflow_url = self.start_gunicorn("logflow")

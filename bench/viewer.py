@@ -52,6 +52,7 @@ import meters  # bench/meters.py: the CPU meter
 import reporting  # bench/reporting.py: the machine's facts, medians and spreads
 import services  # tests/services.py
 import spool
+import spool_redis
 import storage  # storage.copy_line: the row format the database writer COPYs
 import traffic  # bench/traffic.py: wrk
 import web
@@ -386,7 +387,7 @@ class ViewerStack(servers.Stack):
             cursor.execute("SELECT pg_reload_conf()")
         connection.close()
         self.log_start = os.path.getsize(server.log_path)
-        self.spool = spool.RedisSpool(self.redis.url, 30)
+        self.spool = spool_redis.RedisSpool(self.redis.url, 30)
 
     def start_processes(self):
         self.web_args = self.web_flags()

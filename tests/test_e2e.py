@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 import spool
+import spool_redis
 from helpers import file_records, wait_for
 from processes import (LEASE_SECONDS, ROOT, Process, Sender, assert_stored_once, free_port,
                        make_service, post, query, tally, unique_database_name)
@@ -139,7 +140,7 @@ def test_consumer_says_where_it_works_when_it_starts_and_hides_passwords(service
 
 def test_a_dead_consumers_batches_return_as_their_leases_run_out(service):
     """Batches left leased at different times by a dead consumer are written without waiting for the sweep."""
-    dead = spool.RedisSpool(service.env["REDIS_URL"], LEASE_SECONDS)
+    dead = spool_redis.RedisSpool(service.env["REDIS_URL"], LEASE_SECONDS)
     ids = set()
     for number in range(3):
         record_id = str(uuid.uuid4())

@@ -130,8 +130,8 @@ def test_web_threads_push_again_at_once_after_redis_restarts(own_redis):
     # Web threads hold a connection each for pushes; a restart closes them all.
     import concurrent.futures
     import threading
-    import spool as spools
-    spool = spools.RedisSpool(own_redis.url, 30)
+    import spool_redis
+    spool = spool_redis.RedisSpool(own_redis.url, 30)
     threads = 4
     together = threading.Barrier(threads)  # every thread of the pool pushes, each on its own connection
 

@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import metrics
 import models
 import spool
+import spool_redis
 import tasks
 from helpers import break_spool, drain_all, post_logs, wait_for
 from logflow import create_app
@@ -142,7 +143,7 @@ def test_real_processes_beat_and_share_their_counts(tmp_path, postgres_server, r
                        for sample in family.samples}
             return samples["logflow_consumers_alive"] == 2
         wait_for(alive, timeout=60, interval=0.2, message="both consumers' heartbeats")
-        names = spool.RedisSpool(redis_server.url, 5).heartbeats()
+        names = spool_redis.RedisSpool(redis_server.url, 5).heartbeats()
         assert {name.rsplit(":", 1)[1] for name in names} == {str(consumer.pid) for consumer in consumers}
 
         # Two gunicorn workers take these requests (a connection each) and two
