@@ -80,6 +80,13 @@ class Url:
         raise ValueError("must start with %s; this value has no scheme" % expected)
 
 
+def parse_address(value):
+    """An email address (the sender of email alerts), alone or as 'Name <address>'."""
+    if "@" not in value or any(character in value for character in "\r\n"):
+        raise ValueError("must be an email address such as logflow@example.com, not %r" % value[:100])
+    return value
+
+
 def parse_flag(value):
     """A yes/no setting: 1, true or yes; 0, false or no."""
     answer = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(value.lower())
@@ -129,9 +136,10 @@ class Settings:
     # Dev mode keeps the database, the queue and the spool in SQLite files here.
     data_dir: str = "data"
     # Empty means a SQLite file in data_dir; postgresql://... switches to PostgreSQL.
-    database_url: str = ""
+    # Out of repr, as the secret key is: a URL may hold a password.
+    database_url: str = dataclasses.field(default="", repr=False)
     # Empty means the SQLite-backed queue in data_dir; redis://... switches to Redis.
-    redis_url: str = ""
+    redis_url: str = dataclasses.field(default="", repr=False)
     log_dir: str = "logs"
     storage: tuple = WRITERS
     max_body_bytes: int = 1024 * 1024
@@ -210,7 +218,7 @@ class Settings:
 # Environment variable → (field, conversion). The README and .env.example list them all.
 ENVIRONMENT = {
     "LOGFLOW_DATA_DIR": ("data_dir", str),
-    # The schemes models.bind_database opens as PostgreSQL, and those redis-py's from_url reads (spool.py).
+    # The schemes models.bind_database opens as PostgreSQL, and those redis-py's from_url reads (spool_redis.py).
     "DATABASE_URL": ("database_url", Url(("postgresql", "postgres", "postgresql+pool", "postgres+pool"))),
     "REDIS_URL": ("redis_url", Url(("redis", "rediss", "unix"))),
     "LOGFLOW_LOG_DIR": ("log_dir", str),
@@ -247,7 +255,7 @@ ENVIRONMENT = {
     "LOGFLOW_PUBLIC_URL": ("public_url", Url(("http", "https"))),
     "LOGFLOW_ALLOW_PRIVATE_WEBHOOKS": ("allow_private_webhooks", parse_flag),
     "LOGFLOW_SMTP_URL": ("smtp_url", Url(("smtp", "smtps"))),
-    "LOGFLOW_SMTP_FROM": ("smtp_from", str),
+    "LOGFLOW_SMTP_FROM": ("smtp_from", parse_address),
     "LOGFLOW_NOTIFY_TIMEOUT_SECONDS": ("notify_timeout_seconds", Number(seconds=True, most=600)),
     "LOGFLOW_NOTIFY_GIVE_UP_SECONDS": ("notify_give_up_seconds", Number(seconds=True, most=7 * DAY)),
 }

@@ -170,7 +170,13 @@ REFUSALS = [
     # A secret short enough to guess; its value is never repeated, only its length.
     ("LOGFLOW_SECRET_KEY", "hunter2", "must be at least 32 characters long, not 7 (make one with:"
      " python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"),
+    ("LOGFLOW_PUBLIC_URL", "logs.example.com", "must start with http:// or https://; this value has no scheme"),
+    ("LOGFLOW_SMTP_URL", "mail.example.com:587", "must start with smtp:// or smtps://; this value has no scheme"),
+    ("LOGFLOW_NOTIFY_TIMEOUT_SECONDS", "0", "must be a number of seconds above 0 and at most 600, not 0"),
+    ("LOGFLOW_NOTIFY_GIVE_UP_SECONDS", "1e9", "must be a number of seconds above 0 and at most 604800, not 1e9"),
     # Words.
+    ("LOGFLOW_ALLOW_PRIVATE_WEBHOOKS", "sure", "must be 1 or 0 (true/false, yes/no), not 'sure'"),
+    ("LOGFLOW_SMTP_FROM", "LogFlow", "must be an email address such as logflow@example.com, not 'LogFlow'"),
     ("LOGFLOW_STORAGE", "tape", "storage must be db, file or db,file, not 'tape'"),
     ("LOGFLOW_LOG_LEVEL", "verbose", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not 'verbose'"),
 ]
