@@ -26,8 +26,9 @@ import redis
 from gunicorn.config import Config
 
 import config
-from conftest import SECRET_KEY
+from conftest import SECRET_KEY, base_settings
 from helpers import wait_for
+from logflow import create_app
 from processes import ROOT, Process, free_port, procfile_command, query, unique_database_name
 from proxies import NGINX_DIR, PASSWORD, SYSTEMD_PATH, Client, program, start_nginx
 
@@ -373,6 +374,23 @@ def test_the_viewer_works_through_nginx_with_every_file_its_pages_link(stack):
 
 
 NGINX_404 = {"error": "not found"}
+# Routes of LogFlow that nginx keeps from the public: the operator's, and Flask's own /static/
+# (the same folder as /ui/static/, which is what the viewer's pages link).
+PRIVATE = {"/metrics", "/healthz", "/readyz", "/static/<path:filename>"}
+
+
+def test_every_other_route_of_logflow_is_reachable_through_nginx(stack, tmp_path):
+    """Each route the app has, but the private ones, reaches gunicorn: a route added to LogFlow and not to nginx fails here."""
+    app = create_app(base_settings(tmp_path))
+    rules = {rule.rule: sorted(rule.methods - {"HEAD", "OPTIONS"})[0] for rule in app.url_map.iter_rules()}
+    assert PRIVATE <= set(rules)
+    client, unreached = Client(stack.public), []
+    for rule, method in sorted(rules.items()):
+        path = re.sub(r"<(?:int:)?\w+>", "1", re.sub(r"<path:\w+>", "viewer.css", rule))
+        answer = client.request(method, path, b"" if method != "GET" else None)
+        if (answer.status == 404 and answer.body == b'{"error":"not found"}') != (rule in PRIVATE):
+            unreached.append((rule, method, answer))
+    assert unreached == []
 
 
 @pytest.mark.parametrize("path", ["/metrics", "/healthz", "/readyz", "/metrics/", "//metrics", "/logs/../metrics",
