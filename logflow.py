@@ -301,11 +301,18 @@ def receive(timeout):
     sock = request.environ.get("gunicorn.socket")
     if sock is not None:
         body_deadlines.watch(sock, time.monotonic() + timeout)
-    chunks = []
+    chunks, received = [], 0
+    # Stop at Content-Length: under gunicorn the stream is capped at the body limit, and one more
+    # read of a body of exactly that size is refused as too large.
+    expected = request.content_length
     failure = None
     try:
-        while chunk := request.stream.read(1 << 16):
+        while expected is None or received < expected:
+            chunk = request.stream.read(1 << 16 if expected is None else min(1 << 16, expected - received))
+            if not chunk:
+                break
             chunks.append(chunk)
+            received += len(chunk)
     except (ClientDisconnected, gunicorn.http.errors.ParseException) as error:
         # Werkzeug reports a read that raised OSError (gunicorn's NoMoreData
         # for a chunked body cut short) as a disconnect; ParseException is
