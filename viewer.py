@@ -1,13 +1,15 @@
-"""The web viewer under /ui/: sign-in and sign-out, a person's projects, and the pages that explore a project's logs."""
+"""The web viewer under /ui/: sign-in and sign-out, a person's projects, the pages that explore a project's logs,
+and its saved searches and alerts (viewer_alerts.py says what their forms mean)."""
 import datetime
 import logging
 import math
 import time
 
 import peewee
-from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
+import alerts
 import config
 import metrics
 import models
@@ -16,6 +18,7 @@ import records
 import signin
 import spool
 import tasks
+import viewer_alerts
 
 logger = logging.getLogger("logflow")
 bp = Blueprint("viewer", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
@@ -72,6 +75,12 @@ def forms():
 def page(template, status=200, headers=None, **values):
     """A rendered page with its status."""
     return render_template(template, **values), status, headers or {}
+
+
+@bp.context_processor
+def formats():
+    """How pages write times (UTC, which the pages' scripts show in the browser's zone), counts and saved queries."""
+    return {"utc": records.format_time, "counted": counted, "query_string": viewer_alerts.query_string}
 
 
 @bp.errorhandler(HTTPException)
@@ -277,14 +286,138 @@ def ago(seconds):
 @bp.get("/projects/<name>")
 def project(name):
     """A project's explore page: the page reads GET /logs and its histogram with the filters in its own URL."""
-    found = readable(name)
-    return page("project.html", project=found, reference=reference(found), levels=records.LEVELS, log_id=None)
+    return explore(readable(name), log_id=None)
 
 
 @bp.get("/projects/<name>/logs/<log_id>")
 def permalink(name, log_id):
     """One log among the logs just before and after it (GET /logs/<id>/context), with the filters in the URL."""
-    found = readable(name)
-    filtered = any(key != "project" for key in request.args)
+    return explore(readable(name), log_id=log_id, filtered=any(key != "project" for key in request.args))
+
+
+def explore(found, **values):
+    """The explore page of a project, with its saved searches and how many of its alerts are firing."""
+    searches = viewer_alerts.searches(found)
     return page("project.html", project=found, reference=reference(found), levels=records.LEVELS,
-                log_id=log_id, filtered=filtered)
+                searches=searches, firing=sum(1 for _, rule in searches if rule and rule.state == "firing"), **values)
+
+
+def settings():
+    return current_app.extensions["logflow"]["settings"]
+
+
+def search_of(project, search_id):
+    """The project's saved search of this id; 404 for another project's, as for an unknown one."""
+    search = viewer_alerts.find_search(project, search_id)
+    if search is None:
+        abort(404)
+    return search
+
+
+def rule_of(project, rule_id):
+    """The project's alert of this id; 404 for another project's, as for an unknown one."""
+    rule = viewer_alerts.find_rule(project, rule_id)
+    if rule is None:
+        abort(404)
+    return rule
+
+
+@bp.post("/projects/<name>/searches")
+def save_search(name):
+    """Save the explore page's filters (not its time range) as a named search; back to the explore page."""
+    found = readable(name)
+    signin.check_csrf()
+    view = request.form.get("query", "")
+    try:
+        search = alerts.save_search(found, request.form.get("name", ""), viewer_alerts.search_query(view))
+    except alerts.AlertError as error:
+        flash("The search was not saved: %s." % error, "error")
+    else:
+        flash("Saved the search %s: %s." % (search.name, search.query or "all logs"))
+    # Back to the view as it was, its time range included.
+    return redirect(project_url(found) + viewer_alerts.query_string(view.removeprefix("?")))
+
+
+@bp.post("/projects/<name>/searches/<int:search_id>/delete")
+def delete_search(name, search_id):
+    """Delete a saved search, and its alert if it has one."""
+    found = readable(name)
+    signin.check_csrf()
+    search = search_of(found, search_id)
+    had_alert = search.rules.exists()
+    viewer_alerts.delete_search(search)
+    logger.info("%r deleted the saved search %r of project %r", g.user.name, search.name, found.name)
+    flash("Deleted the saved search %s%s." % (search.name, " and its alert" if had_alert else ""))
+    return redirect(url_for("viewer.alerts_page", name=reference(found)))
+
+
+@bp.get("/projects/<name>/alerts")
+def alerts_page(name):
+    """The project's alerts (name, rule, channel, state, last evaluation, last error) and its saved searches."""
+    found = readable(name)
+    searches = viewer_alerts.searches(found)
+    return page("alerts.html", project=found, reference=reference(found), searches=searches,
+                rules=[(search, rule) for search, rule in searches if rule], describe=alerts.describe,
+                destination=viewer_alerts.destination)
+
+
+@bp.route("/projects/<name>/alerts/new", methods=["GET", "POST"])
+def new_alert(name):
+    """The form that adds an alert to a saved search; a webhook's signing secret is shown once, on its answer."""
+    found = readable(name)
+    candidates = [search for search, rule in viewer_alerts.searches(found) if rule is None]
+    if request.method == "GET":
+        return page("alert_new.html", project=found, reference=reference(found), candidates=candidates,
+                    form={"search": request.args.get("search", ""), "kind": "threshold", "channel": "webhook"})
+    signin.check_csrf()
+    try:
+        search = viewer_alerts.chosen_search(found, request.form.get("search", ""))
+        rule, secret = viewer_alerts.add_rule(search, request.form, settings())
+    except alerts.AlertError as error:
+        return page("alert_new.html", 400, project=found, reference=reference(found), candidates=candidates,
+                    form=request.form, error=str(error))
+    logger.info("%r added the alert %r to project %r", g.user.name, search.name, found.name)
+    if secret is None:
+        flash("Added the alert %s." % search.name)
+        return redirect(url_for("viewer.alert", name=reference(found), rule_id=rule.id))
+    return page("alert_created.html", project=found, reference=reference(found), rule=rule, search=search,
+                secret=secret, described=alerts.describe(rule), destination=viewer_alerts.destination(rule))
+
+
+@bp.get("/projects/<name>/alerts/<int:rule_id>")
+def alert(name, rule_id):
+    """One alert: its rule, state, last evaluations and notification history."""
+    found = readable(name)
+    rule = rule_of(found, rule_id)
+    evaluations, notifications = alerts.history(rule, limit=20)
+    now = models.utcnow()
+    return page("alert.html", project=found, reference=reference(found), rule=rule, search=rule.search,
+                described=alerts.describe(rule), destination=viewer_alerts.destination(rule),
+                evaluations=[(evaluation, viewer_alerts.window_query(rule, evaluation.at))
+                             for evaluation in evaluations],
+                notifications=[(notification, viewer_alerts.delivery(notification, now))
+                               for notification in notifications])
+
+
+@bp.post("/projects/<name>/alerts/<int:rule_id>/test")
+def test_alert(name, rule_id):
+    """Record a test notification and queue its sending: the page says how it went once reloaded."""
+    found = readable(name)
+    signin.check_csrf()
+    rule = rule_of(found, rule_id)
+    # A consumer sends it: a slow receiver holds up a worker, never this request.
+    tasks.send_notification(alerts.record_test(rule, settings()))
+    flash("A test notification is queued. Reload this page to see whether it was sent.")
+    return redirect(url_for("viewer.alert", name=reference(found), rule_id=rule.id))
+
+
+@bp.post("/projects/<name>/alerts/<int:rule_id>/remove")
+def remove_alert(name, rule_id):
+    """Remove an alert and its history; its saved search stays."""
+    found = readable(name)
+    signin.check_csrf()
+    rule = rule_of(found, rule_id)
+    viewer_alerts.remove_rule(rule)
+    logger.info("%r removed the alert %r of project %r", g.user.name, rule.search.name, found.name)
+    flash("Removed the alert %s. Its saved search stays." % rule.search.name)
+    return redirect(url_for("viewer.alerts_page", name=reference(found)))

@@ -728,6 +728,14 @@
     return "curl -H \"X-API-Key: $LOGFLOW_READ_KEY\" '" + url.toString().replace(/'/g, "%27") + "'";
   }
 
+  // ---- saving the view -----------------------------------------------------------------------
+
+  // "Save search" sends the view's query string; the server keeps its filters, not its time range.
+  const saveSearch = document.getElementById("save-search");
+  if (saveSearch) {
+    saveSearch.addEventListener("submit", () => { saveSearch.elements.query.value = location.search.slice(1); });
+  }
+
   // ---- start ---------------------------------------------------------------------------------
 
   form.addEventListener("submit", submit);
