@@ -64,8 +64,8 @@ def describe(rule):
     """The rule in words, as notifications and `alert list` say it."""
     if rule.kind == "absence":
         return "no log matching %s within %d minutes" % (rule.search.query or "anything", rule.window_minutes)
-    return "at least %d logs matching %s within %d minutes" % (rule.threshold, rule.search.query or "anything",
-                                                                rule.window_minutes)
+    return "at least %d log%s matching %s within %d minutes" % (
+        rule.threshold, "" if rule.threshold == 1 else "s", rule.search.query or "anything", rule.window_minutes)
 
 
 def save_search(project, name, text):
