@@ -108,6 +108,11 @@ class LogFlowHuey(Huey):
         # hooks: a bad setting stops the process here, naming the variable.
         if runtime.settings is None:
             configure(config.load())
+        if not runtime.settings.database_url:
+            # Dev mode has no set-up step (as in create_app): the minute's alert evaluation
+            # must not find the tables missing because the web process has not started yet.
+            with models.database.connection_context():
+                models.create_tables()
         consumer = super().create_consumer(**options)
         set_up_logging()
         # One line, even with --quiet (which only quiets huey's own logger), so

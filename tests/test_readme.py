@@ -257,3 +257,5 @@ def test_the_send_and_look_block_works_as_pasted(started, tmp_path):
         assert said.count("sending SIGTERM to %s " % process) == 1, said
         assert "%s stopped" % process in said, said
     assert "consumer worker stopped" in said and "SIGKILL" not in said, said
+    # A first start says nothing alarming: no error, no traceback, from either half.
+    assert " ERROR " not in said and "Traceback" not in said, said
