@@ -215,7 +215,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-# Environment variable → (field, conversion). The README and .env.example list them all.
+# Environment variable → (field, conversion). docs/configuration.md and .env.example list them all.
 ENVIRONMENT = {
     "LOGFLOW_DATA_DIR": ("data_dir", str),
     # The schemes models.bind_database opens as PostgreSQL, and those redis-py's from_url reads (spool_redis.py).

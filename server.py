@@ -82,7 +82,7 @@ class BufferingWorker(ThreadWorker):
     def init_process(self):
         settings = config.load()
         # The head gets as long as the body, each: one setting says how long a
-        # slow client may keep LogFlow waiting (see the README).
+        # slow client may keep LogFlow waiting (see docs/production.md).
         self.client_timeout = settings.body_timeout_seconds
         self.max_body = settings.max_body_bytes
         self.max_line, self.max_headers = head_limits(self.cfg)

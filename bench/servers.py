@@ -25,7 +25,7 @@ import services  # noqa: E402  (tests/services.py: throwaway PostgreSQL and Redi
 import spool_redis  # noqa: E402  (read-only: how many requests still wait for a writer)
 import web  # noqa: E402  (bench/web.py: the Procfile's web line)
 
-# The consumer as the README's production section runs it. The Procfile's
+# The consumer as docs/production.md's service runs it. The Procfile's
 # worker line adds --delay 0.05 --max-delay 0.5: polling delays, which Huey
 # uses only after a failed queue read, as its Redis dequeue blocks.
 CONSUMER_ARGS = ["tasks.huey", "--worker-type", "thread", "--workers", "4",

@@ -1,4 +1,4 @@
-"""Make the README's pictures of the viewer: docs/explore-{light,dark}.png and docs/overview-{light,dark}.png.
+"""Make the pictures of the viewer in the README and docs/viewer.md: docs/explore-{light,dark}.png and docs/overview-{light,dark}.png.
 
     python3 docs/screenshots.py
 

@@ -1,6 +1,6 @@
 """Chaos: random, overlapping faults under load against the whole stack, then an audit of what was stored.
 
-gunicorn with the README's production flags (2 workers), two huey_consumer
+gunicorn with docs/production.md's flags (2 workers), two huey_consumer
 processes, Redis with AOF (appendfsync always) and PostgreSQL, both writers
 configured. Sender threads post records with client-chosen, time-ordered ids
 to two projects, in requests of 1-100 records, and retry each request with the
