@@ -550,7 +550,7 @@ def stored_bucket(origin, step):
     """Each log's bucket of step microseconds from origin, computed by the database: its start on PostgreSQL, its index on SQLite."""
     if models.on_postgres():
         # date_bin (PostgreSQL 14) bins the stored microseconds exactly, in integers: at 1.4 M rows
-        # it took about 400 ms where rounding date_part('epoch') took 550-1000 (docs/benchmarks.md).
+        # it took about 400 ms where rounding date_part('epoch') took 550-1000 (docs/api.md, histogram).
         stride = Value("%d microseconds" % step, converter=False).cast("interval")
         return fn.date_bin(stride, Log.timestamp, EPOCH + datetime.timedelta(microseconds=origin))
     # The column holds "YYYY-MM-DD HH:MM:SS.ffffff": whole seconds, then the digits after the point
