@@ -1,4 +1,6 @@
 """The web side: the app factory and the blueprint serving POST /logs."""
+import base64
+import binascii
 import collections
 import contextlib
 import functools
@@ -247,20 +249,22 @@ class KeyCache:
         return project_id, is_active, tuple(writers), rate_limit, scope, retention
 
 
+# Every 401 of a key asks for HTTP Basic: urllib's HTTPBasicAuthHandler, and a browser, send
+# credentials only once asked; curl -u, HTTPHandler and Logplex send them unasked.
+BASIC_CHALLENGE = {"WWW-Authenticate": 'Basic realm="LogFlow"'}
+
+
 def authenticate(settings, scope="ingest"):
     """The (project id, writers, rate limit or None, retention days or None) of the request's key; 401, or 403 if it lacks the scope."""
-    plaintext = request.headers.get("X-API-Key", "")
+    plaintext = request.headers.get("X-API-Key", "") or key_of_authorization(request.headers.get("Authorization", ""))
     if not plaintext:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            plaintext = token.strip()
-    if not plaintext:
-        raise APIError(401, "an API key is required: send it as X-API-Key or Authorization: Bearer")
+        raise APIError(401, "an API key is required: send it as X-API-Key, Authorization: Bearer, or the password"
+                       " of HTTP Basic (curl -u :KEY)", headers=BASIC_CHALLENGE)
     identity = None
     if len(plaintext) <= MAX_KEY_LENGTH:
         identity = current_app.extensions["logflow"]["keys"].identify(plaintext, settings.storage)
     if identity is None:
-        raise APIError(401, "the API key is not valid")
+        raise APIError(401, "the API key is not valid", headers=BASIC_CHALLENGE)
     project_id, is_active, writers, rate_limit, key_scope, retention_days = identity
     if not is_active:
         raise APIError(403, "this project is deactivated")
@@ -268,6 +272,23 @@ def authenticate(settings, scope="ingest"):
         raise APIError(403, "this key's scope is %s; %s %s needs a key with scope %s (manage.py"
                        " create-key --scope %s)" % (key_scope, request.method, request.path, scope, scope))
     return project_id, writers, rate_limit, retention_days
+
+
+def key_of_authorization(value):
+    """The key an Authorization header carries: a Bearer token, or Basic's password (any user name); "" if none."""
+    scheme, _, credentials = value.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return credentials.strip()
+    if scheme != "basic":
+        return ""
+    try:
+        user_and_password = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        # Never the header itself in the answer: it holds the key.
+        raise APIError(401, "the Authorization header's Basic credentials are not base64 of user:key",
+                       headers=BASIC_CHALLENGE) from None
+    return user_and_password.partition(":")[2]
 
 
 def read_body(settings):
