@@ -21,6 +21,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 
 import alerts
 import config
+import drains
 import metrics
 import models
 import otlp
@@ -458,7 +459,14 @@ def ingest():
     """Accept a batch of log records; 202 once every accepted record is queued."""
     settings = current_app.extensions["logflow"]["settings"]
     identity = authenticate(settings)
-    return json_response(accept(settings, identity, parse_request(settings, identity, records.parse_body)), 202)
+    # Logplex's headers give its frames their ids (drains.logplex_records).
+    raw_records = parse_request(settings, identity, functools.partial(drains.parse_body, headers=request.headers))
+    warning = drains.msg_count_warning(request.content_type, request.headers, len(raw_records))
+    summary = accept(settings, identity, raw_records)
+    if warning:
+        logger.warning("project %d: %s", identity[0], warning)
+        summary["body_warning"] = warning
+    return json_response(summary, 202)
 
 
 def parse_request(settings, identity, parse):
