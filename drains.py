@@ -41,7 +41,9 @@ SD_ELEMENT = re.compile(r'\[(%s)((?:%s)+)\]' % (SD_NAME, SD_PARAM.pattern))
 SD_ESCAPE = re.compile(r'\\(["\\\]])')
 
 # A message wholly made of logfmt pairs (Heroku's router lines): key=value, key="quoted value".
-LOGFMT_PAIR = re.compile(r' *([^\s="]+)=("(?:[^"\\]|\\.)*"|[^\s"]*)(?= |\Z)')
+LOGFMT_VALUE = r'"(?:[^"\\]|\\.)*"|[^\s"]*'
+LOGFMT_PAIR = re.compile(r' *([^\s="]+)=(%s)(?= |\Z)' % LOGFMT_VALUE)
+LOGFMT_LINE = re.compile(r'(?: *[^\s="]+=(?:%s)(?= |\Z))+ *\Z' % LOGFMT_VALUE)
 LOGFMT_ESCAPE = re.compile(r'\\(["\\])')
 # Whole numbers written as JSON writes them, within 64 bits: stored as numbers.
 INTEGER = re.compile(r"(?:0|-?[1-9]\d{0,17})\Z")
@@ -191,19 +193,11 @@ def _structured_data(rest):
 
 def _logfmt_pairs(message):
     """The (key, value) pairs of a message that is wholly logfmt, whole numbers as numbers; none for any other."""
-    text, position, pairs = message.rstrip(" "), 0, []
-    while position < len(text):
-        pair = LOGFMT_PAIR.match(text, position)
-        if pair is None:
-            return []
-        key, value = pair.groups()
-        if value.startswith('"'):
-            value = LOGFMT_ESCAPE.sub(r"\1", value[1:-1])
-        else:
-            value = _number(value, decimals=False)
-        pairs.append((key, value))
-        position = pair.end()
-    return pairs
+    # Checked whole first, then split: two scans in C rather than a match per pair from Python.
+    if "=" not in message or not LOGFMT_LINE.match(message):
+        return []
+    return [(key, LOGFMT_ESCAPE.sub(r"\1", value[1:-1]) if value.startswith('"') else _number(value, decimals=False))
+            for key, value in LOGFMT_PAIR.findall(message)]
 
 
 def _number(text, decimals=True):
