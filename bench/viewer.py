@@ -265,9 +265,13 @@ class CachedPostgres(services.PostgresServer):
             self.stop(mode="immediate")
 
 
-def open_cache(args):
-    """Start the cached PostgreSQL (a new one if missing, stale or --fresh); returns (server, marker or None)."""
-    base = os.path.join(CACHE, str(args.rows))
+def open_cache(args, folder=CACHE):
+    """Start the cached PostgreSQL of folder/<rows> (a new one if missing, stale or --fresh); returns (server, marker or None).
+
+    bench/alerts.py keeps its own folder: the rules it adds would otherwise be
+    evaluated by this benchmark's consumer.
+    """
+    base = os.path.join(folder, str(args.rows))
     marker_path = os.path.join(base, "loaded.json")
     marker = None
     if os.path.exists(marker_path) and not args.fresh:
@@ -757,14 +761,19 @@ def verdict(target, value):
     return "met" if value <= target else "MISSED"
 
 
-def report(info, marker, loaded_now, endpoints, full, paced, rate, cost, shown, args):
-    print("LogFlow viewer benchmark — %s" % info["date"])
+def report_header(title, info):
+    """The report's first lines: the command, the machine, the servers and the set-up (bench/alerts.py's too)."""
+    print("%s — %s" % (title, info["date"]))
     print("command:   %s" % info["command"])
     print("machine:   %d cores, %s; commit %s; %s at start" % (info["nproc"], info["memory"], info["commit"],
                                                               info["load_start"]))
     print("servers:   %s" % info["servers"])
     print("set-up:    the Procfile's web line: %s; 1 consumer x 4 threads; PostgreSQL as tests/services.py"
           " (fsync=off, shared_buffers=128MB)" % info["web"])
+
+
+def report(info, marker, loaded_now, endpoints, full, paced, rate, cost, shown, args):
+    report_header("LogFlow viewer benchmark", info)
     if args.viewer_pool:
         print("viewers:   poll a second web process (the same line) at nice %d (--viewer-pool)" % VIEWER_NICENESS)
     print()
