@@ -163,8 +163,9 @@ def headline(payload):
     """One line: what happened, to which alert of which project."""
     if payload["state"] == "test":
         return "Test of alert %s (%s): this channel works" % (payload["alert"], payload["project"])
-    counted = "%d matching log%s in %d minutes" % (payload["count"], "" if payload["count"] == 1 else "s",
-                                                   payload["window_minutes"])
+    counted = "%d%s matching log%s in %d minutes" % (
+        payload["count"], " or more" if payload.get("count_capped") else "",
+        "" if payload["count"] == 1 and not payload.get("count_capped") else "s", payload["window_minutes"])
     return "%s: alert %s (%s): %s" % (payload["state"].upper(), payload["alert"], payload["project"], counted)
 
 

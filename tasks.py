@@ -380,6 +380,11 @@ def prune_hourly():
     log_pruned(prune(writers=("db",)))
 
 
+# One evaluation pass at a time in a process: a pass slower than a minute must not be joined by the
+# next minute's, each holding a worker thread (the rules it would take are claimed by the first).
+alert_pass = threading.Lock()
+
+
 @huey.periodic_task(crontab(minute="*"))
 def evaluate_alerts():
     """Every minute, evaluate the alert rules no other consumer took this minute, and send what is due.
@@ -388,6 +393,17 @@ def evaluate_alerts():
     evaluate each rule. Notifications whose sending task was lost (a consumer
     killed mid-send) are found here once their lease runs out.
     """
+    if not alert_pass.acquire(blocking=False):
+        logger.warning("alerts: the last minute's evaluation is still running; it takes the rules due now")
+        return
+    try:
+        evaluate_and_send()
+    finally:
+        alert_pass.release()
+
+
+def evaluate_and_send():
+    """Evaluate the rules that are due, then queue a sending task for each notification due."""
     try:
         # How far the database lags what was accepted: no rule may fire or resolve on logs still queued.
         lag = metrics.writer_state(runtime.spool, "db", time.time()).oldest_seconds or 0.0

@@ -382,3 +382,48 @@ def test_the_command_line_refuses_a_bad_alert_in_one_line(run, project, argument
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     with models.database.connection_context():
         assert models.SavedSearch.select().count() == 0 and models.AlertRule.select().count() == 0
+
+
+def test_a_level_only_rule_counts_from_the_per_minute_counts_exactly_at_its_edges(client, key, project, private,
+                                                                                    hook):
+    """level=... reads models.LogCount for whole minutes and the rows only at the window's part-minute ends."""
+    rule, _ = add(project, private, name="levels", query="level=ERROR,CRITICAL", window=3, target=hook.url,
+                  threshold=1)
+    now = minutes(0) + datetime.timedelta(seconds=20)  # the window is 09:57:20 .. 10:00:20 on T0's clock
+    for offset in (-200, -181, -179, -150, -120, -61, -1, 0, 5):  # seconds from now
+        level = "critical" if offset % 2 else "error"
+        response = post_logs(client, key, [{"message": "m", "level": level, "timestamp": (
+            now + datetime.timedelta(seconds=offset)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}])
+        assert response.status_code == 202
+    errors_at(client, key, minutes(-2), 3)
+    post_logs(client, key, [{"message": "quiet", "level": "info", "timestamp": minutes(-1).isoformat() + "Z"}])
+    drain_all()
+    with models.database.connection_context():
+        alerts.evaluate_due(private, now=now)
+        expected = models.Log.select().where(
+            models.Log.level.in_(["ERROR", "CRITICAL"]), models.Log.timestamp >= now - datetime.timedelta(minutes=3),
+            models.Log.timestamp < now).count()
+        assert (rule_row(rule).last_count, expected) == (8, 8)  # -179, -150, -120, -61, -1 and the 3 errors
+
+
+def test_counting_stops_at_the_cap_and_the_notification_says_so(client, key, project, private, hook, monkeypatch):
+    monkeypatch.setattr(alerts, "COUNT_CAP", 5)
+    rule, _ = add(project, private, target=hook.url, threshold=3)
+    errors_at(client, key, minutes(-1), 12)
+    run_minute(private, minutes(0))
+    [(_, body)] = hook.wait_for(1)
+    sent = orjson.loads(body)
+    assert (sent["count"], sent["count_capped"]) == (5, True) and rule_row(rule).last_count == 5
+    assert notify.headline(sent) == "FIRING: alert errors (acme): 5 or more matching logs in 5 minutes"
+
+
+def test_a_process_runs_one_evaluation_pass_at_a_time(project, private, hook, caplog):
+    rule, _ = add(project, private, name="quiet", query="", kind="absence", window=5, target=hook.url, threshold=None)
+    with tasks.alert_pass, caplog.at_level("WARNING", logger="logflow"):
+        tasks.evaluate_alerts.call_local()
+    assert "still running" in caplog.text
+    with models.database.connection_context():
+        assert rule.evaluations.count() == 0
+    tasks.evaluate_alerts.call_local()
+    with models.database.connection_context():
+        assert rule.evaluations.count() == 1
