@@ -13,13 +13,13 @@ import urllib.parse
 import uuid
 
 import orjson
-from peewee import SQL
+from peewee import EXCLUDED, SQL
 
 import metrics
 import notify
 import query
 import records
-from models import (AlertEvaluation, AlertRule, Notification, Project, SavedSearch, database, durable_transaction,
+from models import (AlertEvaluation, AlertMinute, AlertRule, Notification, Project, SavedSearch, database, durable_transaction,
                     utcnow)
 
 logger = logging.getLogger("logflow")
@@ -33,6 +33,8 @@ SAMPLES = 5
 # Counting stops here (or at a higher threshold, or at 1 for an absence): a notification then
 # says "10000 or more" (count_capped).
 COUNT_CAP = 10_000
+# A window's last minutes are counted from the rows at every evaluation; older ones once (count_rows).
+RECOUNT_MINUTES = 5
 # Evaluations kept per rule, for `alert list` and the viewer.
 EVALUATIONS_KEPT = datetime.timedelta(days=1)
 # One attempt holds a notification for this many timeouts (connect, send, answer) plus a margin,
@@ -171,8 +173,9 @@ def count_matching(rule, log_filter, settings):
     A level-only search reads the per-minute counts the database writer keeps
     (models.LogCount), and the rows only at the window's part-minute edges: a
     day of a busy project is a sum of 1,440 numbers, not a count of millions of
-    rows. Other searches count rows, and stop at the cap: an absence rule only
-    asks whether one log exists. Either runs as a read does (query.time_limited:
+    rows. Other searches count rows: short windows stop at the cap (an absence
+    rule only asks whether one log exists), longer ones keep per-minute counts
+    of their own (count_rows). Each runs as a read does (query.time_limited:
     no JIT, the read timeout), so a rule cannot hold the database for long.
     """
     with query.time_limited(settings.read_timeout_seconds):
@@ -181,8 +184,55 @@ def count_matching(rule, log_filter, settings):
             total = sum(number for _, _, number in query.bucket_counts(
                 rule.search.project_id, log_filter, query.micros(log_filter.since), step))
             return min(total, counting_cap(rule))
-        matching = query.matching(rule.search.project_id, log_filter)
-        return matching.select(SQL("1")).limit(counting_cap(rule)).count()
+        return min(count_rows(rule, log_filter), counting_cap(rule))
+
+
+def capped_count(rule, log_filter):
+    """The rule's matching rows in the filter's range, counted up to counting_cap(rule)."""
+    matching = query.matching(rule.search.project_id, log_filter)
+    return matching.select(SQL("1")).limit(counting_cap(rule)).count()
+
+
+def count_rows(rule, log_filter):
+    """The rule's matching rows in its window: rows for its last minutes, stored per-minute counts for the rest.
+
+    A minute's count is stored once the minute is RECOUNT_MINUTES old, and
+    read from then on, so a day-long window costs each minute what a few
+    minutes of rows do instead of a day of them (a rare word or value is looked
+    for through every row). The last minutes are counted again each time: the
+    logs written late (a shipper's retry, a queue behind) land there. A log
+    stored more than RECOUNT_MINUTES after its timestamp is not counted by
+    windows that reach past those minutes. Short windows count rows, as before.
+    """
+    since, until = log_filter.since, log_filter.until
+    first = query.micros(since) // query.ROLLUP_STEP + (1 if query.micros(since) % query.ROLLUP_STEP else 0)
+    settled = query.micros(until) // query.ROLLUP_STEP - RECOUNT_MINUTES
+    if settled - first < 1:
+        return capped_count(rule, log_filter)
+    stored = dict(AlertMinute.select(AlertMinute.minute, AlertMinute.count).where(
+        AlertMinute.rule == rule, AlertMinute.minute >= first, AlertMinute.minute < settled).tuples())
+    missing = [minute for minute in range(first, settled) if minute not in stored]
+    if missing:
+        start = missing[0]
+        counted = dict.fromkeys(range(start, settled), 0)
+        for index, _, number in query.counted_rows(rule.search.project_id, log_filter.replace(
+                since=minute_time(start), until=minute_time(settled)), start * query.ROLLUP_STEP, query.ROLLUP_STEP):
+            counted[start + int(index)] += number
+        stored.update(counted)
+        rows = [{"rule": rule.id, "minute": minute, "count": number} for minute, number in counted.items()]
+        for offset in range(0, len(rows), 300):
+            (AlertMinute.insert_many(rows[offset:offset + 300])
+             .on_conflict(conflict_target=[AlertMinute.rule, AlertMinute.minute],
+                          update={AlertMinute.count: EXCLUDED.count}).execute())
+    AlertMinute.delete().where(AlertMinute.rule == rule, AlertMinute.minute < first).execute()
+    edges = sum(query.matching(rule.search.project_id, log_filter.replace(since=low, until=high)).count()
+                for low, high in ((since, minute_time(first)), (minute_time(settled), until)) if low < high)
+    return sum(stored.values()) + edges
+
+
+def minute_time(minute):
+    """The naive UTC datetime of a minute since the epoch."""
+    return query.EPOCH + datetime.timedelta(minutes=minute)
 
 
 def evaluate(rule, settings, now, lag_seconds=0.0):

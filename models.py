@@ -554,6 +554,19 @@ class AlertRule(BaseModel):
     created_at = DateTimeField(default=utcnow)
 
 
+class AlertMinute(BaseModel):
+    """How many logs a rule's search matched in one minute, once that minute is settled (alerts.count_rows)."""
+
+    class Meta:
+        table_name = "alert_minutes"
+        primary_key = CompositeKey("rule", "minute")
+
+    rule = ForeignKeyField(AlertRule, backref="minutes", on_delete="CASCADE")
+    # Minutes since the epoch, as LogCount's.
+    minute = BigIntegerField()
+    count = IntegerField()
+
+
 class AlertEvaluation(BaseModel):
     """One evaluation of a rule: what it counted and what it concluded (the last day's are kept)."""
 
@@ -594,4 +607,4 @@ class Notification(BaseModel):
 
 
 MODELS = [Project, ApiKey, Log, LogCount, Quarantined, User, Grant, Session,
-          SavedSearch, AlertRule, AlertEvaluation, Notification]
+          SavedSearch, AlertRule, AlertMinute, AlertEvaluation, Notification]

@@ -14,6 +14,7 @@ import pytest
 import alerts
 import models
 import notify
+import query
 import tasks
 from helpers import drain_all, post_logs
 from processes import ROOT
@@ -294,7 +295,8 @@ def test_signature_is_hmac_sha256_over_timestamp_dot_body():
 def test_a_minute_without_the_tables_is_logged_not_raised(bound, caplog):
     """A consumer upgraded before init-db ran: one line a minute, no traceback, nothing evaluated."""
     with models.database.connection_context():
-        models.database.drop_tables([models.Notification, models.AlertEvaluation, models.AlertRule])
+        models.database.drop_tables([models.Notification, models.AlertEvaluation, models.AlertMinute,
+                                     models.AlertRule])
     with caplog.at_level("ERROR", logger="logflow"):
         tasks.evaluate_alerts.call_local()
     [record] = caplog.records
@@ -427,3 +429,39 @@ def test_a_process_runs_one_evaluation_pass_at_a_time(project, private, hook, ca
     tasks.evaluate_alerts.call_local()
     with models.database.connection_context():
         assert rule.evaluations.count() == 1
+
+
+def test_a_long_window_counts_its_settled_minutes_once_and_its_last_minutes_every_time(client, key, project,
+                                                                                       private, hook):
+    rule, _ = add(project, private, name="hour", query="q=timeout", window=60, target=hook.url, threshold=1000)
+
+    def exact(now):
+        with models.database.connection_context():
+            return models.Log.select().where(models.Log.message.contains("timeout"),
+                                             models.Log.timestamp >= now - datetime.timedelta(minutes=60),
+                                             models.Log.timestamp < now).count()
+
+    def evaluated(now):
+        with models.database.connection_context():
+            alerts.evaluate(rule_row(rule), private, now)
+            return rule_row(rule).last_count
+    for minute in (-70, -59, -30, -6, -2):
+        errors_at(client, key, minutes(minute) + datetime.timedelta(seconds=10), 2)
+    now = minutes(0) + datetime.timedelta(seconds=30)
+    assert evaluated(now) == exact(now) == 8
+    with models.database.connection_context():
+        stored = dict(models.AlertMinute.select(models.AlertMinute.minute, models.AlertMinute.count).tuples())
+    # Settled: the whole minutes from the window's start to 5 before now's (-59, -30 and -6 in them).
+    assert len(stored) == 54 and sum(stored.values()) == 6
+
+    # Logs written late, timestamped within the last minutes, are counted: those are counted again each time.
+    errors_at(client, key, minutes(-3), 3)
+    later = now + datetime.timedelta(minutes=1)
+    assert evaluated(later) == exact(later) == 9  # -59 has left the window
+    # Settled minutes are read, not counted again: rows removed from them still count (as stored),
+    # and the minute that left the window no longer does.
+    with models.database.connection_context():
+        models.Log.delete().where(models.Log.timestamp < minutes(-20)).execute()
+        assert models.AlertMinute.select().where(models.AlertMinute.minute < query.micros(
+            minutes(-59)) // query.ROLLUP_STEP).count() == 0
+    assert evaluated(later) == 9 and exact(later) == 7
