@@ -1,9 +1,11 @@
 """Real receivers of alert notifications on 127.0.0.1: an HTTP server (webhooks, Slack) and an SMTP server."""
 import contextlib
 import http.server
+import subprocess
 import threading
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from helpers import wait_for
 from processes import free_port
@@ -82,13 +84,34 @@ class Mailbox:
 
 
 @contextlib.contextmanager
-def smtp_server():
-    """A real SMTP server on 127.0.0.1 (no TLS, no login); yields (its smtp:// URL, its Mailbox)."""
+def smtp_server(tls_context=None, login=None):
+    """A real SMTP server on 127.0.0.1; yields (its smtp:// URL, its Mailbox).
+
+    With tls_context it offers STARTTLS and requires it; with login=(user,
+    password) it requires that login, over TLS only.
+    """
     mailbox = Mailbox()
     port = free_port()
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port)
+    options = {}
+    if tls_context is not None:
+        options.update(tls_context=tls_context, require_starttls=True)
+    if login is not None:
+        # handled=False: aiosmtpd then answers a failure with 535 (True means "answered already").
+        options.update(auth_required=True, auth_require_tls=True,
+                       authenticator=lambda server, session, envelope, mechanism, data: AuthResult(
+                           success=(data.login.decode(), data.password.decode()) == login, handled=False))
+    controller = Controller(mailbox, hostname="127.0.0.1", port=port, **options)
     controller.start()
     try:
         yield "smtp://127.0.0.1:%d" % port, mailbox
     finally:
         controller.stop()
+
+
+def certificate(folder):
+    """A self-signed certificate for 127.0.0.1, made by openssl: (its file, its key's file)."""
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+                   check=True, capture_output=True)
+    return cert, key

@@ -5,6 +5,7 @@ import email.policy
 import hashlib
 import hmac
 import pathlib
+import ssl
 import threading
 import urllib.parse
 
@@ -18,7 +19,7 @@ import query
 import tasks
 from helpers import drain_all, post_logs
 from processes import ROOT
-from receivers import receiver, smtp_server
+from receivers import certificate, receiver, smtp_server
 
 # Minutes before now, so that notifications are as young as they are in service (a day old ones are given up).
 T0 = models.utcnow().replace(second=0, microsecond=0) - datetime.timedelta(minutes=15)
@@ -465,3 +466,29 @@ def test_a_long_window_counts_its_settled_minutes_once_and_its_last_minutes_ever
         assert models.AlertMinute.select().where(models.AlertMinute.minute < query.micros(
             minutes(-59)) // query.ROLLUP_STEP).count() == 0
     assert evaluated(later) == 9 and exact(later) == 7
+
+
+def test_email_goes_over_starttls_with_a_login_and_never_logs_in_without_tls(client, key, project, private, tmp_path,
+                                                                             monkeypatch):
+    cert, key_file = certificate(tmp_path)
+    # The client trusts this certificate the way it trusts any: through the default verify paths.
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key_file)
+    with smtp_server(tls_context=context, login=("alerts", "p@ss word")) as (url, mailbox):
+        host = url.removeprefix("smtp://")
+        settings = private.replace(smtp_url="smtp://alerts:p%40ss%20word@" + host, smtp_from="alerts@example.com")
+        rule, _ = add(project, settings, channel="email", target="oncall@example.com", threshold=1)
+        errors_at(client, key, minutes(-1), 1)
+        run_minute(settings, minutes(0))
+        assert len(mailbox.messages) == 1 and rule_row(rule).last_error is None
+        wrong = private.replace(smtp_url="smtp://alerts:nope@" + host)
+        with models.database.connection_context():
+            assert alerts.deliver(alerts.record_test(rule, wrong), wrong) == "failed"
+            assert "535" in rule_row(rule).last_error  # the server's "authentication failed"
+    # A server that offers no STARTTLS never sees the password.
+    with smtp_server() as (url, plain):
+        settings = private.replace(smtp_url="smtp://alerts:secret@" + url.removeprefix("smtp://"))
+        with models.database.connection_context():
+            assert alerts.deliver(alerts.record_test(rule, settings), settings) == "failed"
+            assert "no STARTTLS" in rule_row(rule).last_error and plain.messages == []
