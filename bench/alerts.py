@@ -392,6 +392,12 @@ def report_ingestion(ingested, rules, args):
             "%s: %s" % (mode, " ".join("%s %.0f" % (short, 100 * statistics.median(
                 one["cpu"]["groups"][group] / one["cpu"]["wall"] for one in runs[mode])) for short, group in groups))
             for mode in ("without", "with"))))
+    # Keep-alive connections stay with the worker that accepted them (docs/benchmarks.md): a run where one
+    # worker did nearly all the web work measured one core, not the evaluations.
+    for load, runs in ingested.items():
+        print("   %-38s %s" % ("%s: busiest web worker's share, %%" % load, "   ".join(
+            "%s: %s" % (mode, ",".join(reporting.busiest_worker(one) for one in runs[mode]))
+            for mode in ("without", "with"))))
     every = [one for runs in ingested.values() for mode in ("without", "with") for one in runs[mode]]
     print("   other processes: %.0f %% of a core (median); load %.2f–%.2f; non-2xx or socket errors %d;"
           " autovacuum analyzed logs %d time(s) during the runs" % (
