@@ -323,20 +323,21 @@ def record_test(rule, settings):
 def due_notifications(now=None, limit=100):
     """Ids of notifications waiting to be sent whose time has come and that no consumer holds."""
     now = now or utcnow()
-    return [str(n.id) for n in Notification.select(Notification.id)
-            .where(Notification.sent_at.is_null(), Notification.failed_at.is_null(), Notification.due_at <= now,
-                   Notification.leased_until.is_null() | (Notification.leased_until < now))
+    return [str(n.id) for n in Notification.select(Notification.id).where(due_and_free(now))
             .order_by(Notification.due_at).limit(limit)]
+
+
+def due_and_free(now):
+    """The condition of a notification to send now: not sent, not given up, due, and no consumer's lease on it."""
+    return (Notification.sent_at.is_null() & Notification.failed_at.is_null() & (Notification.due_at <= now)
+            & (Notification.leased_until.is_null() | (Notification.leased_until < now)))
 
 
 def lease(notification_id, settings, now):
     """Take the notification for one attempt; None if it is sent, given up, or another consumer holds it."""
     held_until = now + datetime.timedelta(seconds=settings.notify_timeout_seconds * LEASE_TIMEOUTS + LEASE_MARGIN_SECONDS)
     taken = (Notification.update(leased_until=held_until, attempts=Notification.attempts + 1)
-             .where(Notification.id == notification_id, Notification.sent_at.is_null(),
-                    Notification.failed_at.is_null(), Notification.due_at <= now,
-                    Notification.leased_until.is_null() | (Notification.leased_until < now))
-             .execute())
+             .where(Notification.id == notification_id, due_and_free(now)).execute())
     if taken != 1:
         return None
     return (Notification.select(Notification, AlertRule, SavedSearch).join(AlertRule).join(SavedSearch)
