@@ -8,6 +8,7 @@ and prints the one-line summary the fault tests report:
     scenario | sent N | accepted N | stored N | lost N | duplicated N db rows, N file lines
 """
 import collections
+import http.client
 import json
 import os
 import shlex
@@ -331,7 +332,7 @@ class Sender(threading.Thread):
                 status, headers, reply = send(self.service.base_url, self.service.key, body,
                                               timeout=self.timeout)
                 retry_after = headers.get("Retry-After")
-            except OSError as error:  # no answer: not accepted
+            except (OSError, http.client.HTTPException) as error:  # no (whole) answer: not accepted
                 status, reply = "error: %r" % error, None
             with self.lock:
                 self.attempts.append(Attempt(started, time.monotonic(), status, retry_after, len(ids)))
