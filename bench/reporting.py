@@ -170,6 +170,11 @@ def report_cpu(r, plan):
     print("                                   (storing: %.0f ms; raw COPY: %.0f ms of wall time and %.0f ms of"
           " postgres CPU per 1000 rows)" % (1e6 * store / b["records"], 1e6 * median(r["copy"], "seconds") / plan["copy_rows"],
                                             1e6 * cpu_median(r["copy"], "postgres") / plan["copy_rows"]))
+    if "disk" in b:  # runs saved before the disk figures lack them
+        print("bytes per record in the burst: PostgreSQL WAL %.0f, logs table and indexes %.0f, daily files %.0f;"
+              " Redis's peak RSS over the most records in one writer's queue: %.0f" % (
+                  b["disk"]["wal"] / b["records"], b["disk"]["table"] / b["records"], b["disk"]["files"] / b["records"],
+                  b["peak"].get("redis-server", 0) * 2**20 / max(b.get("queued", 0), 1)))
 
 
 def report_profiles(profiles):

@@ -222,6 +222,22 @@ class Stack:
                     lines += chunk.count(b"\n")
         return rows, lines
 
+    def wal_position(self):
+        """PostgreSQL's current WAL position in bytes: two readings give the WAL written between them."""
+        with psycopg2.connect(self.db_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+            return int(cur.fetchone()[0])
+
+    def disk_bytes(self, project_id):
+        """(bytes of the logs table with its indexes and TOAST, bytes of the project's daily files)."""
+        with psycopg2.connect(self.db_url) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_total_relation_size('logs')")
+            table = cur.fetchone()[0]
+        folder = os.path.join(self.log_dir, str(project_id))
+        files = sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder)) \
+            if os.path.isdir(folder) else 0
+        return table, files
+
     def pids(self):
         """{pid: label} of every process of the stack: gunicorn masters and workers, consumers, redis, postgres."""
         children = {}

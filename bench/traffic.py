@@ -98,6 +98,7 @@ def paced(stack, base_url, body, key, seconds, rate):
 def end_to_end(stack, name, body, per_request, records, sampler=None):
     """Send `records` records, then poll until all are in PostgreSQL and in the files; records/s of the whole."""
     project_id, key = stack.add_project(name)
+    wal_before, (table_before, _) = stack.wal_position(), stack.disk_bytes(project_id)
     meter = Meter(stack)
     if sampler:
         sampler.start()
@@ -108,6 +109,9 @@ def end_to_end(stack, name, body, per_request, records, sampler=None):
     if sampler:
         sampler.stop()
     rows, lines = stack.stored(project_id)
+    table_after, file_bytes = stack.disk_bytes(project_id)
+    # What a stored record costs the disks (scaling.md): WAL written, table growth, daily-file bytes.
+    disk = {"wal": stack.wal_position() - wal_before, "table": table_after - table_before, "files": file_bytes}
     accepted = sent["accepted"] * per_request  # records answered 202: each must be stored
     seconds = finished - meter.start["wall"]
     return {"records": accepted, "seconds": seconds, "records_s": accepted / seconds,
@@ -115,7 +119,7 @@ def end_to_end(stack, name, body, per_request, records, sampler=None):
             "dropped": sent["dropped"], "rows": rows, "lines": lines,
             "lost_db": max(0, accepted - rows), "lost_files": max(0, accepted - lines),
             # Stored beyond the 202s: requests whose answer never reached wrk (dropped connections).
-            "unanswered_stored": max(rows, lines) - accepted, "cpu": cpu}
+            "unanswered_stored": max(rows, lines) - accepted, "cpu": cpu, "disk": disk}
 
 
 def copy_ceiling(stack, rows):
