@@ -18,13 +18,16 @@ import urllib.request
 import pytest
 
 import config
+import models
 import redis_url
 import services
 import spool
 import spool_redis
-from conftest import unavailable
-from helpers import wait_for
+from conftest import base_settings, unavailable
+from helpers import drain_all, post_logs, stored_logs, wait_for
+from logflow import create_app
 from processes import Sender, make_service, tally, unique_database_name
+from test_metrics import scrape
 
 # Ingestion must come back this soon after the primary is killed (measured: about 2-3 s; the
 # sentinels need down-after-milliseconds, 1 s here, plus an election and the promotion).
@@ -33,11 +36,27 @@ RETRY_AFTER_SECONDS = 1
 SENDERS = 3
 
 
-def sentinel_group(tmp_path, replicas):
+def sentinel_group(request, directory, replicas):
+    """A primary, `replicas` replicas and three sentinels, stopped when the test (or module) ends."""
     try:
-        return services.start_sentinel_group(str(tmp_path / "redis"), replicas=replicas)
+        group = services.start_sentinel_group(str(directory), replicas=replicas)
     except services.ServiceUnavailable as error:
         unavailable(error)
+    request.addfinalizer(group.stop)
+    return group
+
+
+@pytest.fixture(scope="module")
+def watched_redis(request, tmp_path_factory):
+    """A primary with one replica and three sentinels, for the tests that kill nothing; emptied for each."""
+    return sentinel_group(request, tmp_path_factory.mktemp("sentinel"), replicas=1)
+
+
+@pytest.fixture
+def empty_redis(watched_redis):
+    with redis_url.connect(watched_redis.url) as client:
+        client.flushdb()
+    return watched_redis
 
 
 @pytest.mark.parametrize("url, sentinels, service, options, sentinel_options", [
@@ -78,9 +97,9 @@ def test_a_bad_sentinel_url_is_refused_in_one_line_without_its_password(url, rea
     assert "secret" not in str(refused.value) and "\n" not in str(refused.value)
 
 
-def test_push_waits_for_replicas_and_says_when_too_few_confirm(tmp_path):
+def test_push_waits_for_replicas_and_says_when_too_few_confirm(empty_redis):
     """WAIT on the push's connection: 1 of 1 replica confirms; asking for 2 gets NotReplicated, records queued."""
-    group = sentinel_group(tmp_path, replicas=1)
+    group = empty_redis
     confirmed = spool_redis.RedisSpool(group.url, 30, replicas=1, replicas_timeout=0.5)
     assert confirmed.push(b'{"count":1} confirmed', ["db"], 1) == ["db"]
     # The script is not cached on a fresh primary (as after a failover): the pipeline loads it.
@@ -95,7 +114,6 @@ def test_push_waits_for_replicas_and_says_when_too_few_confirm(tmp_path):
     assert 0.3 <= waited < 2, waited
     batch = confirmed.claim("db", 1 << 20)
     assert batch.payloads == [b'{"count":1} confirmed', b'{"count":1} after a flush', b'{"count":1} unconfirmed']
-    group.primary.kill()
 
 
 def readyz(service):
@@ -111,10 +129,37 @@ Failover = collections.namedtuple("Failover", "service consumer group sent accep
                                               " ready_during promoted_after resumed_after")
 
 
+def test_too_few_replicas_in_time_is_a_counted_503_saying_the_records_may_be_stored(
+        tmp_path, postgres_server, empty_redis):
+    """Through the app: 202 with the one replica there is; asking for two, a 503 + Retry-After, counted in /metrics."""
+    group = empty_redis
+    settings = base_settings(tmp_path).replace(
+        database_url=postgres_server.create_database(unique_database_name("sentinel")), redis_url=group.url,
+        redis_replicas=1, retry_after_seconds=RETRY_AFTER_SECONDS)
+    app = create_app(settings)
+    with models.database.connection_context():
+        models.create_tables()
+        key = models.ApiKey.issue(models.Project.create(name="acme"))
+    client = app.test_client()
+    assert post_logs(client, key, {"message": "replicated"}).status_code == 202
+
+    app = create_app(settings.replace(redis_replicas=2, redis_replicas_timeout_seconds=0.2))
+    client = app.test_client()
+    response = post_logs(client, key, {"message": "queued, not replicated enough"})
+    assert response.status_code == 503 and response.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+    assert response.get_json()["error"] == (
+        "the records were queued, but 1 of the 2 Redis replicas asked for confirmed them within 0.2 s; they may"
+        " still be stored: retry later with the same record ids, which the database stores once")
+    assert scrape(client)[("logflow_requests_refused_total", (("reason", "not_replicated"),))] == 1
+    # Queued all the same, and written: a resend with the same id is stored once.
+    drain_all()
+    assert [log["message"] for log in stored_logs()] == ["replicated", "queued, not replicated enough"]
+
+
 def failover_under_load(request, tmp_path, postgres_server, replicas):
     """SIGKILL the primary under steady load from several senders, no process restarted; returns what happened."""
     # With LOGFLOW_REDIS_REPLICAS=N the group needs N + 1 replicas: one is promoted, N must remain.
-    group = sentinel_group(tmp_path, replicas=replicas + 1)
+    group = sentinel_group(request, tmp_path / "redis", replicas=replicas + 1)
     service = make_service(
         tmp_path, postgres_server.create_database(unique_database_name("sentinel")), group.url,
         LOGFLOW_RETRY_AFTER_SECONDS=RETRY_AFTER_SECONDS, LOGFLOW_REDIS_REPLICAS=replicas)
