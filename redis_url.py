@@ -26,7 +26,9 @@ import collections
 import urllib.parse
 
 import redis
+import redis.backoff
 import redis.connection
+import redis.retry
 import redis.sentinel
 
 SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
@@ -46,6 +48,9 @@ def connect(url, **options):
         return redis.Redis.from_url(url, **options)
     form = parse_sentinel(url)
     sentinel_options = {name: value for name, value in options.items() if name.startswith("socket_")}
+    # A sentinel that does not answer is skipped for the next one at once: redis-py's default for a
+    # client of its own retries 10 times with backoff, about 4 s per dead sentinel on each new connection.
+    sentinel_options["retry"] = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
     sentinel_options.update(form.sentinel_options)
     sentinel = redis.sentinel.Sentinel(form.sentinels, sentinel_kwargs=sentinel_options)
     return sentinel.master_for(form.service, **dict(options, **form.options))

@@ -129,6 +129,16 @@ Failover = collections.namedtuple("Failover", "service consumer group sent accep
                                               " ready_during promoted_after resumed_after")
 
 
+def test_a_sentinel_that_does_not_answer_is_skipped_at_once(empty_redis):
+    dead = services._free_port()  # nothing listens there
+    url = empty_redis.url.replace("redis+sentinel://", "redis+sentinel://127.0.0.1:%d," % dead)
+    client = redis_url.connect(url, socket_timeout=5, socket_connect_timeout=2)
+    started = time.monotonic()
+    assert client.ping()
+    # redis-py's own default retries each sentinel 10 times with backoff: about 4 s.
+    assert time.monotonic() - started < 1
+
+
 def test_too_few_replicas_in_time_is_a_counted_503_saying_the_records_may_be_stored(
         tmp_path, postgres_server, empty_redis):
     """Through the app: 202 with the one replica there is; asking for two, a 503 + Retry-After, counted in /metrics."""
