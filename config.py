@@ -7,6 +7,8 @@ import re
 
 from dotenv import load_dotenv
 
+import redis_url
+
 WRITERS = ("db", "file")
 
 # Days of retention at most, for the setting and for manage.py set-retention:
@@ -80,6 +82,11 @@ class Url:
         raise ValueError("must start with %s; this value has no scheme" % expected)
 
 
+def parse_redis_url(value):
+    """REDIS_URL: a scheme redis_url.connect opens, in a form it can read (the Sentinel form's hosts and service)."""
+    return redis_url.check(Url(redis_url.SCHEMES)(value))
+
+
 def parse_address(value):
     """An email address (the sender of email alerts), alone or as 'Name <address>'."""
     if "@" not in value or any(character in value for character in "\r\n"):
@@ -138,8 +145,11 @@ class Settings:
     # Empty means a SQLite file in data_dir; postgresql://... switches to PostgreSQL.
     # Out of repr, as the secret key is: a URL may hold a password.
     database_url: str = dataclasses.field(default="", repr=False)
-    # Empty means the SQLite-backed queue in data_dir; redis://... switches to Redis.
+    # Empty means the SQLite-backed queue in data_dir; redis://... switches to Redis (redis_url.py: its forms).
     redis_url: str = dataclasses.field(default="", repr=False)
+    # POST /logs answers 202 only once this many Redis replicas have the records (Redis WAIT), within the timeout.
+    redis_replicas: int = 0
+    redis_replicas_timeout_seconds: float = 0.5
     log_dir: str = "logs"
     storage: tuple = WRITERS
     max_body_bytes: int = 1024 * 1024
@@ -218,9 +228,12 @@ class Settings:
 # Environment variable → (field, conversion). docs/configuration.md and .env.example list them all.
 ENVIRONMENT = {
     "LOGFLOW_DATA_DIR": ("data_dir", str),
-    # The schemes models.bind_database opens as PostgreSQL, and those redis-py's from_url reads (spool_redis.py).
+    # The schemes models.bind_database opens as PostgreSQL, and those redis_url.connect reads.
     "DATABASE_URL": ("database_url", Url(("postgresql", "postgres", "postgresql+pool", "postgres+pool"))),
-    "REDIS_URL": ("redis_url", Url(("redis", "rediss", "unix"))),
+    "REDIS_URL": ("redis_url", parse_redis_url),
+    "LOGFLOW_REDIS_REPLICAS": ("redis_replicas", Number(zero="no wait")),
+    # Below the spool's 5 s socket timeout (spool_redis.py), which would cut a longer WAIT short.
+    "LOGFLOW_REDIS_REPLICAS_TIMEOUT_SECONDS": ("redis_replicas_timeout_seconds", Number(seconds=True, most=4)),
     "LOGFLOW_LOG_DIR": ("log_dir", str),
     "LOGFLOW_STORAGE": ("storage", parse_storage),
     "LOGFLOW_MAX_BODY_BYTES": ("max_body_bytes", COUNT),

@@ -31,7 +31,7 @@ import signin
 import tasks
 import spool
 import viewer
-from spool import QueueFull, RateLimited, SpoolUnavailable
+from spool import NotReplicated, QueueFull, RateLimited, SpoolUnavailable
 
 logger = logging.getLogger("logflow")
 bp = Blueprint("logs", __name__)
@@ -556,13 +556,29 @@ def accept(settings, identity, raw_records):
         raise APIError(429, "this project sends more than its %d records per second; nothing was"
                        " accepted, retry later" % limited_rate(settings, rate_limit),
                        headers={"Retry-After": str(math.ceil(limited.retry_after))}) from None
-    for writer in woken:
+    except NotReplicated as unconfirmed:
+        # Queued on the primary, but a failover now could lose them: no 202. A resend with the
+        # same ids is stored once in the database (as twice-written lines in the daily files).
+        logger.warning("project %d: %s within %g s; answered 503", project_id, unconfirmed,
+                       settings.redis_replicas_timeout_seconds)
+        wake(unconfirmed.woken)
+        raise APIError(503, "the records were queued, but %d of the %d Redis replicas asked for confirmed them"
+                       " within %g s; they may still be stored: retry later with the same record ids, which"
+                       " the database stores once" % (unconfirmed.confirmed, unconfirmed.wanted,
+                                                      settings.redis_replicas_timeout_seconds),
+                       headers=retry_after, reason="not_replicated") from None
+    wake(woken)
+    return summary
+
+
+def wake(writers):
+    """Have a consumer drain each of these writers, whose queues were idle."""
+    for writer in writers:
         try:
             tasks.drain(writer, woken=True)
         except Exception:
             # The records are safe in the spool; the consumer's sweep finds them.
             logger.exception("could not wake the %s writer; its sweep will pick the records up", writer)
-    return summary
 
 
 def reader(settings):
@@ -775,7 +791,8 @@ def prometheus_metrics():
     try:
         page = metrics.render(tasks.runtime.spool, config.WRITERS, quarantined_records())
     except SpoolUnavailable as error:
-        raise APIError(503, "metrics are unavailable: %s" % error, counted=False) from None
+        raise APIError(503, "metrics are unavailable: %s" % error, counted=False, headers={
+            "Retry-After": str(current_app.extensions["logflow"]["settings"].retry_after_seconds)}) from None
     # content_type, not mimetype: Flask would add a second "; charset=utf-8".
     return current_app.response_class(page, content_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -817,6 +834,6 @@ def readyz():
         failures["queue"] = str(error)
     if failures:
         logger.warning("not ready: %s", failures)
-        return json_response({"error": "not ready: " + ", ".join(sorted(failures)),
-                              "failures": failures}, 503)
+        return json_response({"error": "not ready: " + ", ".join(sorted(failures)), "failures": failures}, 503,
+                             {"Retry-After": str(current_app.extensions["logflow"]["settings"].retry_after_seconds)})
     return json_response({"status": "ready"}, 200)

@@ -60,6 +60,16 @@ class RateLimited(Exception):
         self.retry_after = retry_after
 
 
+class NotReplicated(Exception):
+    """The records were queued, but fewer Redis replicas than asked confirmed them in time: they may be stored."""
+
+    def __init__(self, woken, confirmed, wanted):
+        super().__init__("%d of %d replicas confirmed the push" % (confirmed, wanted))
+        # The writers the push found idle: the records are queued, so they are woken all the same.
+        self.woken = woken
+        self.confirmed, self.wanted = confirmed, wanted
+
+
 Limit = collections.namedtuple("Limit", "key rate burst")
 
 
@@ -135,7 +145,8 @@ class Spool(abc.ABC):
         """Queue one payload of `records` records for each writer, all or none; returns the writers to wake.
 
         Adds the (name, amount) `counters` with it. Raises QueueFull, RateLimited
-        (when `limit`, a Limit, is spent) or SpoolUnavailable.
+        (when `limit`, a Limit, is spent), NotReplicated (Redis with replicas
+        to wait for, see RedisSpool) or SpoolUnavailable.
         """
 
     @abc.abstractmethod
@@ -258,7 +269,8 @@ def open_spool(settings):
     # Imported here, not at the top: each backend imports this module for the contract.
     if settings.redis_url:
         from spool_redis import RedisSpool
-        return RedisSpool(settings.redis_url, settings.lease_seconds, settings.max_queue)
+        return RedisSpool(settings.redis_url, settings.lease_seconds, settings.max_queue,
+                          replicas=settings.redis_replicas, replicas_timeout=settings.redis_replicas_timeout_seconds)
     from spool_sqlite import SqliteSpool
     return SqliteSpool(os.path.join(settings.data_dir, "spool.db"), settings.lease_seconds,
                        settings.max_queue)

@@ -9,6 +9,7 @@ import uuid
 
 import redis
 
+import redis_url
 import spool
 
 # Claim a batch for writer KEYS: an expired lease first (its consumer died or
@@ -187,12 +188,15 @@ end
 class RedisSpool(spool.Spool):
     """The spool on Redis lists: a queue, leased batch lists and a lease sorted set per writer."""
 
-    def __init__(self, url, lease_seconds, max_queue=0, prefix="logflow"):
-        self.client = redis.Redis.from_url(
+    def __init__(self, url, lease_seconds, max_queue=0, prefix="logflow", replicas=0, replicas_timeout=0.5):
+        # redis_url.connect reads every form of REDIS_URL; with Sentinel the client follows the primary.
+        self.client = redis_url.connect(
             url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
         self.lease_seconds = lease_seconds
         self.max_queue = max_queue
         self.prefix = prefix
+        # push() returns only once this many replicas have its records (Redis WAIT), within replicas_timeout s.
+        self.replicas, self.replicas_timeout = replicas, replicas_timeout
         self._push = self.client.register_script(PUSH_SCRIPT)
         self._claim = self.client.register_script(CLAIM_SCRIPT)
         self._fail = self.client.register_script(FAIL_SCRIPT)
@@ -212,12 +216,36 @@ class RedisSpool(spool.Spool):
         args = [payload, records, self.max_queue, max(1, int(self.lease_seconds)),
                 limit.rate if limit else 0, limit.burst if limit else 0]
         args.extend(item for pair in counters for item in pair)
-        result = self._push(keys=keys, args=args)
+        result, confirmed = self._push_and_wait(keys, args)
         if result[0] == 1:
             raise spool.QueueFull()
         if result[0] == 2:
             raise spool.RateLimited(float(result[1]))
-        return [writers[index - 1] for index in result[1]]
+        woken = [writers[index - 1] for index in result[1]]
+        if confirmed < self.replicas:
+            raise spool.NotReplicated(woken, confirmed, self.replicas)
+        return woken
+
+    def _push_and_wait(self, keys, args):
+        """The push script's result, and how many replicas confirmed it (0 when none are asked for).
+
+        WAIT counts the replicas that have every write of its own connection:
+        the script and the WAIT go in one pipeline, which runs on one
+        connection and costs one round trip. A pipeline does not load a
+        missing script by itself (a new primary has none): that is done here.
+        """
+        if not self.replicas:
+            return self._push(keys=keys, args=args), 0
+        for attempt in (1, 2):
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._push.sha, len(keys), *keys, *args)
+                pipe.wait(self.replicas, max(1, round(self.replicas_timeout * 1000)))
+                try:
+                    return tuple(pipe.execute())
+                except redis.exceptions.NoScriptError:
+                    if attempt == 2:
+                        raise
+                    self.client.script_load(PUSH_SCRIPT)
 
     def claim(self, writer, max_bytes):
         keys = [self._key(writer, part) for part in ("queue", "leases", "attempts", "scheduled", "queued")]

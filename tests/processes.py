@@ -23,9 +23,9 @@ import urllib.request
 import uuid
 
 import psycopg2
-import redis
 
 from helpers import file_records, wait_for
+from redis_url import connect as connect_redis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEASE_SECONDS = 2
@@ -243,7 +243,7 @@ class Service:
     def describe(self, ids):
         """Missing ids per writer, and the spool's queued requests and lease deadlines per writer."""
         in_db, in_files = self.stored_ids()
-        client = redis.Redis.from_url(self.env["REDIS_URL"])
+        client = connect_redis(self.env["REDIS_URL"])
         seconds, micros = client.time()
         lines = ["missing %d from the DB, %d from the files; huey keys %s" % (
             len(ids - in_db), len(ids - in_files), sorted(key.decode() for key in client.keys("huey*")))]
@@ -275,7 +275,7 @@ def make_service(tmp_path, postgres_url, redis_url, flush_redis=True, **settings
                LOGFLOW_LEASE_SECONDS=str(LEASE_SECONDS))
     env.update({name: str(value) for name, value in settings.items()})
     if flush_redis:
-        with redis.Redis.from_url(redis_url) as client:
+        with connect_redis(redis_url) as client:
             client.flushdb()
     manage = [sys.executable, "manage.py"]
     subprocess.run(manage + ["init-db"], cwd=ROOT, env=env, check=True, capture_output=True)

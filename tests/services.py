@@ -79,15 +79,16 @@ def _wait_for(check, deadline_s, what, log, proc=None):
 class RedisServer:
     """A redis-server child process on 127.0.0.1:port with data in `directory`."""
 
-    def __init__(self, binary, directory, appendonly):
+    def __init__(self, binary, directory, appendonly, config_file=None, extra_args=()):
         self.directory = os.path.abspath(directory)
         self.appendonly = appendonly
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.log_path = os.path.join(self.directory, "redis.log")
-        self._cmd = [binary, "--bind", "127.0.0.1", "--port", str(self.port),
-                     "--dir", self.directory, "--save", "", "--daemonize", "no",
-                     "--logfile", "", "--appendonly", "yes" if appendonly else "no"]
+        # A config file, when there is one, comes first (sentinels rewrite theirs).
+        self._cmd = [binary, *([config_file] if config_file else []), "--bind", "127.0.0.1",
+                     "--port", str(self.port), "--dir", self.directory, "--save", "", "--daemonize", "no",
+                     "--logfile", "", "--appendonly", "yes" if appendonly else "no", *extra_args]
         if appendonly:
             self._cmd += ["--appendfsync", "always"]  # a killed server loses nothing
         self._proc = None
@@ -124,16 +125,78 @@ class RedisServer:
     _shutdown = stop
 
 
-def start_redis(directory, appendonly=False):
+def start_redis(directory, appendonly=False, config_file=None, extra_args=()):
     """Start a redis-server storing its data and redis.log in `directory`."""
     binary = find_binary("redis-server", ["/usr/bin", "/usr/sbin"])
     if not binary:
         raise ServiceUnavailable("redis-server not found: apt-get install redis-server")
     os.makedirs(directory, exist_ok=True)
-    server = RedisServer(binary, directory, appendonly)
+    server = RedisServer(binary, directory, appendonly, config_file, extra_args)
     _servers.append(server)
     server.start()
     return server
+
+
+SENTINEL_SERVICE = "mymaster"
+
+
+class SentinelGroup:
+    """A primary, its replica and three sentinels watching them, on 127.0.0.1; each server stops with shutdown_all()."""
+
+    def __init__(self, primary, replicas, sentinels):
+        self.primary, self.replicas, self.sentinels = primary, replicas, sentinels
+        hosts = ",".join("127.0.0.1:%d" % sentinel.port for sentinel in sentinels)
+        self.url = f"redis+sentinel://{hosts}/{SENTINEL_SERVICE}/0"
+
+    def primary_port(self):
+        """The port the sentinels name as the primary's (asking each until one answers)."""
+        for sentinel in self.sentinels:
+            try:
+                with redis.Redis(port=sentinel.port, socket_timeout=1) as client:
+                    return int(client.sentinel_get_master_addr_by_name(SENTINEL_SERVICE)[1])
+            except redis.RedisError:
+                continue
+        return None
+
+    def stop(self):
+        """Kill the sentinels first (so that they start no failover), then the data nodes: nothing here is kept."""
+        # SIGKILL: a graceful SHUTDOWN took 3-5 s per server here, half a minute for a group.
+        for server in [*self.sentinels, *self.replicas, self.primary]:
+            server.kill()
+
+    def ready(self):
+        """True once the replicas are in sync and every sentinel sees them and the two other sentinels."""
+        for replica in self.replicas:
+            with redis.Redis(port=replica.port, socket_timeout=1) as client:
+                if client.info("replication").get("master_link_status") != "up":
+                    return False
+        for sentinel in self.sentinels:
+            with redis.Redis(port=sentinel.port, socket_timeout=1) as client:
+                state = client.sentinel_master(SENTINEL_SERVICE)
+                if state["num-other-sentinels"] < 2 or state["num-slaves"] < len(self.replicas):
+                    return False
+        return True
+
+
+def start_sentinel_group(directory, replicas=1, down_after_ms=1000, failover_timeout_ms=5000):
+    """Start a primary, its replicas and three sentinels (quorum 2) in `directory`; returns once they see each other."""
+    primary = start_redis(os.path.join(directory, "primary"))
+    replicas = [start_redis(os.path.join(directory, "replica-%d" % number),
+                            extra_args=["--replicaof", "127.0.0.1", str(primary.port)]) for number in range(replicas)]
+    sentinels = []
+    for number in range(3):
+        folder = os.path.join(directory, "sentinel-%d" % number)
+        os.makedirs(folder, exist_ok=True)
+        config_file = os.path.join(folder, "sentinel.conf")
+        with open(config_file, "w") as config:
+            config.write(f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {primary.port} 2\n"
+                         f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {down_after_ms}\n"
+                         f"sentinel failover-timeout {SENTINEL_SERVICE} {failover_timeout_ms}\n")
+        sentinels.append(start_redis(folder, config_file=config_file, extra_args=["--sentinel"]))
+    group = SentinelGroup(primary, replicas, sentinels)
+    # Sentinels find each other through the primary's hello messages, every 2 s.
+    _wait_for(group.ready, 30, "the sentinels to see the replica and each other", sentinels[0].log_path)
+    return group
 
 
 def _pg_bindir():

@@ -106,6 +106,9 @@ def test_values_are_converted():
     ("DATABASE_URL", "postgres://logflow@db/logflow", "database_url", "postgres://logflow@db/logflow"),
     ("REDIS_URL", "rediss://:secret@cache:6380/1", "redis_url", "rediss://:secret@cache:6380/1"),
     ("REDIS_URL", "unix:///run/redis/redis.sock?db=2", "redis_url", "unix:///run/redis/redis.sock?db=2"),
+    ("REDIS_URL", "rediss+sentinel://:secret@h1,h2:26380/mymaster/1?sentinel_password=other", "redis_url",
+     "rediss+sentinel://:secret@h1,h2:26380/mymaster/1?sentinel_password=other"),
+    ("LOGFLOW_REDIS_REPLICAS_TIMEOUT_SECONDS", "4", "redis_replicas_timeout_seconds", 4),
     ("LOGFLOW_LOG_LEVEL", "Warning", "log_level", "WARNING"),
 ])
 def test_values_at_the_edges_of_their_range_load(variable, value, field, expected):
@@ -164,9 +167,17 @@ REFUSALS = [
     ("DATABASE_URL", "sqlite:///data/logflow.db", "must start with postgresql://, postgres://, postgresql+pool:// or postgres+pool://, not sqlite://"),
     ("DATABASE_URL", "logflow:secret@db:5432/logflow",
      "must start with postgresql://, postgres://, postgresql+pool:// or postgres+pool://; this value has no scheme"),
-    ("REDIS_URL", "http://x", "must start with redis://, rediss:// or unix://, not http://"),
-    ("REDIS_URL", "127.0.0.1:6379", "must start with redis://, rediss:// or unix://; this value has no scheme"),
-    ("REDIS_URL", ":secret@cache://x", "must start with redis://, rediss:// or unix://; this value has no scheme"),
+    ("REDIS_URL", "http://x", "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://, not http://"),
+    ("REDIS_URL", "127.0.0.1:6379", "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://; this value has no scheme"),
+    ("REDIS_URL", ":secret@cache://x", "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://; this value has no scheme"),
+    # A Sentinel URL without its service name (tests/test_sentinel.py has the others).
+    ("REDIS_URL", "redis+sentinel://:secret@h1:26379,h2:26379",
+     "a Sentinel URL names the primary's service after its hosts:"
+     " redis+sentinel://[:password@]host:26379[,host:26379...]/service[/db]"),
+    ("LOGFLOW_REDIS_REPLICAS", "-1", "must be a whole number, 0 (no wait) or more, not -1"),
+    # WAIT 0 ms waits forever; past the connections' 5 s socket timeout the wait is cut short.
+    ("LOGFLOW_REDIS_REPLICAS_TIMEOUT_SECONDS", "0", "must be a number of seconds above 0 and at most 4, not 0"),
+    ("LOGFLOW_REDIS_REPLICAS_TIMEOUT_SECONDS", "5", "must be a number of seconds above 0 and at most 4, not 5"),
     # A secret short enough to guess; its value is never repeated, only its length.
     ("LOGFLOW_SECRET_KEY", "hunter2", "must be at least 32 characters long, not 7 (make one with:"
      " python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"),

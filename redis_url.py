@@ -1,0 +1,113 @@
+"""REDIS_URL's forms, and the one client each of them connects: connect(url) is the only way in.
+
+redis://, rediss:// (TLS) and unix:// go to redis-py's from_url as they are.
+The Sentinel form names the sentinels, then the primary's service name:
+
+    redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db][?sentinel_password=...]
+    rediss+sentinel://...  (the same over TLS, to the sentinels and to the data nodes)
+
+The user and password before the @ are the data nodes' (their requirepass or
+ACL user); sentinels with a password of their own take it from the query's
+sentinel_password (and sentinel_username). A port defaults to 26379, db to 0.
+Other query parameters mean what they mean in a redis:// URL (ssl_ca_certs,
+socket_timeout...) and apply to the data nodes; the socket_* and ssl_* ones
+to the sentinels as well. Reserved characters in a password are
+percent-encoded, as in any URL.
+
+The client asks the sentinels for the primary's address each time it opens
+a connection (redis-py's SentinelConnectionPool), so every user of it (the
+spool, Huey's queue and its blocking BRPOP, the counters, the heartbeats)
+follows the primary through a failover without a restart: connections to a
+dead primary fail and are opened again, and one still open to a demoted
+primary is closed on its first READONLY answer, which redis-py turns into a
+ConnectionError.
+"""
+import collections
+import urllib.parse
+
+import redis
+import redis.backoff
+import redis.connection
+import redis.retry
+import redis.sentinel
+
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+SENTINEL_PORT = 26379
+FORM = "redis+sentinel://[:password@]host:26379[,host:26379...]/service[/db]"
+
+SentinelForm = collections.namedtuple("SentinelForm", "sentinels service options sentinel_options")
+
+
+def connect(url, **options):
+    """A redis-py client of the Redis the URL names (for Sentinel: of its current primary); connects lazily.
+
+    `options` are redis-py connection arguments (socket_timeout...); the URL's query wins over them.
+    """
+    if url.partition("://")[0] not in SENTINEL_SCHEMES:
+        return redis.Redis.from_url(url, **options)
+    form = parse_sentinel(url)
+    sentinel_options = {name: value for name, value in options.items() if name.startswith("socket_")}
+    # A sentinel that does not answer is skipped for the next one at once: redis-py's default for a
+    # client of its own retries 10 times with backoff, about 4 s per dead sentinel on each new connection.
+    sentinel_options["retry"] = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+    sentinel_options.update(form.sentinel_options)
+    sentinel = redis.sentinel.Sentinel(form.sentinels, sentinel_kwargs=sentinel_options)
+    return sentinel.master_for(form.service, **dict(options, **form.options))
+
+
+def check(url):
+    """The URL if connect() can read it; else ValueError in one line, without the URL's password."""
+    if url.partition("://")[0] in SENTINEL_SCHEMES:
+        parse_sentinel(url)
+    return url
+
+
+def parse_sentinel(url):
+    """A Sentinel URL as a SentinelForm: [(host, port)], the service, the data nodes' and the sentinels' options."""
+    scheme, _, rest = url.partition("://")
+    rest, _, query = rest.partition("?")
+    location, _, path = rest.partition("/")
+    credentials, at, hosts = location.rpartition("@")
+    sentinels = [sentinel_address(host) for host in hosts.split(",")]
+    service, _, db = path.partition("/")
+    if not service:
+        raise ValueError("a Sentinel URL names the primary's service after its hosts: %s" % FORM)
+    if db and not db.isdigit():
+        raise ValueError("the database after the service name must be a number (the 0 of /mymaster/0),"
+                         " not %r" % db[:20])
+    parameters = urllib.parse.parse_qs(query, keep_blank_values=True)
+    sentinel_options = {"password": parameters.pop("sentinel_password", [None])[-1],
+                        "username": parameters.pop("sentinel_username", [None])[-1]}
+    # The data nodes' options as redis-py reads them from a plain URL of the same credentials, db and query.
+    tls = scheme == "rediss+sentinel"
+    plain = "%s://%s%shost/%s?%s" % ("rediss" if tls else "redis", credentials, at, db or "0",
+                                      urllib.parse.urlencode(parameters, doseq=True))
+    options = redis.connection.parse_url(plain)
+    for name in ("host", "port", "connection_class"):
+        options.pop(name, None)
+    if tls:
+        # SentinelConnectionPool picks its TLS connection class from this flag.
+        options["ssl"] = True
+    sentinel_options.update((name, value) for name, value in options.items()
+                            if name.startswith(("socket_", "ssl")))
+    return SentinelForm(sentinels, urllib.parse.unquote(service), options,
+                        {name: value for name, value in sentinel_options.items() if value is not None})
+
+
+def sentinel_address(text):
+    """One sentinel's "host[:port]" (an IPv6 address in brackets) as (host, port)."""
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]")
+        port = port[1:] if port.startswith(":") else (port or None)
+        if not bracket:
+            host = ""
+    else:
+        host, _, port = text.partition(":")
+    if not host:
+        raise ValueError("a Sentinel URL lists its sentinels as host:port, separated by commas: %s" % FORM)
+    if port is None or port == "":
+        return host, SENTINEL_PORT
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError("sentinel %s's port must be a number from 1 to 65535, not %r" % (host[:100], port[:20]))
+    return host, int(port)
