@@ -138,6 +138,9 @@ class Settings:
     # Empty means a SQLite file in data_dir; postgresql://... switches to PostgreSQL.
     # Out of repr, as the secret key is: a URL may hold a password.
     database_url: str = dataclasses.field(default="", repr=False)
+    # Empty means reads go to DATABASE_URL; a PostgreSQL streaming replica of it serves the
+    # reads of stored logs (models.using_replica) while writes stay on the primary.
+    database_read_url: str = dataclasses.field(default="", repr=False)
     # Empty means the SQLite-backed queue in data_dir; redis://... switches to Redis.
     redis_url: str = dataclasses.field(default="", repr=False)
     log_dir: str = "logs"
@@ -215,11 +218,15 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+# The schemes models.bind_database opens as PostgreSQL.
+POSTGRESQL_URL = Url(("postgresql", "postgres", "postgresql+pool", "postgres+pool"))
+
 # Environment variable → (field, conversion). docs/configuration.md and .env.example list them all.
 ENVIRONMENT = {
     "LOGFLOW_DATA_DIR": ("data_dir", str),
-    # The schemes models.bind_database opens as PostgreSQL, and those redis-py's from_url reads (spool_redis.py).
-    "DATABASE_URL": ("database_url", Url(("postgresql", "postgres", "postgresql+pool", "postgres+pool"))),
+    # The schemes redis-py's from_url reads (spool_redis.py).
+    "DATABASE_URL": ("database_url", POSTGRESQL_URL),
+    "DATABASE_READ_URL": ("database_read_url", POSTGRESQL_URL),
     "REDIS_URL": ("redis_url", Url(("redis", "rediss", "unix"))),
     "LOGFLOW_LOG_DIR": ("log_dir", str),
     "LOGFLOW_STORAGE": ("storage", parse_storage),
@@ -274,4 +281,8 @@ def load(environ=None):
                 values[field] = convert(raw)
             except ValueError as error:
                 raise InvalidSetting("%s: %s" % (variable, error)) from None
+    if values.get("database_read_url") and not values.get("database_url"):
+        # A replica of SQLite does not exist; reads would go where no writer writes.
+        raise InvalidSetting("DATABASE_READ_URL: needs DATABASE_URL, the PostgreSQL primary it is a replica of;"
+                             " without DATABASE_URL, LogFlow stores logs in SQLite")
     return Settings(**values)
