@@ -122,8 +122,22 @@ def test_reads_come_from_the_replica_and_equal_the_primarys(stack):
     query(replica.url, "SELECT pg_wal_replay_pause()")
     try:
         read_key = manage(service, "create-key", "e2e", "--scope", "read").strip()
+        status, _, live = get(service, "/logs/live", read_key)
+        assert status == 200, live
         late = post_marked(service, marker, 5)
         wait_for(lambda: primary_ids(service, marker) == first | late, message="the late logs on the primary")
+        # The live feed reads its ids from the primary: it shows them now, and its cursor never passes a log
+        # the replica has not replayed yet.
+        shown, cursor = set(), live["cursor"]
+
+        def polled():  # the writer appends to the feed just after its commit
+            nonlocal cursor
+            status, _, live = get(service, "/logs/live?cursor=" + cursor, read_key)
+            assert status == 200, live
+            shown.update(log["id"] for log in live["logs"])
+            cursor = live["cursor"]
+            return shown == late
+        wait_for(polled, timeout=10, interval=0.2, message="the live feed to show the late logs")
         # The key, issued after the replica stopped replaying, works at once: keys are looked up on the primary.
         status, _, page = get(service, "/logs?limit=1000&q=" + searched, read_key)
         assert status == 200, page
