@@ -268,8 +268,8 @@ def evaluate(rule, settings, now, lag_seconds=0.0):
     """Count the rule's logs in its window, move its state, and record what to notify; returns notification ids.
 
     The window ends `lag_seconds` before now when the database writer's queue
-    is that far behind: records still queued must not make an absence rule
-    fire, nor a firing rule resolve.
+    (and the read replica) is that far behind: records still queued must not
+    make an absence rule fire, nor a firing rule resolve.
     """
     until = now - datetime.timedelta(seconds=lag_seconds)
     since = until - datetime.timedelta(minutes=rule.window_minutes)
@@ -284,7 +284,8 @@ def evaluate(rule, settings, now, lag_seconds=0.0):
     elif firing and rule.repeat_minutes and (
             rule.notified_at is None or now - rule.notified_at >= datetime.timedelta(minutes=rule.repeat_minutes)):
         event = "firing"
-    note = "the database writer's queue is %d s behind; window moved back" % lag_seconds if lag_seconds >= 1 else ""
+    note = ("the stored logs are %d s behind (the database writer's queue, the read replica); window moved back"
+            % lag_seconds if lag_seconds >= 1 else "")
     made = []
     with durable_transaction():
         changes = {"evaluated_at": now, "last_count": count}
