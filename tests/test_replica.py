@@ -178,6 +178,7 @@ def bound_to_replica(servers, redis_server, tmp_path):
                                                redis_url=redis_server.url, allow_private_webhooks=True)
     tasks.configure(settings)
     models.create_tables()
+    wait_caught_up(replica)  # the new database and its tables on the replica too
     yield settings
     for database in (models.database.obj, models.database.replica):
         database.close_all()
@@ -305,3 +306,41 @@ def test_primary_restarted_under_load_with_the_replica_attached(stack):
     assert query(replica.replica_url(service.db_url), "SELECT count(*) FROM logs") == query(service.db_url, "SELECT count(*) FROM logs")
     print("  replay lag under load (pg_stat_replication.replay_lag, %d samples every 50 ms):"
           " median %.1f ms, max %.1f ms" % (len(lags), statistics.median(lags) * 1000, max(lags) * 1000))
+
+
+def test_the_viewer_overview_reads_the_replica(servers, bound_to_replica):
+    """Signing in is the primary's; the overview's charts are the replica's: 503 with Retry-After while it is down."""
+    from logflow import create_app
+    from test_viewer import add_user, sign_in
+    primary, replica = servers
+    client = create_app(bound_to_replica).test_client()
+    with models.database.connection_context():
+        project = models.Project.create(name="viewed")
+    add_user("ada", project)
+    wait_caught_up(replica)
+    replica.stop()
+    try:
+        assert sign_in(client, "ada").status_code == 302
+        page = client.get("/ui/")
+        assert page.status_code == 503 and page.headers["Retry-After"] == str(bound_to_replica.retry_after_seconds)
+    finally:
+        replica.start()
+    page = client.get("/ui/")
+    assert page.status_code == 200 and "viewed" in page.text
+
+
+def test_replica_lag_is_measured_on_the_replica(servers, bound_to_replica):
+    """What alert windows move back by: 0 once replayed, the age of the last replayed commit while WAL waits."""
+    primary, replica = servers
+    # Polled: any WAL in flight (autovacuum, say) reads as a lag for a moment.
+    wait_for(lambda: models.replica_lag_seconds() == 0, message="no lag")
+    query(replica.url, "SELECT pg_wal_replay_pause()")
+    try:
+        with models.database.connection_context():
+            models.Project.create(name="written while the replica waits")
+        wait_for(lambda: query(replica.url, "SELECT pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()")[0][0],
+                 message="WAL received and not replayed")
+        assert models.replica_lag_seconds() > 0
+    finally:
+        query(replica.url, "SELECT pg_wal_replay_resume()")
+    wait_for(lambda: models.replica_lag_seconds() == 0, message="no lag once replayed")
