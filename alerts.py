@@ -13,6 +13,7 @@ import urllib.parse
 import uuid
 
 import orjson
+import peewee
 from peewee import EXCLUDED, SQL
 
 import metrics
@@ -20,7 +21,7 @@ import notify
 import query
 import records
 from models import (AlertEvaluation, AlertMinute, AlertRule, Notification, Project, SavedSearch, database,
-                    durable_transaction, on_postgres, utcnow)
+                    durable_transaction, on_postgres, using_primary, using_replica, utcnow)
 
 logger = logging.getLogger("logflow")
 
@@ -156,10 +157,27 @@ def evaluate_due(settings, lag_seconds=0.0, now=None):
             continue
         try:
             made += evaluate(rule, settings, at, lag_seconds)
-        except Exception:  # one rule's failure must not keep the others from their minute
+        except Exception as error:  # one rule's failure must not keep the others from their minute
             logger.exception("alert %s (rule %d) could not be evaluated; next try in a minute",
                              rule.search.name, rule.id)
+            note_failure(rule, at, error)
     return made
+
+
+def note_failure(rule, at, error):
+    """Record that the rule was not evaluated at `at`, and why, its state unchanged: the viewer and `alert list` show it.
+
+    A count that failed (the read replica down, say) is no count of 0: an
+    absence rule must not fire on it. The rule is tried again the next minute.
+    """
+    reason = str(error).strip().split("\n")[0] or type(error).__name__
+    try:
+        with using_primary():
+            AlertEvaluation.create(rule=rule, at=at, count=None, state=rule.state,
+                                   note="not evaluated: %s" % reason[:500])
+    except peewee.PeeweeException as failure:  # the primary itself may be what failed
+        logger.error("alert %s (rule %d): its failed evaluation could not be recorded either: %s",
+                     rule.search.name, rule.id, failure)
 
 
 def counting_cap(rule):
@@ -176,9 +194,10 @@ def count_matching(rule, log_filter, settings):
     rows. Other searches count rows: short windows stop at the cap (an absence
     rule only asks whether one log exists), longer ones keep per-minute counts
     of their own (count_rows). Each runs as a read does (query.time_limited:
-    no JIT, the read timeout), so a rule cannot hold the database for long.
+    no JIT, the read timeout), so a rule cannot hold the database for long,
+    on the read replica when there is one.
     """
-    with query.time_limited(settings.read_timeout_seconds):
+    with using_replica(), query.time_limited(settings.read_timeout_seconds):
         if on_postgres():
             # Every count here reads a few minutes of one project through its (project_id, timestamp)
             # index. After a burst into another project, ANALYZE's statistics put a million rows in
@@ -215,8 +234,10 @@ def count_rows(rule, log_filter):
     settled = query.micros(until) // query.ROLLUP_STEP - RECOUNT_MINUTES
     if settled - first < 1:
         return capped_count(rule, log_filter)
-    stored = dict(AlertMinute.select(AlertMinute.minute, AlertMinute.count).where(
-        AlertMinute.rule == rule, AlertMinute.minute >= first, AlertMinute.minute < settled).tuples())
+    # The rule's own minutes are the primary's (the logs may be read from a replica).
+    with using_primary():
+        stored = dict(AlertMinute.select(AlertMinute.minute, AlertMinute.count).where(
+            AlertMinute.rule == rule, AlertMinute.minute >= first, AlertMinute.minute < settled).tuples())
     missing = [minute for minute in range(first, settled) if minute not in stored]
     if missing:
         start = missing[0]
@@ -226,11 +247,13 @@ def count_rows(rule, log_filter):
             counted[start + int(index)] += number
         stored.update(counted)
         rows = [{"rule": rule.id, "minute": minute, "count": number} for minute, number in counted.items()]
-        for offset in range(0, len(rows), 300):
-            (AlertMinute.insert_many(rows[offset:offset + 300])
-             .on_conflict(conflict_target=[AlertMinute.rule, AlertMinute.minute],
-                          update={AlertMinute.count: EXCLUDED.count}).execute())
-    AlertMinute.delete().where(AlertMinute.rule == rule, AlertMinute.minute < first).execute()
+        with using_primary():
+            for offset in range(0, len(rows), 300):
+                (AlertMinute.insert_many(rows[offset:offset + 300])
+                 .on_conflict(conflict_target=[AlertMinute.rule, AlertMinute.minute],
+                              update={AlertMinute.count: EXCLUDED.count}).execute())
+    with using_primary():
+        AlertMinute.delete().where(AlertMinute.rule == rule, AlertMinute.minute < first).execute()
     edges = sum(query.matching(rule.search.project_id, log_filter.replace(since=low, until=high)).count()
                 for low, high in ((since, minute_time(first)), (minute_time(settled), until)) if low < high)
     return sum(stored.values()) + edges
@@ -245,8 +268,8 @@ def evaluate(rule, settings, now, lag_seconds=0.0):
     """Count the rule's logs in its window, move its state, and record what to notify; returns notification ids.
 
     The window ends `lag_seconds` before now when the database writer's queue
-    is that far behind: records still queued must not make an absence rule
-    fire, nor a firing rule resolve.
+    (and the read replica) is that far behind: records still queued must not
+    make an absence rule fire, nor a firing rule resolve.
     """
     until = now - datetime.timedelta(seconds=lag_seconds)
     since = until - datetime.timedelta(minutes=rule.window_minutes)
@@ -261,7 +284,8 @@ def evaluate(rule, settings, now, lag_seconds=0.0):
     elif firing and rule.repeat_minutes and (
             rule.notified_at is None or now - rule.notified_at >= datetime.timedelta(minutes=rule.repeat_minutes)):
         event = "firing"
-    note = "the database writer's queue is %d s behind; window moved back" % lag_seconds if lag_seconds >= 1 else ""
+    note = ("the stored logs are %d s behind (the database writer's queue, the read replica); window moved back"
+            % lag_seconds if lag_seconds >= 1 else "")
     made = []
     with durable_transaction():
         changes = {"evaluated_at": now, "last_count": count}
@@ -302,7 +326,8 @@ def record(rule, event, count, since, until, log_filter, settings, now):
     """Store a notification to send (inside the caller's transaction); returns its id."""
     samples = []
     if event != "resolved" and count:
-        rows, _ = query.fetch(rule.search.project_id, log_filter.replace(limit=SAMPLES, order="desc"))
+        with using_replica():
+            rows, _ = query.fetch(rule.search.project_id, log_filter.replace(limit=SAMPLES, order="desc"))
         samples = [query.render(row) for row in rows[:SAMPLES]]
     notification_id = str(uuid.uuid4())
     body = orjson.dumps(payload(rule, notification_id, event, count, since, until, samples, settings))

@@ -145,6 +145,9 @@ class Settings:
     # Empty means a SQLite file in data_dir; postgresql://... switches to PostgreSQL.
     # Out of repr, as the secret key is: a URL may hold a password.
     database_url: str = dataclasses.field(default="", repr=False)
+    # Empty means reads go to DATABASE_URL; a PostgreSQL streaming replica of it serves the
+    # reads of stored logs (models.using_replica) while writes stay on the primary.
+    database_read_url: str = dataclasses.field(default="", repr=False)
     # Empty means the SQLite-backed queue in data_dir; redis://... switches to Redis (redis_url.py: its forms).
     redis_url: str = dataclasses.field(default="", repr=False)
     # POST /logs answers 202 only once this many Redis replicas have the records (Redis WAIT), within the timeout.
@@ -225,11 +228,15 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+# The schemes models.bind_database opens as PostgreSQL.
+POSTGRESQL_URL = Url(("postgresql", "postgres", "postgresql+pool", "postgres+pool"))
+
 # Environment variable → (field, conversion). docs/configuration.md and .env.example list them all.
 ENVIRONMENT = {
     "LOGFLOW_DATA_DIR": ("data_dir", str),
-    # The schemes models.bind_database opens as PostgreSQL, and those redis_url.connect reads.
-    "DATABASE_URL": ("database_url", Url(("postgresql", "postgres", "postgresql+pool", "postgres+pool"))),
+    "DATABASE_URL": ("database_url", POSTGRESQL_URL),
+    "DATABASE_READ_URL": ("database_read_url", POSTGRESQL_URL),
+    # The forms redis_url.connect reads.
     "REDIS_URL": ("redis_url", parse_redis_url),
     "LOGFLOW_REDIS_REPLICAS": ("redis_replicas", Number(zero="no wait")),
     # Below the spool's 5 s socket timeout (spool_redis.py), which would cut a longer WAIT short.
@@ -287,4 +294,8 @@ def load(environ=None):
                 values[field] = convert(raw)
             except ValueError as error:
                 raise InvalidSetting("%s: %s" % (variable, error)) from None
+    if values.get("database_read_url") and not values.get("database_url"):
+        # A replica of SQLite does not exist; reads would go where no writer writes.
+        raise InvalidSetting("DATABASE_READ_URL: needs DATABASE_URL, the PostgreSQL primary it is a replica of;"
+                             " without DATABASE_URL, LogFlow stores logs in SQLite")
     return Settings(**values)

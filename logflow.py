@@ -662,7 +662,9 @@ def live_logs():
     settings = current_app.extensions["logflow"]["settings"]
     project_id, pairs = reader(settings)
     try:
-        with reading():
+        # The primary's: the feed lists what the primary committed, and a replica not there yet would have
+        # the cursor pass those logs for good. Rows by id, read through the primary key, cost it little.
+        with reading(stored_logs=False):
             log_filter, given = query.parse_only(pairs, ("cursor",))
             if "cursor" not in given:
                 return json_response({"logs": [], "cursor": tasks.runtime.spool.feed_end(project_id) + ":0",
@@ -702,11 +704,17 @@ def log_context(log_id):
 
 
 @contextlib.contextmanager
-def reading():
-    """A read's transaction, time-limited; 400 for a bad parameter, 422 past the limit, 503 when the database is down."""
+def reading(stored_logs=True):
+    """A read's transaction, time-limited; 400 for a bad parameter, 422 past the limit, 503 when the database is down.
+
+    Reads of stored logs go to the read replica when there is one (a replica
+    down is a 503 too: falling back would put the load it carries on the
+    primary that ingestion writes to); other reads stay on the primary.
+    """
     settings = current_app.extensions["logflow"]["settings"]
+    replica = models.using_replica() if stored_logs else contextlib.nullcontext()
     try:
-        with models.database.connection_context(), query.time_limited(settings.read_timeout_seconds):
+        with replica, models.database.connection_context(), query.time_limited(settings.read_timeout_seconds):
             yield
     except query.InvalidQuery as error:
         raise APIError(400, str(error)) from None
@@ -715,7 +723,7 @@ def reading():
             # The same read would time out again: the client must ask for less, not retry.
             raise APIError(422, "the read ran longer than %g s and was cancelled; narrow it with since and until"
                            % settings.read_timeout_seconds, reason="read_timeout") from None
-        if not query.unreachable(error):
+        if not (query.unreachable(error) or query.recovery_conflict(error)):
             # The database answered: the statement failed and would fail again, so a 500, logged with the request.
             error.add_note("while reading %s" % request.full_path[:1000])
             raise
@@ -740,7 +748,7 @@ def search_as_json(search):
 def list_searches():
     """The project's saved searches, by name."""
     project_id, _ = reader(current_app.extensions["logflow"]["settings"])
-    with reading():
+    with reading(stored_logs=False):
         searches = models.SavedSearch.select().where(models.SavedSearch.project == project_id)
         return json_response({"searches": [search_as_json(search) for search in
                                            searches.order_by(models.SavedSearch.name)]}, 200)
@@ -759,7 +767,7 @@ def save_search():
     if not (isinstance(given, dict) and isinstance(given.get("name"), str)
             and isinstance(given.get("query", ""), str)):
         raise APIError(400, "send {\"name\": \"...\", \"query\": \"level=ERROR&q=...\"}: name and query are strings")
-    with reading():
+    with reading(stored_logs=False):
         try:
             search = alerts.save_search(models.Project.get_by_id(project_id), given["name"], given.get("query", ""))
         except alerts.AlertError as error:
@@ -771,7 +779,7 @@ def save_search():
 def delete_search(name):
     """Delete a saved search of the project, and its alert if it has one."""
     project_id = authenticate(current_app.extensions["logflow"]["settings"], scope="read")[0]
-    with reading():
+    with reading(stored_logs=False):
         search = alerts.find_search(project_id, name)
         if search is None:
             raise APIError(404, "this project has no saved search named %r" % name[:100])

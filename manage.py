@@ -479,8 +479,9 @@ def stats(project):
     now = models.utcnow()
     click.echo("%-4s %-24s %-8s %9s %9s" % ("id", "project", "level", "last hour", "last day"))
     for each in projects:
-        hour = Log.count_levels(each.id, now - datetime.timedelta(hours=1))
-        day = Log.count_levels(each.id, now - datetime.timedelta(days=1))
+        with models.using_replica():
+            hour = Log.count_levels(each.id, now - datetime.timedelta(hours=1))
+            day = Log.count_levels(each.id, now - datetime.timedelta(days=1))
         for level in records.LEVELS:
             click.echo("%-4d %-24s %-8s %9d %9d" % (each.id, escape(each.name), level, hour.get(level, 0),
                                                     day.get(level, 0)))
@@ -529,6 +530,26 @@ def tail(project, follow, level, min_level, grep, since, lines, lookback):
     # id → timestamp of the logs within the lookback window not to print again.
     seen = {}
     floor = models.utcnow() - datetime.timedelta(seconds=lookback)
+    with models.using_replica():
+        print_first(project, log_filter, since, lines, follow, floor, seen)
+    try:
+        while follow:
+            time.sleep(FOLLOW_INTERVAL_SECONDS)
+            floor = models.utcnow() - datetime.timedelta(seconds=lookback)
+            try:
+                with models.using_replica(), models.database.connection_context():
+                    for log in query.logs_since(project.id, log_filter, floor, seen, page_bytes):
+                        echo_log(log)
+            except (peewee.OperationalError, peewee.InterfaceError) as error:
+                click.echo("database unavailable (%s); retrying" % escape(str(error).strip()), err=True)
+    except KeyboardInterrupt:
+        # Ctrl-C is how --follow ends.
+        pass
+
+
+def print_first(project, log_filter, since, lines, follow, floor, seen):
+    """What tail prints before following: the last --lines logs, or every log since --since; noted in seen to follow."""
+    page_bytes = tasks.runtime.settings.max_page_bytes
     if since is None:
         if follow:
             # The window's logs older than the last --lines are not new: the
@@ -549,19 +570,6 @@ def tail(project, follow, level, min_level, grep, since, lines, lookback):
     else:
         for log in query.logs_from(project.id, log_filter, floor, seen if follow else None, page_bytes):
             echo_log(log)
-    try:
-        while follow:
-            time.sleep(FOLLOW_INTERVAL_SECONDS)
-            floor = models.utcnow() - datetime.timedelta(seconds=lookback)
-            try:
-                with models.database.connection_context():
-                    for log in query.logs_since(project.id, log_filter, floor, seen, page_bytes):
-                        echo_log(log)
-            except (peewee.OperationalError, peewee.InterfaceError) as error:
-                click.echo("database unavailable (%s); retrying" % escape(str(error).strip()), err=True)
-    except KeyboardInterrupt:
-        # Ctrl-C is how --follow ends.
-        pass
 
 
 @cli.command("search-index")

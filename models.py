@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
 
 import orjson
@@ -19,9 +20,42 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from config import MAX_RETENTION_DAYS, parse_storage
 
-# Bound to SQLite or PostgreSQL by bind_database(); importing this module
-# opens nothing.
-database = DatabaseProxy()
+
+class RoutedDatabase(DatabaseProxy):
+    """The models' database: the primary, or, on a thread inside using_replica(), the read replica.
+
+    Peewee's bind_ctx() would rebind the model classes themselves, for every
+    thread at once: a web thread reading the replica would send another's
+    writes there. Here the choice is per thread, as Peewee's connections are.
+    """
+
+    # Proxy.__setattr__ allows the names of the class's own __slots__ only: all of them again.
+    __slots__ = ("obj", "_callbacks", "_Model", "replica", "routes")
+
+    def __init__(self):
+        super().__init__()
+        self.replica = None
+        self.routes = threading.local()
+
+    def current(self):
+        """The database this thread's queries go to now."""
+        return getattr(self.routes, "database", None) or self.obj
+
+    def __getattr__(self, attr):
+        if self.obj is None:
+            raise AttributeError("Cannot use uninitialized Proxy.")
+        return getattr(self.current(), attr)
+
+    def __enter__(self):
+        return self.current().__enter__()
+
+    def __exit__(self, *details):
+        return self.current().__exit__(*details)
+
+
+# Bound to SQLite or PostgreSQL (and a read replica) by bind_database();
+# importing this module opens nothing.
+database = RoutedDatabase()
 
 KEY_PREFIX = "lf_"
 # "lf_" and eight random characters: enough to tell keys apart in a listing,
@@ -95,15 +129,20 @@ class WalSqliteDatabase(SqliteDatabase):
         super()._set_pragmas(conn)
 
 
+def open_postgres(url):
+    """A pooled PostgreSQL database of a DATABASE_URL; connects lazily."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("postgres", "postgresql"):
+        # A pool per process keeps per-task connects cheap in the consumer.
+        url = "postgresql+pool://" + rest
+    return db_url.connect(url, max_connections=32, stale_timeout=300)
+
+
 def bind_database(settings):
-    """Create the database the settings name and bind the models to it; connects lazily."""
+    """Create the database the settings name (and the read replica, if any) and bind the models to it; connects lazily."""
+    database.replica = open_postgres(settings.database_read_url) if settings.database_read_url else None
     if settings.database_url:
-        url = settings.database_url
-        scheme, _, rest = url.partition("://")
-        if scheme in ("postgres", "postgresql"):
-            # A pool per process keeps per-task connects cheap in the consumer.
-            url = "postgresql+pool://" + rest
-        db = db_url.connect(url, max_connections=32, stale_timeout=300)
+        db = open_postgres(settings.database_url)
     else:
         os.makedirs(settings.data_dir, exist_ok=True)
         db = WalSqliteDatabase(
@@ -114,6 +153,54 @@ def bind_database(settings):
             lock_type="IMMEDIATE")
     database.initialize(db)
     return db
+
+
+@contextlib.contextmanager
+def using_replica():
+    """Send this thread's queries to the read replica (DATABASE_READ_URL) within the block, on a connection of its own.
+
+    For reads of stored logs only: a replica refuses writes, and shows a
+    commit a little after the primary does. Without a replica, queries go
+    to the primary as before, on the caller's connection.
+    """
+    replica = database.replica
+    previous = getattr(database.routes, "database", None)
+    if replica is None or previous is replica:
+        yield
+        return
+    database.routes.database = replica
+    try:
+        with replica.connection_context():
+            yield
+    finally:
+        database.routes.database = previous
+
+
+@contextlib.contextmanager
+def using_primary():
+    """Send this thread's queries to the primary within the block, inside using_replica() too (what a read leads to write)."""
+    previous = getattr(database.routes, "database", None)
+    database.routes.database = None
+    try:
+        yield
+    finally:
+        database.routes.database = previous
+
+
+def replica_lag_seconds():
+    """How far the read replica's data is behind its primary, in seconds; 0 without a replica.
+
+    Measured on the replica: 0 while it has replayed all the WAL it received,
+    else the age of the last transaction it replayed. A replica cut off from
+    its primary receives nothing, and so cannot tell it is behind.
+    """
+    if database.replica is None:
+        return 0.0
+    with using_replica():
+        lag = database.execute_sql(
+            "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
+            " ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END").fetchone()[0]
+    return max(0.0, float(lag or 0))
 
 
 def on_postgres():

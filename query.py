@@ -244,6 +244,11 @@ def timed_out(error):
     return getattr(driver_error(error), "pgcode", None) == "57014"
 
 
+def recovery_conflict(error):
+    """True when a read replica cancelled a read whose rows the primary's changes (VACUUM, retention) replaced: retry it."""
+    return getattr(driver_error(error), "pgcode", None) == "40001"
+
+
 def driver_error(error):
     """The database driver's error that a Peewee error wraps, or the error itself."""
     while getattr(error, "orig", None) is not None:

@@ -407,6 +407,7 @@ def evaluate_and_send():
     try:
         # How far the database lags what was accepted: no rule may fire or resolve on logs still queued.
         lag = metrics.writer_state(runtime.spool, "db", time.time()).oldest_seconds or 0.0
+        lag += replica_lag()
         with models.database.connection_context():
             alerts.evaluate_due(runtime.settings, lag)
             due = alerts.due_notifications()
@@ -417,6 +418,19 @@ def evaluate_and_send():
         return
     for notification_id in due:
         send_notification(notification_id)
+
+
+def replica_lag():
+    """Seconds the read replica's counts are behind the primary's rows; 0 when it cannot say.
+
+    A replica that does not answer is not a reason to skip every rule: each
+    rule's count fails in turn, and its evaluation notes why (alerts.note_failure).
+    """
+    try:
+        return models.replica_lag_seconds()
+    except peewee.DatabaseError as error:
+        logger.warning("alerts: the read replica's lag is unknown: %s", str(error).strip().split("\n")[0])
+        return 0.0
 
 
 @huey.task()

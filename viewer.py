@@ -94,7 +94,8 @@ def database_error(error):
     if query.timed_out(error):
         return page("error.html", 503, title="Too slow", message="The logs took too long to read. Try again later.")
     logger.error("database unavailable for %s: %s", request.path, error)
-    return page("error.html", 503, title="Unavailable", message="The database is unavailable. Try again shortly.")
+    return page("error.html", 503, {"Retry-After": str(settings().retry_after_seconds)}, title="Unavailable",
+                message="The database is unavailable. Try again shortly.")
 
 
 @bp.errorhandler(spool.SpoolUnavailable)
@@ -179,8 +180,9 @@ def index():
     """The overview: the person's projects with their last day of logs, and the service's state."""
     settings = current_app.extensions["logflow"]["settings"]
     now = models.utcnow()
-    with query.time_limited(settings.read_timeout_seconds):
-        projects = [summary(project, now) for project in g.user.readable_projects()]
+    readable = list(g.user.readable_projects())
+    with models.using_replica(), query.time_limited(settings.read_timeout_seconds):
+        projects = [summary(project, now) for project in readable]
     return page("index.html", projects=projects, levels=records.LEVELS, service=service_state(),
                 chart_width=CHART_WIDTH, chart_height=CHART_HEIGHT)
 

@@ -233,8 +233,10 @@ def _server_user():
 class PostgresServer:
     """A PostgreSQL cluster in a private /tmp/logflow-pg-* dir, on 127.0.0.1:port."""
 
-    def __init__(self, bindir, directory):
+    def __init__(self, bindir, directory, options=""):
         self.bindir = bindir
+        # More -c settings for the server's command line (log_statement=all, say).
+        self.options = options
         self.directory = os.path.abspath(directory)
         self.user = _server_user()
         self.port = _free_port()
@@ -280,7 +282,7 @@ class PostgresServer:
         opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} "
                 f"-c unix_socket_directories={self.sockdir} -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off "
-                "-c max_connections=200 -c shared_buffers=128MB")
+                "-c max_connections=200 -c shared_buffers=128MB " + self.options)
         self._run("pg_ctl", "-D", self.datadir, "-l", self.log_path, "-o", opts,
                   "-w", "-t", "60", "start")
         _wait_for(lambda: self._connect().close() or True, 60, "postgres", self.log_path)
@@ -320,15 +322,61 @@ class PostgresServer:
                 shutil.rmtree(self.base, ignore_errors=True)
 
 
-def start_postgres(directory):
-    """Create and start a PostgreSQL cluster with database logflow_test."""
+def start_postgres(directory, options=""):
+    """Create and start a PostgreSQL cluster with database logflow_test (options: more -c settings)."""
     bindir = _pg_bindir()
     os.makedirs(directory, exist_ok=True)
-    server = PostgresServer(bindir, directory)
+    server = PostgresServer(bindir, directory, options)
     _servers.append(server)
     server.initdb()
     server.start()
     server.create_database("logflow_test")
+    return server
+
+
+class PostgresReplica(PostgresServer):
+    """A streaming replica of a running PostgresServer: a pg_basebackup -R copy of it, started on its own port.
+
+    initdb's pg_hba.conf already trusts replication connections from
+    127.0.0.1, and the defaults (wal_level=replica, max_wal_senders=10) let a
+    primary stream to it.
+    """
+
+    def __init__(self, primary, directory):
+        super().__init__(primary.bindir, directory, primary.options)
+        self.primary = primary
+
+    def initdb(self):
+        """Copy the primary, as the server user, writing standby.signal and primary_conninfo (-R)."""
+        self._run("pg_basebackup", "-D", self.datadir, "-R", "-X", "stream", "-c", "fast",
+                  "-h", "127.0.0.1", "-p", str(self.primary.port), "-U", self.primary.user)
+
+    def replica_url(self, primary_url):
+        """The URL of one of the primary's databases, on this replica."""
+        return primary_url.replace(":%d/" % self.primary.port, ":%d/" % self.port)
+
+    def caught_up(self):
+        """True once this replica has replayed all the WAL its primary has written so far."""
+        with self.primary._connect() as primary, primary.cursor() as cursor:
+            # The insert position, not pg_current_wal_lsn(): with synchronous_commit=off (start())
+            # a commit's WAL is written up to 200 ms after it returns.
+            cursor.execute("SELECT pg_current_wal_insert_lsn()::text")
+            (written,), = cursor.fetchall()
+        primary.close()
+        with self._connect() as replica, replica.cursor() as cursor:
+            cursor.execute("SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), %s) >= 0", (written,))
+            (done,), = cursor.fetchall()
+        replica.close()
+        return done
+
+
+def start_replica(primary, directory):
+    """Start a streaming replica of a running PostgresServer (database logflow_test and the rest come with it)."""
+    os.makedirs(directory, exist_ok=True)
+    server = PostgresReplica(primary, directory)
+    _servers.append(server)
+    server.initdb()
+    server.start()
     return server
 
 

@@ -167,6 +167,7 @@ REFUSALS = [
     ("DATABASE_URL", "sqlite:///data/logflow.db", "must start with postgresql://, postgres://, postgresql+pool:// or postgres+pool://, not sqlite://"),
     ("DATABASE_URL", "logflow:secret@db:5432/logflow",
      "must start with postgresql://, postgres://, postgresql+pool:// or postgres+pool://; this value has no scheme"),
+    ("DATABASE_READ_URL", "mysql://logflow:secret@replica/logflow", "must start with postgresql://, postgres://, postgresql+pool:// or postgres+pool://, not mysql://"),
     ("REDIS_URL", "http://x", "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://, not http://"),
     ("REDIS_URL", "127.0.0.1:6379", "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://; this value has no scheme"),
     ("REDIS_URL", ":secret@cache://x", "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://; this value has no scheme"),
@@ -199,6 +200,16 @@ def test_a_setting_that_cannot_work_is_refused_naming_it(variable, value, reason
     with pytest.raises(config.InvalidSetting) as refused:
         config.load({variable: value})
     assert str(refused.value) == "%s: %s" % (variable, reason)
+
+
+def test_a_read_replica_needs_a_postgresql_primary():
+    # Without DATABASE_URL the logs are in SQLite, which no PostgreSQL replica copies.
+    with pytest.raises(config.InvalidSetting) as refused:
+        config.load({"DATABASE_READ_URL": "postgresql://logflow@replica/logflow"})
+    assert str(refused.value).startswith("DATABASE_READ_URL: needs DATABASE_URL")
+    settings = config.load({"DATABASE_URL": "postgresql://logflow@primary/logflow",
+                            "DATABASE_READ_URL": "postgresql://logflow@replica/logflow"})
+    assert settings.database_read_url == "postgresql://logflow@replica/logflow"
 
 
 def test_every_setting_but_the_folders_has_a_refusal_tested():
