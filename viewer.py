@@ -88,20 +88,24 @@ def http_error(error):
     return page("error.html", error.code, title=error.name, message=error.description)
 
 
+def unavailable(title, message):
+    """The 503 page, with the Retry-After the API's 503s carry (LOGFLOW_RETRY_AFTER_SECONDS)."""
+    return page("error.html", 503, {"Retry-After": str(settings().retry_after_seconds)}, title=title, message=message)
+
+
 @bp.errorhandler(peewee.OperationalError)
 @bp.errorhandler(peewee.InterfaceError)
 def database_error(error):
     if query.timed_out(error):
-        return page("error.html", 503, title="Too slow", message="The logs took too long to read. Try again later.")
+        return unavailable("Too slow", "The logs took too long to read. Try again later.")
     logger.error("database unavailable for %s: %s", request.path, error)
-    return page("error.html", 503, {"Retry-After": str(settings().retry_after_seconds)}, title="Unavailable",
-                message="The database is unavailable. Try again shortly.")
+    return unavailable("Unavailable", "The database is unavailable. Try again shortly.")
 
 
 @bp.errorhandler(spool.SpoolUnavailable)
 def store_error(error):
     logger.error("the spool's store is unavailable for %s: %s", request.path, error)
-    return page("error.html", 503, title="Unavailable", message="Signing in is unavailable. Try again shortly.")
+    return unavailable("Unavailable", "Signing in is unavailable. Try again shortly.")
 
 
 def next_page():

@@ -16,6 +16,8 @@ from helpers import wait_for
 from logflow import create_app
 from models import ApiKey, Log, Project, Session, User
 from processes import ROOT
+from test_keys import break_database
+from test_manage import closed_port, unreachable_redis_url  # noqa: F401  (the fixtures)
 
 PASSWORD = "correct horse battery"
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -80,6 +82,29 @@ def test_every_ui_response_carries_the_security_headers(client, shop, path):
     assert answer.headers["Content-Security-Policy"] == CSP
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
     assert answer.headers["Referrer-Policy"] == "same-origin"
+
+
+def test_a_database_outage_is_a_503_page_saying_when_to_retry(bound, shop):
+    client = create_app(bound.replace(retry_after_seconds=7)).test_client()
+    add_user("ada", shop)
+    sign_in(client, "ada")
+    break_database(bound)
+    try:
+        answer = client.get("/ui/projects/shop")
+    finally:
+        models.bind_database(bound)
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "7"
+    assert "The database is unavailable. Try again shortly." in answer.text
+
+
+def test_signing_in_without_redis_is_a_503_page_saying_when_to_retry(bound, shop, unreachable_redis_url):
+    if not bound.redis_url:
+        pytest.skip("dev mode's spool is a file beside the database")
+    client = create_app(bound.replace(redis_url=unreachable_redis_url, retry_after_seconds=7)).test_client()
+    add_user("ada", shop)
+    answer = sign_in(client, "ada")
+    assert answer.status_code == 503 and answer.headers["Retry-After"] == "7"
+    assert "Signing in is unavailable. Try again shortly." in answer.text
 
 
 def test_the_pages_hold_no_inline_script_or_style(client, shop):
