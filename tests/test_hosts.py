@@ -23,9 +23,10 @@ from processes import (DELIVERY_TIMEOUT, ROOT, Sender, Service, child_pids, get_
 WRITERS = ("db", "file")
 
 
-def make_hosts(request, tmp_path, postgres_server, redis_server):
+def make_hosts(request, tmp_path, postgres_server, redis_server, **settings):
     """Hosts a and b on one new database and the session's Redis, each with its web and consumer running."""
-    a = make_service(tmp_path / "a", postgres_server.create_database(unique_database_name("hosts")), redis_server.url)
+    a = make_service(tmp_path / "a", postgres_server.create_database(unique_database_name("hosts")), redis_server.url,
+                     **settings)
     b = Service(tmp_path / "b", dict(a.env, LOGFLOW_LOG_DIR=str(tmp_path / "b" / "logs"),
                                      LOGFLOW_DATA_DIR=str(tmp_path / "b" / "data")), a.key)
     for host in (a, b):
@@ -71,7 +72,9 @@ def metric(base_url, name):
 
 
 def test_two_hosts_share_the_work(request, tmp_path, postgres_server, redis_server):
-    a, b = make_hosts(request, tmp_path, postgres_server, redis_server)
+    # Leases long enough that no batch is redelivered on a loaded machine: a redelivered file batch
+    # would rightly be on both hosts (the kill test below shows that case).
+    a, b = make_hosts(request, tmp_path, postgres_server, redis_server, LOGFLOW_LEASE_SECONDS=60)
     senders = [Sender(host, per_request=20, max_requests=60) for host in (a, b, a, b)]
     for sender in senders:
         sender.start()
