@@ -175,6 +175,9 @@ class Settings:
     retry_after_seconds: int = 5
     # Records waiting in one writer's queue before POST /logs answers 503; 0: no bound.
     max_queue: int = 1_000_000
+    # Shards of each writer's queue in Redis (spool_redis.py), spread over a Redis Cluster's
+    # nodes and drained in parallel; dev mode's SQLite spool has one whatever this says.
+    spool_shards: int = 1
     # Records per second per project (0: no limit), and the burst above it.
     rate_limit: int = 0
     rate_burst: int = 0
@@ -218,9 +221,9 @@ class Settings:
 # Environment variable → (field, conversion). docs/configuration.md and .env.example list them all.
 ENVIRONMENT = {
     "LOGFLOW_DATA_DIR": ("data_dir", str),
-    # The schemes models.bind_database opens as PostgreSQL, and those redis-py's from_url reads (spool_redis.py).
+    # The schemes models.bind_database opens as PostgreSQL, and those spool_redis.connect reads.
     "DATABASE_URL": ("database_url", Url(("postgresql", "postgres", "postgresql+pool", "postgres+pool"))),
-    "REDIS_URL": ("redis_url", Url(("redis", "rediss", "unix"))),
+    "REDIS_URL": ("redis_url", Url(("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"))),
     "LOGFLOW_LOG_DIR": ("log_dir", str),
     "LOGFLOW_STORAGE": ("storage", parse_storage),
     "LOGFLOW_MAX_BODY_BYTES": ("max_body_bytes", COUNT),
@@ -245,6 +248,8 @@ ENVIRONMENT = {
     # Retry-After 0 would have clients retry at once, all through an outage.
     "LOGFLOW_RETRY_AFTER_SECONDS": ("retry_after_seconds", COUNT),
     "LOGFLOW_MAX_QUEUE": ("max_queue", Number(zero="no bound")),
+    # Every consumer's sweep wakes each shard of each writer once a minute: thousands would be a flood.
+    "LOGFLOW_SPOOL_SHARDS": ("spool_shards", Number(most=256)),
     "LOGFLOW_RATE_LIMIT": ("rate_limit", Number(zero="no limit")),
     "LOGFLOW_RATE_BURST": ("rate_burst", Number(zero="one second's worth")),
     # A negative number would put the cutoff after today, and prune today's logs.

@@ -556,9 +556,9 @@ def accept(settings, identity, raw_records):
         raise APIError(429, "this project sends more than its %d records per second; nothing was"
                        " accepted, retry later" % limited_rate(settings, rate_limit),
                        headers={"Retry-After": str(math.ceil(limited.retry_after))}) from None
-    for writer in woken:
+    for writer, shard in woken:
         try:
-            tasks.drain(writer, woken=True)
+            tasks.drain(writer, woken=True, **tasks.of_shard(shard))
         except Exception:
             # The records are safe in the spool; the consumer's sweep finds them.
             logger.exception("could not wake the %s writer; its sweep will pick the records up", writer)

@@ -81,6 +81,7 @@ def test_values_are_converted():
     ("LOGFLOW_KEY_CACHE_SECONDS", "0", "key_cache_seconds", 0),
     ("LOGFLOW_BATCH_WAIT_SECONDS", "0", "batch_wait_seconds", 0),
     ("LOGFLOW_MAX_QUEUE", "0", "max_queue", 0),
+    ("LOGFLOW_SPOOL_SHARDS", "256", "spool_shards", 256),
     ("LOGFLOW_RATE_LIMIT", "0", "rate_limit", 0),
     ("LOGFLOW_RATE_BURST", "0", "rate_burst", 0),
     ("LOGFLOW_RETENTION_DAYS", "0", "retention_days", 0),
@@ -127,6 +128,7 @@ REFUSALS = [
     ("LOGFLOW_RETRY_AFTER_SECONDS", "0", "must be a whole number of 1 or more, not 0"),
     # Where 0 means something, below it does not.
     ("LOGFLOW_MAX_QUEUE", "-1", "must be a whole number, 0 (no bound) or more, not -1"),
+    ("LOGFLOW_SPOOL_SHARDS", "0", "must be a whole number from 1 to 256, not 0"),
     ("LOGFLOW_RATE_LIMIT", "-100", "must be a whole number, 0 (no limit) or more, not -100"),
     ("LOGFLOW_RATE_BURST", "-1", "must be a whole number, 0 (one second's worth) or more, not -1"),
     ("LOGFLOW_RETENTION_DAYS", "-1", "must be a whole number from 0 (keep forever) to 36500, not -1"),
@@ -164,9 +166,9 @@ REFUSALS = [
     ("DATABASE_URL", "sqlite:///data/logflow.db", "must start with postgresql://, postgres://, postgresql+pool:// or postgres+pool://, not sqlite://"),
     ("DATABASE_URL", "logflow:secret@db:5432/logflow",
      "must start with postgresql://, postgres://, postgresql+pool:// or postgres+pool://; this value has no scheme"),
-    ("REDIS_URL", "http://x", "must start with redis://, rediss:// or unix://, not http://"),
-    ("REDIS_URL", "127.0.0.1:6379", "must start with redis://, rediss:// or unix://; this value has no scheme"),
-    ("REDIS_URL", ":secret@cache://x", "must start with redis://, rediss:// or unix://; this value has no scheme"),
+    ("REDIS_URL", "http://x", "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://, not http://"),
+    ("REDIS_URL", "127.0.0.1:6379", "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://; this value has no scheme"),
+    ("REDIS_URL", ":secret@cache://x", "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://; this value has no scheme"),
     # A secret short enough to guess; its value is never repeated, only its length.
     ("LOGFLOW_SECRET_KEY", "hunter2", "must be at least 32 characters long, not 7 (make one with:"
      " python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"),
