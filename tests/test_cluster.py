@@ -7,18 +7,19 @@ import collections
 import re
 import signal
 import time
-import uuid
 
 import psycopg2
 import pytest
 
 import spool as spools
+import spool_redis
 import tasks
 from conftest import base_settings
 from helpers import drain_all, post_logs, stored_logs, wait_for
 from logflow import create_app
-from processes import (LEASE_SECONDS, Sender, assert_stored_once, make_service, tally,
+from processes import (LEASE_SECONDS, Sender, assert_stored_once, free_port, make_service, tally,
                        unique_database_name)
+from test_metrics import scrape
 
 SHARDS = 4
 
@@ -76,7 +77,7 @@ def test_each_shard_keeps_its_keys_in_one_slot_and_the_shards_spread_over_the_no
     assert spool.counters() == {"records_accepted": 4 * SHARDS}
 
 
-def test_backpressure_answers_as_on_one_redis(key, bound):
+def test_backpressure_answers_as_on_one_redis(key, project, bound):
     """LOGFLOW_MAX_QUEUE splits evenly over the shards: requests dealt in turn fill them all, then 503."""
     client = create_app(bound.replace(max_queue=200)).test_client()
     records = [{"message": "m%d" % number} for number in range(50)]
@@ -86,7 +87,17 @@ def test_backpressure_answers_as_on_one_redis(key, bound):
     assert answers[-1].get_json() == {"error": "the queue is full; nothing was accepted, retry later"}
     # All or nothing: each accepted request is in both writers' queues, the refused one in neither.
     assert tasks.runtime.spool.queued_records("db") == tasks.runtime.spool.queued_records("file") == 200
+    # GET /metrics sums the shards: the pushes' counters, the queues, their oldest request.
+    label = ("project", str(project.id))
+    before = scrape(client)
+    assert before[("logflow_records_accepted_total", (label,))] == 200
+    assert before[("logflow_records_rejected_total", (label, ("reason", "queue_full")))] == 50
+    assert before[("logflow_queue_records", (("writer", "db"),))] == 200
+    assert 0 <= before[("logflow_queue_oldest_seconds", (("writer", "file"),))] < 60
     assert drain_all() == 400 and len(stored_logs()) == 200
+    after = scrape(client)
+    assert after[("logflow_records_written_total", (("writer", "db"),))] == 200
+    assert after[("logflow_queue_records", (("writer", "file"),))] == 0
     assert post_logs(client, key, records).status_code == 202
 
 
@@ -225,3 +236,24 @@ def test_a_consumer_killed_holding_a_lease_has_its_batch_redelivered_to_another(
     assert_stored_once(service, accepted)
     assert spool.depth("db") == spool.depth("file") == 0 and batches
     print("redelivered and stored %.1f s after the SIGKILL (lease %d s)" % (waited, LEASE_SECONDS))
+
+
+def test_the_cluster_url_names_the_nodes_and_keeps_redis_py_options():
+    client = spool_redis.connect("rediss+cluster://ada:s%40cret@10.0.0.1:7000,[::1]:7001,node3:7002/?ssl_ca_certs=/ca.pem")
+    # The first node in redis-py's own URL, with the credentials and options; the others as more ways in.
+    assert client.url == "rediss://ada:s%40cret@10.0.0.1:7000/?ssl_ca_certs=/ca.pem"
+    assert client.more_nodes == [("::1", 7001), ("node3", 7002)]
+    for url, reason in (("redis+cluster://10.0.0.1/", "must each be host:port, not '10.0.0.1'"),
+                        ("redis+cluster://10.0.0.1:7000/2", "database 0 only")):
+        with pytest.raises(ValueError, match=re.escape(reason)):
+            spool_redis.connect(url)
+
+
+def test_a_process_starts_while_the_cluster_is_down_and_refuses_pushes_as_unavailable(tmp_path):
+    """The cluster client is made on first use: a web process starts, and its pushes are 503s, not 500s."""
+    dead = "redis+cluster://127.0.0.1:%d,127.0.0.1:%d/" % (free_port(), free_port())
+    spool = spools.open_spool(base_settings(tmp_path).replace(redis_url=dead, spool_shards=SHARDS))
+    with pytest.raises(spools.SpoolUnavailable, match="Redis Cluster cannot be connected"):
+        spool.push(b'{"count":1}', ["db"], 1)
+    with pytest.raises(spools.SpoolUnavailable):
+        spool.ping()
