@@ -100,7 +100,7 @@ def main():
 
 
 def report(info, results, plan):
-    """One table: records/s end to end per configuration, and the CPU Redis and the consumers took per 1,000 batched records."""
+    """One table: records/s end to end per configuration, and the CPU each part took per 1,000 batched records."""
     print("LogFlow spool shards — %s" % info["date"])
     print("command:   %s" % info["command"])
     print("machine:   %d cores, %s; commit %s" % (info["nproc"], info["memory"], info["commit"]))
@@ -111,23 +111,22 @@ def report(info, results, plan):
     print("load:      1-min load average %.2f at start, %.2f at end (other helpers' tests share the machine)"
           % (info["load_start"], info["load_end"]))
     print()
-    header = ("%-14s %6s  %-28s %-24s %-26s %s" % (
+    print("%-14s %6s  %-30s %-26s %s" % (
         "Redis", "shards", "%dk in 100-record requests" % (plan["batch"] // 1000),
-        "%dk single records" % (plan["single"] // 1000), "Redis CPU s / 1k records", "consumer CPU s / 1k records"))
-    print(header)
+        "%dk single records" % (plan["single"] // 1000), "CPU ms per 1,000 batched records: web, consumers, Redis"))
     for (kind, shards), runs in results.items():
         batch = runs["batch"]
-        print("%-14s %6d  %-28s %-24s %-26.4f %.4f" % (
+        print("%-14s %6d  %-30s %-26s %s" % (
             kind, shards, spread(batch, "records_s", "%.0f") + " records/s",
-            spread(runs["single"], "records_s", "%.0f") + " records/s", per_thousand(batch, "redis"),
-            per_thousand(batch, "consumers")))
+            spread(runs["single"], "records_s", "%.0f") + " records/s",
+            ", ".join("%.1f" % per_thousand(batch, group) for group in ("logflow web", "consumers", "redis"))))
     lost = sum(run["lost_db"] + run["lost_files"] for runs in results.values() for key in runs for run in runs[key])
     print("records answered 202 but not stored, over every run: %d" % lost)
 
 
 def per_thousand(runs, group):
-    """The median CPU seconds a group of processes took per 1,000 records over these runs."""
-    return statistics.median(run["cpu"]["groups"][group] * 1000 / run["records"] for run in runs)
+    """The median CPU milliseconds a group of processes took per 1,000 records over these runs."""
+    return statistics.median(run["cpu"]["groups"][group] * 1e6 / run["records"] for run in runs)
 
 
 if __name__ == "__main__":
