@@ -1,9 +1,9 @@
 """The one Huey instance and its tasks: drain the spool into the writers.
 
 Run the consumer with `huey_consumer tasks.huey -k thread -w 4 -g TERM`.
-Huey messages only say "drain writer X" (shard N of its queue); the records themselves wait in the
-spool (spool.py), which hands them out with leases so that a consumer killed
-mid-write loses nothing.
+Huey messages only say "drain writer X" (shard N of its queue); the records
+themselves wait in the spool (spool.py), which hands them out with leases so
+that a consumer killed mid-write loses nothing.
 """
 import collections
 import datetime
