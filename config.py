@@ -188,6 +188,9 @@ class Settings:
     retry_after_seconds: int = 5
     # Records waiting in one writer's queue before POST /logs answers 503; 0: no bound.
     max_queue: int = 1_000_000
+    # Shards of each writer's queue in Redis (spool_redis.py), spread over a Redis Cluster's
+    # nodes and drained in parallel; dev mode's SQLite spool has one whatever this says.
+    spool_shards: int = 1
     # Records per second per project (0: no limit), and the burst above it.
     rate_limit: int = 0
     rate_burst: int = 0
@@ -265,6 +268,8 @@ ENVIRONMENT = {
     # Retry-After 0 would have clients retry at once, all through an outage.
     "LOGFLOW_RETRY_AFTER_SECONDS": ("retry_after_seconds", COUNT),
     "LOGFLOW_MAX_QUEUE": ("max_queue", Number(zero="no bound")),
+    # Every consumer's sweep wakes each shard of each writer once a minute: thousands would be a flood.
+    "LOGFLOW_SPOOL_SHARDS": ("spool_shards", Number(most=256)),
     "LOGFLOW_RATE_LIMIT": ("rate_limit", Number(zero="no limit")),
     "LOGFLOW_RATE_BURST": ("rate_burst", Number(zero="one second's worth")),
     # A negative number would put the cutoff after today, and prune today's logs.
@@ -294,6 +299,10 @@ def load(environ=None):
                 values[field] = convert(raw)
             except ValueError as error:
                 raise InvalidSetting("%s: %s" % (variable, error)) from None
+    if values.get("redis_replicas") and values.get("redis_url", "").partition("://")[0] in redis_url.CLUSTER_SCHEMES:
+        # WAIT counts the replicas of the node a connection is on; a push's pipeline to the cluster has no such node.
+        raise InvalidSetting("LOGFLOW_REDIS_REPLICAS: not supported with a Redis Cluster in REDIS_URL (use Redis"
+                             " Sentinel for acknowledged replication, or set it to 0)")
     if values.get("database_read_url") and not values.get("database_url"):
         # A replica of SQLite does not exist; reads would go where no writer writes.
         raise InvalidSetting("DATABASE_READ_URL: needs DATABASE_URL, the PostgreSQL primary it is a replica of;"

@@ -571,11 +571,11 @@ def accept(settings, identity, raw_records):
     return summary
 
 
-def wake(writers):
-    """Have a consumer drain each of these writers, whose queues were idle."""
-    for writer in writers:
+def wake(woken):
+    """Have a consumer drain each of these (writer, shard) queues, which were idle."""
+    for writer, shard in woken:
         try:
-            tasks.drain(writer, woken=True)
+            tasks.drain(writer, woken=True, **tasks.of_shard(shard))
         except Exception:
             # The records are safe in the spool; the consumer's sweep finds them.
             logger.exception("could not wake the %s writer; its sweep will pick the records up", writer)

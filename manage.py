@@ -404,8 +404,8 @@ def quarantine_replay(entry_id, everything):
     for entry in entries:
         # Queued first, removed second: a crash in between repeats, never loses.
         payload = spool.encode(entry.project, entry.received_at, [orjson.loads(entry.record)])
-        for writer in tasks.runtime.spool.push(payload, [entry.writer], 1):
-            tasks.drain(writer)
+        for writer, shard in tasks.runtime.spool.push(payload, [entry.writer], 1):
+            tasks.drain(writer, **tasks.of_shard(shard))
         entry.delete_instance()
     click.echo("replayed %d record%s" % (len(entries), "" if len(entries) == 1 else "s"))
 

@@ -21,8 +21,17 @@ follows the primary through a failover without a restart: connections to a
 dead primary fail and are opened again, and one still open to a demoted
 primary is closed on its first READONLY answer, which redis-py turns into a
 ConnectionError.
+
+The Cluster form lists nodes to ask for the cluster's map first:
+
+    redis+cluster://[user:password@]host1:port1[,host2:port2...][/][?options]
+    rediss+cluster://...  (TLS)
+
+Any reachable node tells the client about the others; the options are
+redis-py's URL options, as for one Redis. A cluster has database 0 only.
 """
 import collections
+import threading
 import urllib.parse
 
 import redis
@@ -30,9 +39,13 @@ import redis.backoff
 import redis.connection
 import redis.retry
 import redis.sentinel
+from redis.cluster import ClusterNode, RedisCluster
+from redis.commands.core import Script
 
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+# REDIS_URL's schemes for a Redis Cluster, and the scheme of the same URL for one of its nodes.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 SENTINEL_PORT = 26379
 FORM = "redis+sentinel://[:password@]host:26379[,host:26379...]/service[/db]"
 
@@ -40,11 +53,18 @@ SentinelForm = collections.namedtuple("SentinelForm", "sentinels service options
 
 
 def connect(url, **options):
-    """A redis-py client of the Redis the URL names (for Sentinel: of its current primary); connects lazily.
+    """A redis-py client of the Redis the URL names (for Sentinel: of its current primary; a ClusterClient
+    for a cluster); connects lazily.
 
     `options` are redis-py connection arguments (socket_timeout...); the URL's query wins over them.
     """
-    if url.partition("://")[0] not in SENTINEL_SCHEMES:
+    scheme = url.partition("://")[0]
+    if scheme in CLUSTER_SCHEMES:
+        first, more_nodes = parse_cluster(url)
+        # RedisCluster's nodes check their connections themselves: no health_check_interval.
+        return ClusterClient(first, more_nodes, {name: value for name, value in options.items()
+                                                 if name != "health_check_interval"})
+    if scheme not in SENTINEL_SCHEMES:
         return redis.Redis.from_url(url, **options)
     form = parse_sentinel(url)
     sentinel_options = {name: value for name, value in options.items() if name.startswith("socket_")}
@@ -58,9 +78,62 @@ def connect(url, **options):
 
 def check(url):
     """The URL if connect() can read it; else ValueError in one line, without the URL's password."""
-    if url.partition("://")[0] in SENTINEL_SCHEMES:
+    scheme = url.partition("://")[0]
+    if scheme in SENTINEL_SCHEMES:
         parse_sentinel(url)
+    elif scheme in CLUSTER_SCHEMES:
+        parse_cluster(url)
     return url
+
+
+def parse_cluster(url):
+    """A Cluster URL as (the first node's own redis:// URL with the credentials and options, [(host, port)] of the others)."""
+    scheme, _, rest = url.partition("://")
+    parts = urllib.parse.urlsplit("//" + rest)
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has database 0 only: end REDIS_URL with / or nothing")
+    credentials, at, hosts = parts.netloc.rpartition("@")
+    nodes = []
+    for address in hosts.split(","):
+        host, colon, port = address.rpartition(":")
+        if not (colon and host and port.isdigit()):
+            raise ValueError("REDIS_URL's cluster nodes must each be host:port, not %r" % address[:100])
+        nodes.append((host.strip("[]"), int(port)))
+    # The first node in a URL of its own carries the credentials and options; the others are more ways in.
+    first = "%s://%s%s%s/%s" % (CLUSTER_SCHEMES[scheme], credentials, at, hosts.split(",")[0],
+                                "?" + parts.query if parts.query else "")
+    return first, nodes[1:]
+
+
+class ClusterClient:
+    """A redis.cluster.RedisCluster made on first use, and made again until one first contact succeeds.
+
+    RedisCluster asks a node for the slot map as it is made: made in
+    configure(), a web process could not start while the cluster is down,
+    where one Redis's client connects on first use (the web then answers 503).
+    Every other attribute is the RedisCluster's.
+    """
+
+    def __init__(self, url, more_nodes, options):
+        self.url, self.more_nodes, self.options = url, more_nodes, options
+        self._client = None
+        self._lock = threading.Lock()
+
+    def register_script(self, script):
+        """A script object that connects on its first call (RedisCluster's would now)."""
+        return Script(self, script)
+
+    def get_encoder(self):
+        """RedisCluster's encoder for its default options, to hash scripts before any connection."""
+        return redis.connection.Encoder("utf-8", "strict", False)
+
+    def __getattr__(self, name):
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = RedisCluster(url=self.url, **self.options, startup_nodes=[
+                        ClusterNode(host, port) for host, port in self.more_nodes])
+        return getattr(self._client, name)
 
 
 def parse_sentinel(url):

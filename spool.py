@@ -7,6 +7,11 @@ whose consumer died, or whose write failed, comes back once its lease (or its
 retry delay) runs out: delivery is at least once, and the writers make
 redelivery harmless.
 
+A writer's queue may be split into shards (LOGFLOW_SPOOL_SHARDS, Redis only):
+each request goes to one shard, and each shard is claimed, leased, paused and
+woken on its own, so consumers drain the shards in parallel. Without shards
+(the SQLite spool, and Redis's default) a writer has one queue, shard 0.
+
 Each queue also carries a "scheduled" flag so that a burst of requests wakes
 the consumer with one Huey task instead of one per request, and a "wakeup"
 flag so that at most one Huey task waits for the next lease to run out.
@@ -138,11 +143,15 @@ class Spool(abc.ABC):
     (the backends are decorated with reports_unavailable).
     """
 
+    # Shards of each writer's queue: the methods taking a `shard` work on one of them.
+    shards = 1
+
     # The queues: requests in, leased batches out.
 
     @abc.abstractmethod
     def push(self, payload, writers, records, limit=None, counters=()):
-        """Queue one payload of `records` records for each writer, all or none; returns the writers to wake.
+        """Queue one payload of `records` records for each writer, all or none, in one shard; returns the
+        (writer, shard) queues to wake.
 
         Adds the (name, amount) `counters` with it. Raises QueueFull, RateLimited
         (when `limit`, a Limit, is spent), NotReplicated (Redis with replicas
@@ -150,40 +159,40 @@ class Spool(abc.ABC):
         """
 
     @abc.abstractmethod
-    def claim(self, writer, max_bytes):
-        """Lease the next batch for a writer; None when there is nothing to do."""
+    def claim(self, writer, max_bytes, shard=0):
+        """Lease the next batch of a writer's shard; None when there is nothing to do."""
 
     @abc.abstractmethod
-    def ack(self, writer, batch_id):
-        """Forget a batch every record of which has been written; the writer's failure streak ends."""
+    def ack(self, writer, batch_id, shard=0):
+        """Forget a batch every record of which has been written; the shard's failure streak ends."""
 
     @abc.abstractmethod
-    def count_failure(self, writer):
-        """Count one more failed write in a row for the writer; returns the streak."""
+    def count_failure(self, writer, shard=0):
+        """Count one more failed write in a row for the writer's shard; returns the streak."""
 
     @abc.abstractmethod
-    def fail(self, writer, batch_id, retry_in):
-        """Give a batch back for a retry in retry_in seconds, pausing its writer as long; returns its attempts."""
+    def fail(self, writer, batch_id, retry_in, shard=0):
+        """Give a batch back for a retry in retry_in seconds, pausing its shard as long; returns its attempts."""
 
     @abc.abstractmethod
-    def paused(self, writer):
-        """Seconds the writer stays paused after a failure; 0 when it may write."""
+    def paused(self, writer, shard=None):
+        """Seconds the writer's shard stays paused after a failure; 0 when it may write. No shard: the longest pause."""
 
     @abc.abstractmethod
-    def reserve_wakeup(self, writer):
-        """Seconds until the earliest leased batch comes back, if no wake-up for it is reserved yet."""
+    def reserve_wakeup(self, writer, shard=0):
+        """Seconds until the shard's earliest leased batch comes back, if no wake-up for it is reserved yet."""
 
     @abc.abstractmethod
     def queued_records(self, writer):
-        """Records waiting for a writer: queued, or in batches not yet acknowledged."""
+        """Records waiting for a writer (in all shards): queued, or in batches not yet acknowledged."""
 
     @abc.abstractmethod
     def depth(self, writer):
-        """Requests waiting for a writer, queued or in leased batches."""
+        """Requests waiting for a writer (in all shards), queued or in leased batches."""
 
     @abc.abstractmethod
     def oldest_received_at(self, writer):
-        """received_at of the request that has waited longest in a writer's queue, or None."""
+        """received_at of the request that has waited longest in a writer's queue (any shard), or None."""
 
     @abc.abstractmethod
     def forget_empty_claims(self, writer):
@@ -265,11 +274,11 @@ class Spool(abc.ABC):
 
 
 def open_spool(settings):
-    """The spool the settings name: Redis if REDIS_URL is set, else SQLite in the data folder."""
+    """The spool the settings name: Redis if REDIS_URL is set, else SQLite in the data folder (one shard)."""
     # Imported here, not at the top: each backend imports this module for the contract.
     if settings.redis_url:
         from spool_redis import RedisSpool
-        return RedisSpool(settings.redis_url, settings.lease_seconds, settings.max_queue,
+        return RedisSpool(settings.redis_url, settings.lease_seconds, settings.max_queue, settings.spool_shards,
                           replicas=settings.redis_replicas, replicas_timeout=settings.redis_replicas_timeout_seconds)
     from spool_sqlite import SqliteSpool
     return SqliteSpool(os.path.join(settings.data_dir, "spool.db"), settings.lease_seconds,

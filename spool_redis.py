@@ -2,12 +2,23 @@
 
 What the methods promise is spool.Spool's; the limits (FEED_MAX_IDS and the
 others) are read from spool when used, so that they are set in one place.
+
+On one Redis or a Redis Cluster alike, every script and MULTI touches keys of
+one hash slot: each shard of the writers' queues keeps all its keys (queues,
+leases, batches, counts, flags, the projects' rate buckets and the counters
+its pushes add) under one hash tag, {logflow:N}, and each project's live feed
+under {project id}. The rest is one key per command. On one Redis, shard 0
+keeps the names of versions before shards (logflow:db:queue...).
 """
+import collections
+import itertools
 import math
+import random
 import time
 import uuid
 
 import redis
+from redis.exceptions import RedisClusterException
 
 import redis_url
 import spool
@@ -55,12 +66,16 @@ return {id, tonumber(redis.call('HGET', attempts, id) or '0'),
 
 # Queue ARGV[1] (holding ARGV[2] records) on each writer's queue: KEYS come in
 # threes (queue, scheduled flag, queued-records counter), then the project's
-# token bucket, then the metrics hash, to which ARGV[7..] adds (field, amount) pairs. Refuses when a queue holds ARGV[3] records already (returns
+# token bucket, then the metrics hash, to which ARGV[8..] adds (field, amount) pairs. Refuses when a queue holds ARGV[3] records already (returns
 # {1}) or the bucket lacks the tokens (returns {2, seconds to wait}); else
-# returns {0, indexes of the writers whose flag it set}.
+# returns {0, indexes of the writers whose flag it set}. The bucket admits a
+# request once it holds min(records, burst) tokens and takes ARGV[7] of them,
+# going into debt if it must: with shards, a shard's bucket holds its share
+# of the project's burst, and a request larger than that share is charged in
+# full, up to the whole burst, so that the shards together keep the rate.
 PUSH_SCRIPT = """
 local payload, records, max_queue = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local flag_ttl, rate, burst = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local flag_ttl, rate, burst, charge = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local writers = (#KEYS - 2) / 3
 if max_queue > 0 then
   for i = 1, writers do
@@ -80,10 +95,12 @@ if rate > 0 then
   if tokens < cost then
     return {2, tostring((cost - tokens) / rate)}
   end
-  redis.call('HSET', bucket, 'tokens', tostring(tokens - cost), 'at', tostring(now))
-  redis.call('EXPIRE', bucket, math.ceil(burst / rate) + 1)
+  local left = tokens - charge
+  redis.call('HSET', bucket, 'tokens', tostring(left), 'at', tostring(now))
+  -- Gone once full again: a missing bucket is a full one.
+  redis.call('EXPIRE', bucket, math.ceil((burst - left) / rate) + 1)
 end
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[#KEYS], ARGV[i], ARGV[i + 1])
 end
 local woken = {}
@@ -184,19 +201,23 @@ end
 """
 
 
-@spool.reports_unavailable(redis.RedisError, "Redis")
+@spool.reports_unavailable((redis.RedisError, RedisClusterException), "Redis")
 class RedisSpool(spool.Spool):
-    """The spool on Redis lists: a queue, leased batch lists and a lease sorted set per writer."""
+    """The spool on Redis lists: per writer and shard, a queue, leased batch lists and a lease sorted set."""
 
-    def __init__(self, url, lease_seconds, max_queue=0, prefix="logflow", replicas=0, replicas_timeout=0.5):
-        # redis_url.connect reads every form of REDIS_URL; with Sentinel the client follows the primary.
-        self.client = redis_url.connect(
-            url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+    def __init__(self, url, lease_seconds, max_queue=0, shards=1, prefix="logflow", replicas=0, replicas_timeout=0.5):
+        # redis_url.connect reads every form of REDIS_URL: with Sentinel the client follows the primary,
+        # on a cluster each command goes to its slot's node. A hung Redis fails a request, never blocks it.
+        self.client = redis_url.connect(url, socket_timeout=5, socket_connect_timeout=2, health_check_interval=30)
+        self.cluster = isinstance(self.client, redis_url.ClusterClient)
         self.lease_seconds = lease_seconds
         self.max_queue = max_queue
+        self.shards = shards
         self.prefix = prefix
         # push() returns only once this many replicas have its records (Redis WAIT), within replicas_timeout s.
         self.replicas, self.replicas_timeout = replicas, replicas_timeout
+        # Per rate-limited project (None for the others), this process's turn through the shards.
+        self._turns = {}
         self._push = self.client.register_script(PUSH_SCRIPT)
         self._claim = self.client.register_script(CLAIM_SCRIPT)
         self._fail = self.client.register_script(FAIL_SCRIPT)
@@ -205,23 +226,53 @@ class RedisSpool(spool.Spool):
         self._forget = self.client.register_script(FORGET_SCRIPT)
         self._publish = self.client.register_script(PUBLISH_SCRIPT)
 
-    def _key(self, writer, part):
-        return "%s:%s:%s" % (self.prefix, writer, part)
+    def _shard_prefix(self, shard):
+        """The start of every key of one shard: its hash tag; on one Redis, shard 0 keeps the names before shards.
+
+        So a queue written by an older version is shard 0's and is drained,
+        with any number of shards; on a cluster, where no older version ran,
+        every shard has its tag.
+        """
+        return self.prefix if shard == 0 and not self.cluster else "{%s:%d}" % (self.prefix, shard)
+
+    def _key(self, writer, part, shard=0):
+        return "%s:%s:%s" % (self._shard_prefix(shard), writer, part)
+
+    def _shared(self, name):
+        """A key of no shard (memos, epochs, counters added outside pushes...): each command touches one."""
+        return "%s:%s" % (self.prefix, name)
+
+    def _next_shard(self, project):
+        """The shard of a push: a round robin per project in each process, from a random start.
+
+        A project's requests then spread evenly, so each shard's share of its
+        rate limit lasts as long as the others'; a client on one keep-alive
+        connection (one web process) visits the shards in turn.
+        """
+        if self.shards == 1:
+            return 0
+        turns = self._turns.get(project)
+        if turns is None:
+            turns = self._turns.setdefault(project, itertools.count(random.randrange(self.shards)))
+        return next(turns) % self.shards
 
     def push(self, payload, writers, records, limit=None, counters=()):
-        keys = [self._key(writer, part) for writer in writers
+        shard = self._next_shard(limit.key if limit else None)
+        keys = [self._key(writer, part, shard) for writer in writers
                 for part in ("queue", "scheduled", "queued")]
-        keys.append("%s:bucket:%s" % (self.prefix, limit.key if limit else "-"))
-        keys.append(self._key("metrics", "counters"))
-        args = [payload, records, self.max_queue, max(1, int(self.lease_seconds)),
-                limit.rate if limit else 0, limit.burst if limit else 0]
+        keys.append("%s:bucket:%s" % (self._shard_prefix(shard), limit.key if limit else "-"))
+        keys.append(self._key("metrics", "counters", shard))
+        # Each shard holds its share of the queue bound, and of the project's rate and burst.
+        args = [payload, records, math.ceil(self.max_queue / self.shards), max(1, int(self.lease_seconds)),
+                limit.rate / self.shards if limit else 0, limit.burst / self.shards if limit else 0,
+                min(records, limit.burst) if limit else 0]
         args.extend(item for pair in counters for item in pair)
         result, confirmed = self._push_and_wait(keys, args)
         if result[0] == 1:
             raise spool.QueueFull()
         if result[0] == 2:
             raise spool.RateLimited(float(result[1]))
-        woken = [writers[index - 1] for index in result[1]]
+        woken = [(writers[index - 1], shard) for index in result[1]]
         if confirmed < self.replicas:
             raise spool.NotReplicated(woken, confirmed, self.replicas)
         return woken
@@ -247,9 +298,9 @@ class RedisSpool(spool.Spool):
                         raise
                     self.client.script_load(PUSH_SCRIPT)
 
-    def claim(self, writer, max_bytes):
-        keys = [self._key(writer, part) for part in ("queue", "leases", "attempts", "scheduled", "queued")]
-        args = [self._key(writer, "batch:"), spool.MAX_BATCH_ITEMS, max_bytes,
+    def claim(self, writer, max_bytes, shard=0):
+        keys = [self._key(writer, part, shard) for part in ("queue", "leases", "attempts", "scheduled", "queued")]
+        args = [self._key(writer, "batch:", shard), spool.MAX_BATCH_ITEMS, max_bytes,
                 self.lease_seconds, uuid.uuid4().hex]
         result = self._claim(keys=keys, args=args)
         if not result:
@@ -257,50 +308,61 @@ class RedisSpool(spool.Spool):
         batch_id, attempts, payloads, more = result
         return spool.Batch(batch_id.decode(), attempts, payloads, bool(more))
 
-    def ack(self, writer, batch_id):
-        keys = [self._key(writer, part) for part in
+    def ack(self, writer, batch_id, shard=0):
+        keys = [self._key(writer, part, shard) for part in
                 ("batch:" + batch_id, "failures", "leases", "attempts", "queued")]
         self._ack(keys=keys, args=[batch_id])
 
-    def count_failure(self, writer):
-        return self.client.incr(self._key(writer, "failures"))
+    def count_failure(self, writer, shard=0):
+        return self.client.incr(self._key(writer, "failures", shard))
 
-    def fail(self, writer, batch_id, retry_in):
-        keys = [self._key(writer, "leases"), self._key(writer, "attempts"), self._key(writer, "paused")]
+    def fail(self, writer, batch_id, retry_in, shard=0):
+        keys = [self._key(writer, part, shard) for part in ("leases", "attempts", "paused")]
         return int(self._fail(keys=keys, args=[batch_id, retry_in]))
 
-    def paused(self, writer):
-        return max(0, self.client.pttl(self._key(writer, "paused"))) / 1000
+    def _each_shard(self, command, shards=None):
+        """command(pipeline, shard) for every shard (or those given), in one pipeline; their answers."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for shard in range(self.shards) if shards is None else shards:
+                command(pipe, shard)
+            return pipe.execute()
 
-    def reserve_wakeup(self, writer):
-        keys = [self._key(writer, "leases"), self._key(writer, "wakeup")]
+    def paused(self, writer, shard=None):
+        left = self._each_shard(lambda pipe, shard: pipe.pttl(self._key(writer, "paused", shard)),
+                                None if shard is None else [shard])
+        return max(0, *left) / 1000
+
+    def reserve_wakeup(self, writer, shard=0):
+        keys = [self._key(writer, "leases", shard), self._key(writer, "wakeup", shard)]
         delay = self._wakeup(keys=keys)
         return None if delay is None else float(delay)
 
     def queued_records(self, writer):
-        return int(self.client.get(self._key(writer, "queued")) or 0)
+        return sum(int(count or 0) for count in self._each_shard(
+            lambda pipe, shard: pipe.get(self._key(writer, "queued", shard))))
 
     def remember(self, name, value, seconds):
-        self.client.set("%s:memo:%s" % (self.prefix, name), value, ex=max(1, int(seconds)))
+        self.client.set(self._shared("memo:" + name), value, ex=max(1, int(seconds)))
 
     def recall(self, name):
-        return self.client.get("%s:memo:%s" % (self.prefix, name))
+        return self.client.get(self._shared("memo:" + name))
 
     def epoch(self, name):
-        return int(self.client.get("%s:epoch:%s" % (self.prefix, name)) or 0)
+        return int(self.client.get(self._shared("epoch:" + name)) or 0)
 
     def advance(self, name):
-        return self.client.incr("%s:epoch:%s" % (self.prefix, name))
+        return self.client.incr(self._shared("epoch:" + name))
 
     def strike(self, name, seconds):
-        key = "%s:strikes:%s" % (self.prefix, name)
-        with self.client.pipeline() as pipe:  # MULTI: the expiry and the count go together
+        key = self._shared("strikes:" + name)
+        # MULTI on one key: the expiry and the count go together (a cluster pipeline is not one by default).
+        with self.client.pipeline(transaction=True) as pipe:
             pipe.set(key, 0, ex=max(1, math.ceil(seconds)), nx=True)
             pipe.incr(key)
             return pipe.execute()[1]
 
     def strikes(self, name):
-        key = "%s:strikes:%s" % (self.prefix, name)
+        key = self._shared("strikes:" + name)
         with self.client.pipeline() as pipe:
             pipe.get(key)
             pipe.pttl(key)
@@ -308,26 +370,37 @@ class RedisSpool(spool.Spool):
         return (int(count), max(0, left) / 1000) if count else (0, 0)
 
     def clear_strikes(self, name):
-        self.client.delete("%s:strikes:%s" % (self.prefix, name))
+        self.client.delete(self._shared("strikes:" + name))
 
     def add_counters(self, counters):
         with self.client.pipeline(transaction=False) as pipe:
             for name, amount in counters:
-                pipe.hincrby(self._key("metrics", "counters"), name, amount)
+                pipe.hincrby(self._shared("metrics:counters"), name, amount)
             pipe.execute()
 
     def counters(self):
-        return {name.decode(): int(value) for name, value in
-                self.client.hgetall(self._key("metrics", "counters")).items()}
+        # Pushes count in their shard's hash (one slot per script), the rest in the shared one.
+        hashes = dict.fromkeys([self._shared("metrics:counters")] +
+                               [self._key("metrics", "counters", shard) for shard in range(self.shards)])
+        totals = collections.Counter()
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in hashes:
+                pipe.hgetall(key)
+            for counts in pipe.execute():
+                totals.update({name.decode(): int(value) for name, value in counts.items()})
+        return dict(totals)
 
     def oldest_received_at(self, writer):
-        oldest = self.client.lindex(self._key(writer, "queue"), -1)
-        return spool.received_at_of(oldest) if oldest else None
+        times = [spool.received_at_of(oldest) for oldest in self._each_shard(
+            lambda pipe, shard: pipe.lindex(self._key(writer, "queue", shard), -1)) if oldest]
+        # RFC 3339 times of one format: the earliest sorts first.
+        return min((at for at in times if at), default=None)
 
     def depth(self, writer):
-        return self.client.llen(self._key(writer, "queue")) + sum(
-            self.client.llen(self._key(writer, "batch:" + batch_id.decode()))
-            for batch_id in self.client.zrange(self._key(writer, "leases"), 0, -1))
+        return sum(self.client.llen(self._key(writer, "queue", shard)) + sum(
+            self.client.llen(self._key(writer, "batch:" + batch_id.decode(), shard))
+            for batch_id in self.client.zrange(self._key(writer, "leases", shard), 0, -1))
+            for shard in range(self.shards))
 
     def ping(self):
         """Raise SpoolUnavailable unless Redis answers."""
@@ -335,26 +408,30 @@ class RedisSpool(spool.Spool):
 
     def forget_empty_claims(self, writer):
         """Clear the record counts that empty claims left in Redis before 6420e63; returns how many went."""
-        counts, leases = self._key(writer, "queued") + ":batches", self._key(writer, "leases")
-        removed, cursor = 0, 0
-        while True:
-            cursor, fields = self.client.hscan(counts, cursor, count=1000)
-            empty = [batch for batch, records in fields.items() if records == b"0"]
-            if empty:
-                removed += self._forget(keys=[counts, leases], args=empty)
-            if not cursor:
-                return removed
+        removed = 0
+        for shard in range(self.shards):
+            counts, leases = self._key(writer, "queued", shard) + ":batches", self._key(writer, "leases", shard)
+            cursor = None
+            while cursor != 0:
+                cursor, fields = self.client.hscan(counts, cursor or 0, count=1000)
+                empty = [batch for batch, records in fields.items() if records == b"0"]
+                if empty:
+                    removed += self._forget(keys=[counts, leases], args=empty)
+        return removed
 
     def _feed_key(self, project_id):
-        return "%s:feed:%d" % (self.prefix, project_id)
+        # On a cluster, the feed's three keys share the project's hash tag.
+        return ("%s:feed:{%d}" if self.cluster else "%s:feed:%d") % (self.prefix, project_id)
 
     def publish(self, written):
-        # One stream entry per project and batch; PUBLISH_SCRIPT drops the oldest.
+        # One stream entry per project and batch; PUBLISH_SCRIPT drops the oldest. A cluster's
+        # pipeline runs no scripts: there, a call per project (a batch holds few projects).
         with self.client.pipeline(transaction=False) as pipe:
             for project_id, ids in written.items():
                 key = self._feed_key(project_id)
                 self._publish(keys=[key, key + ":trimmed", key + ":ids"],
-                              args=[",".join(ids), len(ids), spool.FEED_SECONDS, spool.FEED_MAX_IDS], client=pipe)
+                              args=[",".join(ids), len(ids), spool.FEED_SECONDS, spool.FEED_MAX_IDS],
+                              client=None if self.cluster else pipe)
             pipe.execute()
 
     def feed_end(self, project_id):
@@ -377,7 +454,7 @@ class RedisSpool(spool.Spool):
         return [(position.decode(), fields[b"ids"].decode().split(",")) for position, fields in entries], gap
 
     def beat(self, name, at):
-        key = self._key("consumers", "heartbeats")
+        key = self._shared("consumers:heartbeats")
         with self.client.pipeline(transaction=False) as pipe:
             pipe.zadd(key, {name: at})
             pipe.zremrangebyscore(key, "-inf", at - spool.HEARTBEATS_KEPT_SECONDS)
@@ -386,6 +463,6 @@ class RedisSpool(spool.Spool):
     def heartbeats(self):
         # beat() forgets old beats only while some consumer still beats.
         return {name.decode(): at for name, at in
-                self.client.zrangebyscore(self._key("consumers", "heartbeats"),
+                self.client.zrangebyscore(self._shared("consumers:heartbeats"),
                                           time.time() - spool.HEARTBEATS_KEPT_SECONDS, "+inf", withscores=True)}
 

@@ -15,7 +15,11 @@ import spool
 
 @spool.reports_unavailable((sqlite3.Error, OSError), "SQLite spool")
 class SqliteSpool(spool.Spool):
-    """The spool in one SQLite table; rows with a batch id are leased until their deadline."""
+    """The spool in one SQLite table; rows with a batch id are leased until their deadline.
+
+    One machine has no use for shards: each writer has one queue, shard 0, and
+    the methods' `shard` is always that (LOGFLOW_SPOOL_SHARDS is ignored).
+    """
 
     schema = (
         "CREATE TABLE IF NOT EXISTS spool (id INTEGER PRIMARY KEY AUTOINCREMENT,"
@@ -88,7 +92,7 @@ class SqliteSpool(spool.Spool):
                     "INSERT INTO queued VALUES (?, ?) ON CONFLICT (writer)"
                     " DO UPDATE SET records = records + excluded.records", (writer, records))
                 if self._set_flag(connection, writer + ":scheduled", now, now + self.lease_seconds):
-                    woken.append(writer)
+                    woken.append((writer, 0))
             self._add(connection, counters)
             return woken
         return self._transaction(work)
@@ -165,7 +169,7 @@ class SqliteSpool(spool.Spool):
     def queued_records(self, writer):
         return self._queued(self._connection(), writer)
 
-    def claim(self, writer, max_bytes):
+    def claim(self, writer, max_bytes, shard=0):
         def work(connection, now):
             due = connection.execute(
                 "SELECT DISTINCT batch FROM spool WHERE writer = ? AND batch IS NOT NULL"
@@ -203,7 +207,7 @@ class SqliteSpool(spool.Spool):
             return spool.Batch(batch_id, rows[0][1], [row[0] for row in rows], more)
         return self._transaction(work)
 
-    def ack(self, writer, batch_id):
+    def ack(self, writer, batch_id, shard=0):
         def work(connection, now):
             connection.execute(
                 "UPDATE queued SET records = records - (SELECT total(records) FROM spool"
@@ -212,17 +216,17 @@ class SqliteSpool(spool.Spool):
             connection.execute("DELETE FROM streaks WHERE writer = ?", (writer,))
         self._transaction(work)
 
-    def count_failure(self, writer):
+    def count_failure(self, writer, shard=0):
         return self._transaction(lambda connection, now: connection.execute(
             "INSERT INTO streaks VALUES (?, 1) ON CONFLICT (writer) DO UPDATE"
             " SET failures = failures + 1 RETURNING failures", (writer,)).fetchone()[0])
 
-    def paused(self, writer):
+    def paused(self, writer, shard=None):
         row = self._connection().execute("SELECT expires FROM flags WHERE name = ?",
                                          (writer + ":paused",)).fetchone()
         return max(0.0, row[0] - time.time()) if row else 0.0
 
-    def fail(self, writer, batch_id, retry_in):
+    def fail(self, writer, batch_id, retry_in, shard=0):
         def work(connection, now):
             connection.execute("INSERT OR REPLACE INTO flags VALUES (?, ?)",
                                (writer + ":paused", now + retry_in))
@@ -234,7 +238,7 @@ class SqliteSpool(spool.Spool):
             return row[0] or 0
         return self._transaction(work)
 
-    def reserve_wakeup(self, writer):
+    def reserve_wakeup(self, writer, shard=0):
         def work(connection, now):
             deadline = connection.execute(
                 "SELECT min(deadline) FROM spool WHERE writer = ? AND batch IS NOT NULL",

@@ -1,9 +1,9 @@
 """The one Huey instance and its tasks: drain the spool into the writers.
 
 Run the consumer with `huey_consumer tasks.huey -k thread -w 4 -g TERM`.
-Huey messages only say "drain writer X"; the records themselves wait in the
-spool (spool.py), which hands them out with leases so that a consumer killed
-mid-write loses nothing.
+Huey messages only say "drain writer X" (shard N of its queue); the records
+themselves wait in the spool (spool.py), which hands them out with leases so
+that a consumer killed mid-write loses nothing.
 """
 import collections
 import datetime
@@ -66,10 +66,29 @@ class SqliteQueueStorage(SqliteStorage):
         return connection
 
 
+class ClusterQueueStorage(RedisStorage):
+    """Huey's Redis storage on a Redis Cluster, through the spool's cluster client.
+
+    Every command RedisStorage sends names one key (its Lua script and its
+    MULTI blocks too), so its keys may sit on different nodes and need no hash
+    tag; only its client, which it would make from one connection pool, must be the cluster's.
+    """
+
+    def __init__(self, name, client):
+        self.cluster_client = client
+        # RedisStorage hands connection_pool to redis_client below, which ignores it.
+        super().__init__(name, connection_pool=client)
+
+    def redis_client(self, connection_pool):
+        return self.cluster_client
+
+
 def create_queue_storage(settings, spool):
     """Huey's storage: Redis in production (sharing the spool's connections), SQLite in dev mode."""
     if settings.redis_url:
         # The spool's pool has timeouts: a hung Redis fails a request, never blocks it.
+        if spool.cluster:
+            return ClusterQueueStorage("logflow", spool.client)
         return RedisStorage("logflow", connection_pool=spool.client.connection_pool)
     return SqliteQueueStorage("logflow", os.path.join(settings.data_dir, "huey.db"))
 
@@ -136,8 +155,8 @@ def retry_delay(attempts):
 
 
 @huey.task()
-def drain(writer, woken=False):
-    """Claim one batch for a writer, write it and acknowledge it.
+def drain(writer, woken=False, shard=0):
+    """Claim one batch from a shard of a writer's queue, write it and acknowledge it.
 
     `woken` is set by the request that found the writer idle: waiting
     LOGFLOW_BATCH_WAIT_SECONDS first turns a stream of single-record requests
@@ -146,36 +165,48 @@ def drain(writer, woken=False):
     """
     if woken and runtime.settings.batch_wait_seconds > 0:
         time.sleep(runtime.settings.batch_wait_seconds)
-    if runtime.spool.paused(writer):
-        # A failed write paused this writer; the failed batch's lease ends with the pause.
-        wake_at_next_lease(writer)
+    if runtime.spool.paused(writer, shard):
+        # A failed write paused this shard; the failed batch's lease ends with the pause.
+        wake_at_next_lease(writer, shard)
         return 0
-    batch = runtime.spool.claim(writer, runtime.settings.batch_bytes)
+    batch = runtime.spool.claim(writer, runtime.settings.batch_bytes, shard)
     if batch is None:
-        wake_at_next_lease(writer)
+        wake_at_next_lease(writer, shard)
         return 0
     if batch.more:
         # Another worker (or consumer) takes the next batch in parallel.
-        drain(writer)
-    count = write_batch(writer, batch)
+        drain(writer, **of_shard(shard))
+    count = write_batch(writer, batch, shard)
     if not batch.more:
-        wake_at_next_lease(writer)
+        wake_at_next_lease(writer, shard)
     return count
 
 
-def wake_at_next_lease(writer):
+def of_shard(shard):
+    """drain's keyword arguments for a shard: none for shard 0, whose messages older consumers take too."""
+    return {"shard": shard} if shard else {}
+
+
+def drain_every_queue():
+    """Queue a drain for each shard of each writer's queue."""
+    for writer in config.WRITERS:
+        for shard in range(runtime.spool.shards):
+            drain(writer, **of_shard(shard))
+
+
+def wake_at_next_lease(writer, shard=0):
     """Schedule one drain for when the earliest leased batch comes back, unless one is scheduled.
 
     Batches leased by a consumer that died return when their leases run out,
     at different times; this chain collects each as it does, without waiting
     for the once-a-minute sweep.
     """
-    delay = runtime.spool.reserve_wakeup(writer)
+    delay = runtime.spool.reserve_wakeup(writer, shard)
     if delay is not None:
-        drain.schedule(args=(writer,), delay=delay + 0.05)
+        drain.schedule(args=(writer,), kwargs=of_shard(shard), delay=delay + 0.05)
 
 
-def write_batch(writer, batch):
+def write_batch(writer, batch, shard=0):
     """Write a claimed batch and acknowledge it; on an outage give it back for a retry after a backoff."""
     items = spools.decode(batch.payloads)
     started = time.monotonic()
@@ -189,14 +220,14 @@ def write_batch(writer, batch):
         # The backoff follows the writer's failures in a row, not one batch's:
         # during an outage every batch fails, and the writer as a whole waits.
         runtime.spool.add_counters([(metrics.counter("write_failures", writer=writer), 1)])
-        streak = runtime.spool.count_failure(writer)
+        streak = runtime.spool.count_failure(writer, shard)
         delay = retry_delay(streak - 1)
-        attempts = runtime.spool.fail(writer, batch.id, delay)
+        attempts = runtime.spool.fail(writer, batch.id, delay, shard)
         logger.exception("%s writer failed on batch %s (%d records, attempt %d, %d failures in a row);"
                          " pausing it for %.1f s", writer, batch.id, len(items), attempts, streak, delay)
-        drain.schedule(args=(writer,), delay=delay)
+        drain.schedule(args=(writer,), kwargs=of_shard(shard), delay=delay)
         return 0
-    runtime.spool.ack(writer, batch.id)
+    runtime.spool.ack(writer, batch.id, shard)
     runtime.spool.remember("last_write:" + writer, repr(time.time()), LAST_WRITE_KEPT_SECONDS)
     runtime.spool.add_counters(metrics.write_observed(writer, count, time.monotonic() - started))
     logger.debug("%s writer stored %d records from batch %s", writer, count, batch.id)
@@ -246,8 +277,7 @@ def store(writer, items):
 @huey.periodic_task(crontab(minute="*"))
 def sweep():
     """Once a minute, wake every writer: picks up batches whose consumer died or whose wake-up was lost."""
-    for writer in config.WRITERS:
-        drain(writer)
+    drain_every_queue()
 
 
 def collect_garbage_rarely():
@@ -300,8 +330,7 @@ def start_worker():
     """Set up the logflow logger in the consumer and resume what a dead consumer left behind."""
     collect_garbage_rarely()
     set_up_logging()
-    for writer in config.WRITERS:
-        drain(writer)
+    drain_every_queue()
 
 
 @huey.on_shutdown()

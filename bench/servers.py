@@ -245,7 +245,8 @@ class Stack:
             if entry.isdigit():
                 with contextlib.suppress(OSError, IndexError):
                     children.setdefault(proc_stat(int(entry))["ppid"], []).append(int(entry))
-        labels = {self.redis._proc.pid: "redis-server"}
+        # One Redis, or each node of a cluster (tests/services.py's RedisClusterServers).
+        labels = {server._proc.pid: "redis-server" for server in getattr(self.redis, "nodes", [self.redis])}
         for name, process in self.processes:
             if name.startswith("consumer"):
                 labels[process.pid] = name
@@ -278,6 +279,11 @@ class Stack:
 
     def close(self):
         """SIGTERM every child (consumers finish their batch), newest first; then the servers."""
+        self.stop_processes()
+        services.shutdown_all()
+
+    def stop_processes(self):
+        """SIGTERM every child (consumers finish their batch), newest first, and wait for them."""
         for name, process in reversed(self.processes):
             if process.poll() is None:
                 process.terminate()
@@ -288,7 +294,6 @@ class Stack:
                 process.kill()
                 process.wait()
         self.processes.clear()
-        services.shutdown_all()
 
 
 def group_of(label):

@@ -39,6 +39,17 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A Redis Cluster of three primaries on 127.0.0.1; its url is REDIS_URL's cluster form."""
+    try:
+        cluster = services.start_redis_cluster(str(tmp_path_factory.mktemp("redis-cluster")))
+    except services.ServiceUnavailable as error:
+        unavailable(error)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory):
     try:
         server = services.start_postgres(str(tmp_path_factory.mktemp("postgres")))

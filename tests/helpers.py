@@ -29,11 +29,12 @@ def drain_all():
     """Write everything the spool holds that is due, as a consumer would, in this process."""
     total = 0
     for writer in config.WRITERS:
-        while True:
-            batch = tasks.runtime.spool.claim(writer, tasks.runtime.settings.batch_bytes)
-            if batch is None:
-                break
-            total += tasks.write_batch(writer, batch)
+        for shard in range(tasks.runtime.spool.shards):
+            while True:
+                batch = tasks.runtime.spool.claim(writer, tasks.runtime.settings.batch_bytes, shard)
+                if batch is None:
+                    break
+                total += tasks.write_batch(writer, batch, shard)
     return total
 
 

@@ -24,6 +24,7 @@ import uuid
 
 import psycopg2
 
+import spool_redis
 from helpers import file_records, wait_for
 from redis_url import connect as connect_redis
 
@@ -241,17 +242,20 @@ class Service:
                              % (len(ids), timeout, *snapshots))
 
     def describe(self, ids):
-        """Missing ids per writer, and the spool's queued requests and lease deadlines per writer."""
+        """Missing ids per writer, and the spool's queued requests and lease deadlines per writer and shard."""
         in_db, in_files = self.stored_ids()
-        client = connect_redis(self.env["REDIS_URL"])
-        seconds, micros = client.time()
+        spool = spool_redis.RedisSpool(self.env["REDIS_URL"], LEASE_SECONDS,
+                                       shards=int(self.env.get("LOGFLOW_SPOOL_SHARDS", 1)))
+        client = spool.client
+        now = time.time()
         lines = ["missing %d from the DB, %d from the files; huey keys %s" % (
-            len(ids - in_db), len(ids - in_files), sorted(key.decode() for key in client.keys("huey*")))]
+            len(ids - in_db), len(ids - in_files), sorted(key.decode() for key in client.scan_iter("huey*")))]
         for writer in ("db", "file"):
-            leases = client.zrange("logflow:%s:leases" % writer, 0, -1, withscores=True)
-            lines.append("  spool %s: %d requests queued, leased batches due in %s s" % (
-                writer, client.llen("logflow:%s:queue" % writer),
-                [round(deadline - seconds - micros / 1e6, 1) for _, deadline in leases]))
+            for shard in range(spool.shards):
+                leases = client.zrange(spool._key(writer, "leases", shard), 0, -1, withscores=True)
+                lines.append("  spool %s, shard %d: %d requests queued, leased batches due in %s s" % (
+                    writer, shard, client.llen(spool._key(writer, "queue", shard)),
+                    [round(deadline - now, 1) for _, deadline in leases]))
         return "\n".join(lines)
 
     def close(self):
@@ -275,8 +279,9 @@ def make_service(tmp_path, postgres_url, redis_url, flush_redis=True, **settings
                LOGFLOW_LEASE_SECONDS=str(LEASE_SECONDS))
     env.update({name: str(value) for name, value in settings.items()})
     if flush_redis:
-        with connect_redis(redis_url) as client:
-            client.flushdb()
+        client = connect_redis(redis_url)  # one Redis, or each primary of a cluster
+        client.flushdb()
+        client.close()
     manage = [sys.executable, "manage.py"]
     subprocess.run(manage + ["init-db"], cwd=ROOT, env=env, check=True, capture_output=True)
     created = subprocess.run(manage + ["add-project", "e2e"], cwd=ROOT, env=env, check=True,

@@ -91,6 +91,7 @@ class RedisServer:
                      "--logfile", "", "--appendonly", "yes" if appendonly else "no", *extra_args]
         if appendonly:
             self._cmd += ["--appendfsync", "always"]  # a killed server loses nothing
+        self._cmd += list(extra_args)
         self._proc = None
 
     def start(self):
@@ -197,6 +198,44 @@ def start_sentinel_group(directory, replicas=1, down_after_ms=1000, failover_tim
     # Sentinels find each other through the primary's hello messages, every 2 s.
     _wait_for(group.ready, 30, "the sentinels to see the replica and each other", sentinels[0].log_path)
     return group
+
+
+class RedisClusterServers:
+    """Redis Cluster primaries on 127.0.0.1 (each a RedisServer, stopped by shutdown_all); url is REDIS_URL's cluster form."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+        self.url = "redis+cluster://%s/" % ",".join("127.0.0.1:%d" % node.port for node in nodes)
+
+    def stop(self):
+        for node in self.nodes:
+            node.stop()
+
+
+def start_redis_cluster(directory, primaries=3):
+    """Start `primaries` cluster-enabled redis-servers in subfolders of `directory` and join them (no replicas)."""
+    cli = find_binary("redis-cli", ["/usr/bin"])
+    if not cli:
+        raise ServiceUnavailable("redis-cli not found: apt-get install redis-server (or redis-tools)")
+    # The bus port is free too (by default the port + 10000, out of range for a port above 55535).
+    nodes = [start_redis(os.path.join(directory, "node%d" % number), extra_args=[
+        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+        "--cluster-port", str(_free_port())]) for number in range(primaries)]
+    addresses = ["127.0.0.1:%d" % node.port for node in nodes]
+    created = subprocess.run([cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    if created.returncode != 0:
+        raise RuntimeError("redis-cli --cluster create failed:\n%s%s" % (created.stdout, created.stderr))
+
+    def agreed():
+        # Every node sees every slot served: clients may start.
+        for node in nodes:
+            with redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=1) as client:
+                if client.cluster("info")["cluster_state"] != "ok":
+                    return False
+        return True
+    _wait_for(agreed, 30, "the Redis Cluster", nodes[0].log_path)
+    return RedisClusterServers(nodes)
 
 
 def _pg_bindir():

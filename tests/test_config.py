@@ -81,6 +81,7 @@ def test_values_are_converted():
     ("LOGFLOW_KEY_CACHE_SECONDS", "0", "key_cache_seconds", 0),
     ("LOGFLOW_BATCH_WAIT_SECONDS", "0", "batch_wait_seconds", 0),
     ("LOGFLOW_MAX_QUEUE", "0", "max_queue", 0),
+    ("LOGFLOW_SPOOL_SHARDS", "256", "spool_shards", 256),
     ("LOGFLOW_RATE_LIMIT", "0", "rate_limit", 0),
     ("LOGFLOW_RATE_BURST", "0", "rate_burst", 0),
     ("LOGFLOW_RETENTION_DAYS", "0", "retention_days", 0),
@@ -130,6 +131,7 @@ REFUSALS = [
     ("LOGFLOW_RETRY_AFTER_SECONDS", "0", "must be a whole number of 1 or more, not 0"),
     # Where 0 means something, below it does not.
     ("LOGFLOW_MAX_QUEUE", "-1", "must be a whole number, 0 (no bound) or more, not -1"),
+    ("LOGFLOW_SPOOL_SHARDS", "0", "must be a whole number from 1 to 256, not 0"),
     ("LOGFLOW_RATE_LIMIT", "-100", "must be a whole number, 0 (no limit) or more, not -100"),
     ("LOGFLOW_RATE_BURST", "-1", "must be a whole number, 0 (one second's worth) or more, not -1"),
     ("LOGFLOW_RETENTION_DAYS", "-1", "must be a whole number from 0 (keep forever) to 36500, not -1"),
@@ -168,9 +170,9 @@ REFUSALS = [
     ("DATABASE_URL", "logflow:secret@db:5432/logflow",
      "must start with postgresql://, postgres://, postgresql+pool:// or postgres+pool://; this value has no scheme"),
     ("DATABASE_READ_URL", "mysql://logflow:secret@replica/logflow", "must start with postgresql://, postgres://, postgresql+pool:// or postgres+pool://, not mysql://"),
-    ("REDIS_URL", "http://x", "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://, not http://"),
-    ("REDIS_URL", "127.0.0.1:6379", "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://; this value has no scheme"),
-    ("REDIS_URL", ":secret@cache://x", "must start with redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://; this value has no scheme"),
+    ("REDIS_URL", "http://x", "must start with redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://, not http://"),
+    ("REDIS_URL", "127.0.0.1:6379", "must start with redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://; this value has no scheme"),
+    ("REDIS_URL", ":secret@cache://x", "must start with redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://; this value has no scheme"),
     # A Sentinel URL without its service name (tests/test_sentinel.py has the others).
     ("REDIS_URL", "redis+sentinel://:secret@h1:26379,h2:26379",
      "a Sentinel URL names the primary's service after its hosts:"
@@ -200,6 +202,14 @@ def test_a_setting_that_cannot_work_is_refused_naming_it(variable, value, reason
     with pytest.raises(config.InvalidSetting) as refused:
         config.load({variable: value})
     assert str(refused.value) == "%s: %s" % (variable, reason)
+
+
+def test_replicas_to_wait_for_are_refused_on_a_redis_cluster():
+    # WAIT counts one node's replicas; a cluster's push has no one node to ask.
+    with pytest.raises(config.InvalidSetting) as refused:
+        config.load({"REDIS_URL": "redis+cluster://h1:7000,h2:7001/", "LOGFLOW_REDIS_REPLICAS": "1"})
+    assert str(refused.value).startswith("LOGFLOW_REDIS_REPLICAS: not supported with a Redis Cluster")
+    assert config.load({"REDIS_URL": "redis+cluster://h1:7000/", "LOGFLOW_REDIS_REPLICAS": "0"}).redis_replicas == 0
 
 
 def test_a_read_replica_needs_a_postgresql_primary():

@@ -1,17 +1,43 @@
-"""The spool on both backends: batches, leases, redelivery and wake-ups."""
+"""The spool on both backends: batches, leases, redelivery and wake-ups.
+
+Each test also runs on Redis with each writer's queue in 3 shards, on one
+Redis and on a Redis Cluster. The Redis spool deals a process's pushes out to
+the shards in turn (round robin), so N·shards pushes put N in each shard.
+"""
 import subprocess
 import sys
 
 import pytest
 
 import spool as spools
+from conftest import base_settings
 from helpers import wait_for
 from processes import ROOT
+
+
+@pytest.fixture(params=["sqlite", "postgres", "redis, 3 shards", "cluster, 3 shards"])
+def settings(request, tmp_path):
+    """conftest's two backends, and Redis with 3 shards, on one Redis and on a 3-node Redis Cluster."""
+    settings = base_settings(tmp_path)
+    if request.param == "sqlite":
+        return settings
+    redis_server = request.getfixturevalue("redis_cluster" if request.param.startswith("cluster") else "redis_server")
+    settings = settings.replace(database_url=request.getfixturevalue("postgres_server").url, redis_url=redis_server.url)
+    return settings.replace(spool_shards=3) if "shards" in request.param else settings
 
 
 @pytest.fixture
 def spool(bound):
     return spools.open_spool(bound)
+
+
+def claim_any(spool, writer, max_bytes=1 << 20):
+    """(shard, batch) of the first shard with a batch to claim, or (None, None)."""
+    for shard in range(spool.shards):
+        batch = spool.claim(writer, max_bytes, shard)
+        if batch is not None:
+            return shard, batch
+    return None, None
 
 
 @pytest.mark.parametrize("first", ["spool", "spool_redis", "spool_sqlite"])
@@ -24,42 +50,49 @@ def test_the_contract_and_either_backend_import_in_any_order(first):
 
 
 def test_claimed_batches_hold_what_was_pushed_in_order(spool):
-    for number in range(5):
-        spool.push(b"payload %d" % number, ["db", "file"], 1)
-    batch = spool.claim("db", max_bytes=1 << 20)
-    assert batch.payloads == [b"payload %d" % n for n in range(5)]
-    assert batch.attempts == 0 and batch.more is False
-    assert spool.depth("db") == 5
-    spool.ack("db", batch.id)
-    assert spool.depth("db") == 0 and spool.claim("db", 1 << 20) is None
+    pushed = [b"payload %d" % number for number in range(5 * spool.shards)]
+    for payload in pushed:
+        spool.push(payload, ["db", "file"], 1)
+    batches = [spool.claim("db", 1 << 20, shard) for shard in range(spool.shards)]
+    for batch in batches:
+        # Each shard's in the order pushed; every shard holds its share.
+        assert batch.payloads == sorted(batch.payloads, key=pushed.index) and len(batch.payloads) == 5
+        assert batch.attempts == 0 and batch.more is False
+    assert sorted(payload for batch in batches for payload in batch.payloads) == sorted(pushed)
+    assert spool.depth("db") == len(pushed)
+    for shard, batch in enumerate(batches):
+        spool.ack("db", batch.id, shard)
+    assert spool.depth("db") == 0 and claim_any(spool, "db") == (None, None)
     # The other writer's queue is untouched by the first writer's work.
-    assert spool.depth("file") == 5
+    assert spool.depth("file") == len(pushed)
 
 
 def test_batches_are_bounded_by_bytes(spool):
-    for number in range(10):
+    for number in range(10 * spool.shards):
         spool.push(b"x" * 1000, ["db"], 1)
-    first = spool.claim("db", max_bytes=3000)
-    assert len(first.payloads) == 3 and first.more
-    second = spool.claim("db", max_bytes=3000)
-    assert second.id != first.id and len(second.payloads) == 3
+    for shard in range(spool.shards):
+        first = spool.claim("db", 3000, shard)
+        assert len(first.payloads) == 3 and first.more
+        second = spool.claim("db", 3000, shard)
+        assert second.id != first.id and len(second.payloads) == 3
 
 
 def test_an_unacknowledged_batch_is_redelivered_after_its_lease(bound):
     spool = spools.open_spool(bound.replace(lease_seconds=0.3))
     spool.push(b"precious", ["db"], 1)
-    batch = spool.claim("db", 1 << 20)
-    assert spool.claim("db", 1 << 20) is None  # leased to someone else
-    again = wait_for(lambda: spool.claim("db", 1 << 20), timeout=10, message="redelivery")
+    shard, batch = claim_any(spool, "db")
+    assert claim_any(spool, "db") == (None, None)  # leased to someone else
+    again = wait_for(lambda: spool.claim("db", 1 << 20, shard), timeout=10, message="redelivery")
     assert again.id == batch.id and again.payloads == [b"precious"]
 
 
 def test_a_failed_batch_comes_back_after_its_retry_delay(spool):
     spool.push(b"retry me", ["file"], 1)
-    batch = spool.claim("file", 1 << 20)
-    assert spool.fail("file", batch.id, 0.2) == 1
-    assert spool.claim("file", 1 << 20) is None
-    again = wait_for(lambda: spool.claim("file", 1 << 20), timeout=10, message="retry")
+    shard, batch = claim_any(spool, "file")
+    assert spool.fail("file", batch.id, 0.2, shard) == 1
+    assert spool.paused("file", shard) > 0 and spool.paused("file") > 0
+    assert claim_any(spool, "file") == (None, None)
+    again = wait_for(lambda: spool.claim("file", 1 << 20, shard), timeout=10, message="retry")
     assert again.id == batch.id and again.attempts == 1
 
 
@@ -68,23 +101,32 @@ def test_one_wake_up_per_lease(bound):
     assert spool.reserve_wakeup("db") is None  # nothing leased
     spool.push(b"a", ["db"], 1)
     spool.push(b"b", ["file"], 1)
-    batch = spool.claim("db", 1 << 20)
-    assert 0 < spool.reserve_wakeup("db") <= 0.5
-    assert spool.reserve_wakeup("db") is None  # reserved already
-    assert spool.reserve_wakeup("file") is None  # the other writer has no lease
+    shard, batch = claim_any(spool, "db")
+    assert [spool.reserve_wakeup("db", other) for other in range(spool.shards) if other != shard] == \
+        [None] * (spool.shards - 1)  # the other shards have no lease
+    assert 0 < spool.reserve_wakeup("db", shard) <= 0.5
+    assert spool.reserve_wakeup("db", shard) is None  # reserved already
+    assert [spool.reserve_wakeup("file", other) for other in range(spool.shards)] == \
+        [None] * spool.shards  # the other writer has no lease
     # Once the lease has run out the reservation has too.
-    wait_for(lambda: spool.claim("db", 1 << 20), timeout=10, message="redelivery")
-    assert spool.reserve_wakeup("db") is not None
-    spool.ack("db", batch.id)
-    assert spool.reserve_wakeup("db") is None
+    wait_for(lambda: spool.claim("db", 1 << 20, shard), timeout=10, message="redelivery")
+    assert spool.reserve_wakeup("db", shard) is not None
+    spool.ack("db", batch.id, shard)
+    assert spool.reserve_wakeup("db", shard) is None
 
 
 def test_one_wake_up_per_burst(spool):
-    assert spool.push(b"a", ["db", "file"], 1) == ["db", "file"]
-    assert spool.push(b"b", ["db", "file"], 1) == []
-    spool.ack("db", spool.claim("db", 1 << 20).id)
-    assert spool.claim("db", 1 << 20) is None  # queue empty: the flag is cleared
-    assert spool.push(b"c", ["db", "file"], 1) == ["db"]
+    # A shard's first push wakes both writers there; the next in that shard, none.
+    woken = [spool.push(b"a", ["db", "file"], 1) for _ in range(spool.shards)]
+    shards = [queues[0][1] for queues in woken]
+    assert sorted(shards) == list(range(spool.shards))
+    assert woken == [[("db", shard), ("file", shard)] for shard in shards]
+    assert [spool.push(b"b", ["db", "file"], 1) for _ in range(spool.shards)] == [[]] * spool.shards
+    for shard in shards:
+        spool.ack("db", spool.claim("db", 1 << 20, shard).id, shard)
+        assert spool.claim("db", 1 << 20, shard) is None  # queue empty: the flag is cleared
+    assert sorted(spool.push(b"c", ["db", "file"], 1) for _ in range(spool.shards)) == \
+        [[("db", shard)] for shard in range(spool.shards)]
 
 
 def test_pushes_from_several_processes_lose_nothing(bound):
@@ -96,12 +138,7 @@ def test_pushes_from_several_processes_lose_nothing(bound):
     for process in processes:
         process.join(60)
         assert process.exitcode == 0
-    spool = spools.open_spool(bound)
-    seen = []
-    while (batch := spool.claim("db", 1 << 20)) is not None:
-        seen.extend(batch.payloads)
-        spool.ack("db", batch.id)
-    assert sorted(seen) == sorted(b"%d-%d" % (n, i) for n in range(4) for i in range(200))
+    assert _drained(spools.open_spool(bound), "db") == sorted(b"%d-%d" % (n, i) for n in range(4) for i in range(200))
 
 
 def _push_many(settings, number):
@@ -137,11 +174,12 @@ def test_a_forked_child_pushes_on_its_own_connection(spool):
 
 
 def _drained(spool, writer):
-    """Every payload queued for a writer, claimed and acknowledged, sorted."""
+    """Every payload queued for a writer (in every shard), claimed and acknowledged, sorted."""
     seen = []
-    while (batch := spool.claim(writer, 1 << 20)) is not None:
-        seen.extend(batch.payloads)
-        spool.ack(writer, batch.id)
+    for shard in range(spool.shards):
+        while (batch := spool.claim(writer, 1 << 20, shard)) is not None:
+            seen.extend(batch.payloads)
+            spool.ack(writer, batch.id, shard)
     return sorted(seen)
 
 
@@ -178,14 +216,16 @@ def _open_and_push(settings, barrier, payload):
     spool.push(payload, ["db"], 1)
 
 
-@pytest.mark.parametrize("settings", ["postgres"], indirect=True)
+@pytest.mark.parametrize("settings", ["postgres", "cluster, 3 shards"], indirect=True)
 def test_claims_leave_no_bookkeeping_behind_in_redis(spool):
     """Each claimed batch's record count waits in a hash until its ack; an empty claim must leave none there."""
-    spool.push(b'{"count":3}', ["db"], 3)
-    batch = spool.claim("db", 1 << 20)
-    spool.ack("db", batch.id)
-    for _ in range(5):  # what every idle sweep and wake-up does
-        assert spool.claim("db", 1 << 20) is None
+    for _ in range(spool.shards):
+        spool.push(b'{"count":3}', ["db"], 3)
+    assert spool.queued_records("db") == 3 * spool.shards
+    for shard in range(spool.shards):
+        spool.ack("db", spool.claim("db", 1 << 20, shard).id, shard)
+        for _ in range(5):  # what every idle sweep and wake-up does
+            assert spool.claim("db", 1 << 20, shard) is None
     # Redis drops a hash with no field left.
     assert {key.decode(): spool.client.hgetall(key) for key in spool.client.scan_iter("*:batches")} == {}
     assert spool.queued_records("db") == 0
