@@ -31,7 +31,7 @@ import signin
 import tasks
 import spool
 import viewer
-from spool import NotReplicated, QueueFull, RateLimited, SpoolUnavailable
+from spool import NotReplicated, OutcomeUnknown, QueueFull, RateLimited, SpoolUnavailable
 
 logger = logging.getLogger("logflow")
 bp = Blueprint("logs", __name__)
@@ -541,6 +541,12 @@ def accept(settings, identity, raw_records):
         woken = tasks.runtime.spool.push(
             payload, writers, accepted, rate_limit_of(settings, project_id, rate_limit),
             [(metrics.counter("records_accepted", project=project_id), accepted)] + rejected)
+    except OutcomeUnknown as error:
+        # Sent, then the connection broke or timed out: Redis may have queued them (and replicated them).
+        logger.error("queue's answer lost, %d records of project %d may be queued: %s", accepted, project_id, error)
+        raise APIError(503, "the queue's answer was lost after the records were sent; they may still be stored:"
+                       " retry later with the same record ids, which the database stores once",
+                       headers=retry_after, counted=False) from None
     except SpoolUnavailable as error:
         logger.error("queue unavailable, refused %d records of project %d: %s",
                      accepted, project_id, error)
