@@ -359,6 +359,13 @@ class RedisSpool(spool.Spool):
             self.client.llen(self._key(writer, "batch:" + batch_id.decode()))
             for batch_id in self.client.zrange(self._key(writer, "leases"), 0, -1))
 
+    def replicas_required(self):
+        """The primary's min-replicas-to-write; None when unknown (CONFIG disabled or renamed, Redis down)."""
+        try:
+            return int(self.client.config_get("min-replicas-to-write")["min-replicas-to-write"])
+        except (redis.RedisError, KeyError, ValueError):
+            return None
+
     def ping(self):
         """Raise SpoolUnavailable unless Redis answers."""
         self.client.ping()
