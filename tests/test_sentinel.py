@@ -78,6 +78,8 @@ def empty_redis(watched_redis):
     # The data nodes' password before the @ (percent-encoded), the sentinels' own in the query.
     ("redis+sentinel://:p%40ss%2Cw@h1/cache/3?sentinel_password=s%26x",
      [("h1", 26379)], "cache", {"password": "p@ss,w", "db": 3}, {"password": "s&x"}),
+    # A percent-encoded host: an IPv6 zone id.
+    ("redis+sentinel://[fe80::1%25eth0]:26380/mymaster", [("fe80::1%eth0", 26380)], "mymaster", {"db": 0}, {}),
     ("redis+sentinel://logflow:pw@[::1]:26379,h2/mymaster?sentinel_username=watch&sentinel_password=w",
      [("::1", 26379), ("h2", 26379)], "mymaster", {"username": "logflow", "password": "pw", "db": 0},
      {"username": "watch", "password": "w"}),
@@ -100,6 +102,11 @@ def test_sentinel_url_forms(url, sentinels, service, options, sentinel_options):
     ("redis+sentinel://:secret@h1:2637x/mymaster", "sentinel h1's port must be a number from 1 to 65535, not '2637x'"),
     ("redis+sentinel://:secret@h1/mymaster/zero",
      "the database after the service name must be a number (the 0 of /mymaster/0), not 'zero'"),
+    # An unencoded / ? or # in the password: nothing of it, nor the user, in the error.
+    ("redis+sentinel://logflow:se/secret@h1/mymaster", "reserved characters in the password must be percent-encoded:"
+     " redis+sentinel://[:password@]host:26379[,host:26379...]/service[/db]"),
+    ("redis+sentinel://logflow:se?secret@h1/mymaster", "reserved characters in the password must be percent-encoded:"
+     " redis+sentinel://[:password@]host:26379[,host:26379...]/service[/db]"),
     ("sentinel://:secret@h1/mymaster", "must start with redis://, rediss://, unix://, redis+sentinel://"
      " or rediss+sentinel://, not sentinel://"),
 ])
@@ -107,7 +114,7 @@ def test_a_bad_sentinel_url_is_refused_in_one_line_without_its_password(url, rea
     with pytest.raises(config.InvalidSetting) as refused:
         config.load({"REDIS_URL": url})
     assert str(refused.value) == "REDIS_URL: " + reason
-    assert "secret" not in str(refused.value) and "\n" not in str(refused.value)
+    assert "secret" not in str(refused.value) and "logflow" not in str(refused.value) and "\n" not in str(refused.value)
 
 
 def test_push_waits_for_replicas_and_says_when_too_few_confirm(empty_redis):
