@@ -31,7 +31,7 @@ import signin
 import tasks
 import spool
 import viewer
-from spool import NotReplicated, QueueFull, RateLimited, SpoolUnavailable
+from spool import NotReplicated, OutcomeUnknown, QueueFull, RateLimited, SpoolUnavailable
 
 logger = logging.getLogger("logflow")
 bp = Blueprint("logs", __name__)
@@ -93,6 +93,19 @@ def rejected_records(project_id, reason, amount):
     return [(metrics.counter("records_rejected", project=project_id, reason=reason), amount)] if amount else []
 
 
+def check_replicas_refuse(settings):
+    """Warn unless the Redis primary refuses writes it cannot replicate (min-replicas-to-write), as WAIT cannot."""
+    if not (settings.redis_url and settings.redis_replicas):
+        return
+    required = tasks.runtime.spool.replicas_required()
+    if required is None:
+        logger.info("could not read the Redis primary's min-replicas-to-write (CONFIG GET refused or Redis down)")
+    elif required < settings.redis_replicas:
+        logger.warning("the Redis primary's min-replicas-to-write is %d, below LOGFLOW_REDIS_REPLICAS=%d: with too"
+                       " few replicas, each push is queued, then refused after the WAIT (docs/scaling.md)",
+                       required, settings.redis_replicas)
+
+
 def json_response(body, status, headers=None):
     """A JSON response serialized with orjson."""
     return current_app.response_class(
@@ -106,6 +119,7 @@ def create_app(settings=None):
         logging.basicConfig(level=settings.log_level,
                             format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     tasks.configure(settings)
+    check_replicas_refuse(settings)
     if not settings.database_url:
         # Dev mode needs no set-up step; PostgreSQL gets `manage.py init-db`.
         models.create_tables()
@@ -541,6 +555,12 @@ def accept(settings, identity, raw_records):
         woken = tasks.runtime.spool.push(
             payload, writers, accepted, rate_limit_of(settings, project_id, rate_limit),
             [(metrics.counter("records_accepted", project=project_id), accepted)] + rejected)
+    except OutcomeUnknown as error:
+        # Sent, then the connection broke or timed out: Redis may have queued them (and replicated them).
+        logger.error("queue's answer lost, %d records of project %d may be queued: %s", accepted, project_id, error)
+        raise APIError(503, "the queue's answer was lost after the records were sent; they may still be stored:"
+                       " retry later with the same record ids, which the database stores once",
+                       headers=retry_after, counted=False) from None
     except SpoolUnavailable as error:
         logger.error("queue unavailable, refused %d records of project %d: %s",
                      accepted, project_id, error)

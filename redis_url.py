@@ -12,7 +12,8 @@ sentinel_password (and sentinel_username). A port defaults to 26379, db to 0.
 Other query parameters mean what they mean in a redis:// URL (ssl_ca_certs,
 socket_timeout...) and apply to the data nodes; the socket_* and ssl_* ones
 to the sentinels as well. Reserved characters in a password are
-percent-encoded, as in any URL.
+percent-encoded, as in any URL: an @ after a / ? or # is refused, without
+showing any of the URL.
 
 The client asks the sentinels for the primary's address each time it opens
 a connection (redis-py's SentinelConnectionPool), so every user of it (the
@@ -139,6 +140,9 @@ class ClusterClient:
 def parse_sentinel(url):
     """A Sentinel URL as a SentinelForm: [(host, port)], the service, the data nodes' and the sentinels' options."""
     scheme, _, rest = url.partition("://")
+    if "@" in rest and min(rest.find(mark) % (len(rest) + 1) for mark in "/?#") < rest.rfind("@"):
+        # An unencoded / ? or # in the password: splitting there would show the rest of it in an error.
+        raise ValueError("reserved characters in the password must be percent-encoded: %s" % FORM)
     rest, _, query = rest.partition("?")
     location, _, path = rest.partition("/")
     credentials, at, hosts = location.rpartition("@")
@@ -179,6 +183,8 @@ def sentinel_address(text):
         host, _, port = text.partition(":")
     if not host:
         raise ValueError("a Sentinel URL lists its sentinels as host:port, separated by commas: %s" % FORM)
+    # Percent-encoded, as an IPv6 zone id (fe80::1%25eth0).
+    host = urllib.parse.unquote(host)
     if port is None or port == "":
         return host, SENTINEL_PORT
     if not (port.isdigit() and 0 < int(port) < 65536):

@@ -53,6 +53,10 @@ class SpoolUnavailable(Exception):
     """The spool's store cannot be reached: nothing was queued."""
 
 
+class OutcomeUnknown(SpoolUnavailable):
+    """The push was sent, but its answer was lost (the connection broke or timed out): the records may be queued."""
+
+
 class QueueFull(Exception):
     """A writer has LOGFLOW_MAX_QUEUE records waiting (queued or unacknowledged): nothing was queued."""
 
@@ -155,7 +159,8 @@ class Spool(abc.ABC):
 
         Adds the (name, amount) `counters` with it. Raises QueueFull, RateLimited
         (when `limit`, a Limit, is spent), NotReplicated (Redis with replicas
-        to wait for, see RedisSpool) or SpoolUnavailable.
+        to wait for, see RedisSpool), OutcomeUnknown (the push was sent, its
+        answer lost) or SpoolUnavailable (nothing was queued).
         """
 
     @abc.abstractmethod

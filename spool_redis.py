@@ -281,22 +281,56 @@ class RedisSpool(spool.Spool):
         """The push script's result, and how many replicas confirmed it (0 when none are asked for).
 
         WAIT counts the replicas that have every write of its own connection:
-        the script and the WAIT go in one pipeline, which runs on one
-        connection and costs one round trip. A pipeline does not load a
-        missing script by itself (a new primary has none): that is done here.
+        the script and the WAIT go together on one connection and cost one
+        round trip. A missing script (a new primary has none) is loaded here.
         """
-        if not self.replicas:
+        if self.cluster:
+            # The cluster client routes the script to its slot's node, following MOVED replies; it may
+            # resend a push whose answer was lost (docs/scaling.md). No replicas to wait for (config refuses them).
             return self._push(keys=keys, args=args), 0
+        commands = [("EVALSHA", self._push.sha, len(keys), *keys, *args)]
+        if self.replicas:
+            commands.append(("WAIT", self.replicas, max(1, round(self.replicas_timeout * 1000))))
         for attempt in (1, 2):
-            with self.client.pipeline(transaction=False) as pipe:
-                pipe.evalsha(self._push.sha, len(keys), *keys, *args)
-                pipe.wait(self.replicas, max(1, round(self.replicas_timeout * 1000)))
-                try:
-                    return tuple(pipe.execute())
-                except redis.exceptions.NoScriptError:
-                    if attempt == 2:
-                        raise
-                    self.client.script_load(PUSH_SCRIPT)
+            try:
+                replies = self._send_once(commands)
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self.client.script_load(PUSH_SCRIPT)
+                continue
+            return replies[0], (replies[1] if self.replicas else 0)
+
+    def _send_once(self, commands):
+        """The replies to `commands`, sent together on one connection and never resent.
+
+        redis-py's own retries would run a push again when its answer is lost.
+        An error before sending (no connection, no primary named by the
+        sentinels) is redis-py's: nothing ran. Once sending has begun, a broken
+        connection or a timeout is spool.OutcomeUnknown: Redis may have run
+        them. An error answer to the first command is raised as it is (the
+        script wrote nothing: NOSCRIPT, NOREPLICAS, OOM...).
+        """
+        connection = self.client.connection_pool.get_connection()
+        try:
+            connection.check_health()
+            try:
+                connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                replies = [connection.read_response()]
+                replies.extend(connection.read_response() for _ in commands[1:])
+            except (redis.ConnectionError, redis.TimeoutError) as error:
+                connection.disconnect()
+                if isinstance(error.__context__, redis.exceptions.ReadOnlyError):
+                    # redis-py's Sentinel connection turns a demoted primary's READONLY into this: nothing written.
+                    raise
+                raise spool.OutcomeUnknown("Redis: the push was sent, its answer lost: %s" % error) from error
+            except redis.ResponseError:
+                # The answers still due (WAIT's) would hold the connection: drop it instead.
+                connection.disconnect()
+                raise
+            return replies
+        finally:
+            self.client.connection_pool.release(connection)
 
     def claim(self, writer, max_bytes, shard=0):
         keys = [self._key(writer, part, shard) for part in ("queue", "leases", "attempts", "scheduled", "queued")]
@@ -401,6 +435,13 @@ class RedisSpool(spool.Spool):
             self.client.llen(self._key(writer, "batch:" + batch_id.decode(), shard))
             for batch_id in self.client.zrange(self._key(writer, "leases", shard), 0, -1))
             for shard in range(self.shards))
+
+    def replicas_required(self):
+        """The primary's min-replicas-to-write; None when unknown (CONFIG disabled or renamed, Redis down)."""
+        try:
+            return int(self.client.config_get("min-replicas-to-write")["min-replicas-to-write"])
+        except (redis.RedisError, KeyError, ValueError):
+            return None
 
     def ping(self):
         """Raise SpoolUnavailable unless Redis answers."""

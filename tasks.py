@@ -14,7 +14,6 @@ import random
 import socket
 import threading
 import time
-import urllib.parse
 
 import orjson
 import peewee
@@ -302,12 +301,13 @@ def set_up_logging():
 
 
 def without_password(url):
-    """A store's URL without its password (nor a query, which may hold one), fit for a log line."""
-    parts = urllib.parse.urlsplit(url)
-    credentials, _, host = parts.netloc.rpartition("@")
-    user = credentials.partition(":")[0]
-    return urllib.parse.urlunsplit((parts.scheme, "%s@%s" % (user, host) if user else host,
-                                    parts.path, "", ""))
+    """A store's URL as scheme://host:port/path, never its user, password or query: fit for a log line."""
+    scheme, _, rest = url.partition("://")
+    # After the last @: an unencoded / ? or # in a password must not make the rest of it the "path".
+    location = rest.rpartition("@")[2]
+    for mark in "?#":
+        location = location.partition(mark)[0]
+    return "%s://%s" % (scheme, location)
 
 
 def describe_queue(settings):

@@ -4,13 +4,17 @@ Each test also runs on Redis with each writer's queue in 3 shards, on one
 Redis and on a Redis Cluster. The Redis spool deals a process's pushes out to
 the shards in turn (round robin), so N·shards pushes put N in each shard.
 """
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
+import services
 import spool as spools
-from conftest import base_settings
+import spool_redis
+from conftest import base_settings, unavailable
 from helpers import wait_for
 from processes import ROOT
 
@@ -243,3 +247,34 @@ def test_counts_left_by_empty_claims_of_older_versions_are_cleared(spool):
     assert spool.client.hgetall("logflow:file:queued:batches") == {uncounted.id.encode(): b"0"}
     spool.ack("db", batch.id)
     assert spool.queued_records("db") == 0 and spool.client.hgetall(counts) == {}
+
+
+@pytest.fixture
+def own_redis(request, tmp_path):
+    """A Redis of this test's own, which it may stop or kill."""
+    try:
+        server = services.start_redis(str(tmp_path / "redis"))
+    except services.ServiceUnavailable as error:
+        unavailable(error)
+    request.addfinalizer(server.kill)
+    return server
+
+
+def test_a_push_whose_answer_is_lost_is_told_apart_from_one_never_sent(own_redis):
+    """Sent, then no answer (the server stopped): OutcomeUnknown, and the push is queued; no server: nothing sent."""
+    store = spool_redis.RedisSpool(own_redis.url + "?socket_timeout=0.5", 30)
+    store.push(b'{"count":1} before', ["db"], 1)  # the connection is open and the script cached
+    pid = store.client.info("server")["process_id"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(spools.OutcomeUnknown):
+            store.push(b'{"count":1} answer lost', ["db"], 1)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # The stopped server had the push in its socket: running again, it queues it, once (redis-py did not resend it).
+    wait_for(lambda: store.queued_records("db") == 2, timeout=10, message="the sent push queued")
+    assert store.claim("db", 1 << 20).payloads == [b'{"count":1} before', b'{"count":1} answer lost']
+    own_redis.kill()
+    with pytest.raises(spools.SpoolUnavailable) as refused:
+        store.push(b'{"count":1} never sent', ["db"], 1)
+    assert not isinstance(refused.value, spools.OutcomeUnknown)

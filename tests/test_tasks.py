@@ -156,3 +156,15 @@ def test_importing_binds_nothing_and_the_consumer_binds_the_environment_first(tm
     assert process.returncode == 0, logged
     assert "hook" not in logged and "Traceback" not in logged, logged
     assert logged.count("logflow: consumer worker stopped") == 2, logged
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("redis://logflow:s3cret@10.0.0.1:6379/0", "redis://10.0.0.1:6379/0"),
+    # Unencoded / and ? in the password: nothing after them is taken for the path or the query.
+    ("redis://:se/cret@10.0.0.1:6379/2", "redis://10.0.0.1:6379/2"),
+    ("rediss://user:se?cret@h:6380/1?ssl_cert_reqs=none", "rediss://h:6380/1"),
+    ("postgresql://logflow:pw@db:5432/logflow?sslmode=require", "postgresql://db:5432/logflow"),
+    ("unix:///run/redis/redis.sock?db=0", "unix:///run/redis/redis.sock"),
+])
+def test_a_store_url_is_logged_without_its_user_password_or_query(url, shown):
+    assert tasks.without_password(url) == shown
