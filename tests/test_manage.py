@@ -279,7 +279,7 @@ def manage_py(arguments, environment):
     ("LOGFLOW_STORAGE", "foo", "storage must be db, file or db,file, not 'foo'"),
     ("LOGFLOW_BATCH_WAIT_SECONDS", "abc", "must be a number of seconds from 0 (no wait) to 86400, not 'abc'"),
     ("LOGFLOW_MAX_RECORDS", "0", "must be a whole number of 1 or more, not 0"),
-    ("REDIS_URL", "http://x", "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://, not http://")])
+    ("REDIS_URL", "http://x", "must start with redis://, rediss://, unix://, redis+sentinel://, rediss+sentinel://, redis+cluster:// or rediss+cluster://, not http://")])
 def test_a_bad_setting_is_one_line_of_error_and_help_still_works(variable, value, reason, tmp_path):
     environment = dev_mode_environment(tmp_path, **{variable: value})
     expected = (1, ["error: %s: %s" % (variable, reason)], "")

@@ -107,8 +107,8 @@ def test_sentinel_url_forms(url, sentinels, service, options, sentinel_options):
      " redis+sentinel://[:password@]host:26379[,host:26379...]/service[/db]"),
     ("redis+sentinel://logflow:se?secret@h1/mymaster", "reserved characters in the password must be percent-encoded:"
      " redis+sentinel://[:password@]host:26379[,host:26379...]/service[/db]"),
-    ("sentinel://:secret@h1/mymaster", "must start with redis://, rediss://, unix://, redis+sentinel://"
-     " or rediss+sentinel://, not sentinel://"),
+    ("sentinel://:secret@h1/mymaster", "must start with redis://, rediss://, unix://, redis+sentinel://,"
+     " rediss+sentinel://, redis+cluster:// or rediss+cluster://, not sentinel://"),
 ])
 def test_a_bad_sentinel_url_is_refused_in_one_line_without_its_password(url, reason):
     with pytest.raises(config.InvalidSetting) as refused:
@@ -121,7 +121,7 @@ def test_push_waits_for_replicas_and_says_when_too_few_confirm(empty_redis):
     """WAIT on the push's connection: 1 of 1 replica confirms; asking for 2 gets NotReplicated, records queued."""
     group = empty_redis
     confirmed = spool_redis.RedisSpool(group.url, 30, replicas=1, replicas_timeout=0.5)
-    assert confirmed.push(b'{"count":1} confirmed', ["db"], 1) == ["db"]
+    assert confirmed.push(b'{"count":1} confirmed', ["db"], 1) == [("db", 0)]
     # The script is not cached on a fresh primary (as after a failover): the pipeline loads it.
     confirmed.client.script_flush()
     assert confirmed.push(b'{"count":1} after a flush', ["db"], 1) == []
