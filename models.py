@@ -129,13 +129,23 @@ class WalSqliteDatabase(SqliteDatabase):
         super()._set_pragmas(conn)
 
 
+# libpq's defaults wait for ever: a server that accepts TCP and never answers (or a host gone) would hold
+# a web thread or the consumer's alert pass past any statement_timeout, which the server enforces only once
+# connected. Seconds; a URL's own values win (?connect_timeout=...).
+CONNECTION_DEFAULTS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                       "keepalives_count": 3, "tcp_user_timeout": 60_000}
+
+
 def open_postgres(url):
-    """A pooled PostgreSQL database of a DATABASE_URL; connects lazily."""
+    """A pooled PostgreSQL database of a DATABASE_URL, with bounded connects and keepalives; connects lazily."""
     scheme, _, rest = url.partition("://")
     if scheme in ("postgres", "postgresql"):
         # A pool per process keeps per-task connects cheap in the consumer.
         url = "postgresql+pool://" + rest
-    return db_url.connect(url, max_connections=32, stale_timeout=300)
+    # db_url.connect's keyword arguments override the URL's query string: pass only what it lacks.
+    given = db_url.parse(url)
+    defaults = {name: value for name, value in CONNECTION_DEFAULTS.items() if name not in given}
+    return db_url.connect(url, max_connections=32, stale_timeout=300, **defaults)
 
 
 def bind_database(settings):

@@ -10,6 +10,7 @@ marker in a server's log is a read's.
 Run it with `python3 -m pytest -q -s tests/test_replica.py` to see the lag figures.
 """
 import json
+import socket
 import statistics
 import subprocess
 import sys
@@ -344,3 +345,58 @@ def test_replica_lag_is_measured_on_the_replica(servers, bound_to_replica):
     finally:
         query(replica.url, "SELECT pg_wal_replay_resume()")
     wait_for(lambda: models.replica_lag_seconds() == 0, message="no lag once replayed")
+
+
+def test_connections_are_bounded_by_default():
+    """Every PostgreSQL connection gets a connect timeout and TCP keepalives unless its URL sets its own."""
+    bare = models.open_postgres("postgresql://reader@10.0.0.9/logflow")
+    assert {name: bare.connect_params.get(name) for name in models.CONNECTION_DEFAULTS} == models.CONNECTION_DEFAULTS
+    assert bare.connect_params["connect_timeout"] == 5
+    own = models.open_postgres("postgresql://reader@10.0.0.9/logflow?connect_timeout=1&keepalives_idle=7")
+    assert (own.connect_params["connect_timeout"], own.connect_params["keepalives_idle"]) == (1, 7)
+    assert own.connect_params["keepalives"] == 1
+
+
+def test_a_replica_that_never_answers_is_a_503_within_seconds(postgres_server, redis_server, tmp_path):
+    """A replica accepting TCP and saying nothing: reads 503 after the default connect timeout, POST /logs goes on."""
+    from logflow import create_app
+    from helpers import serve
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    url = postgres_server.create_database(unique_database_name("silent"))
+    settings = base_settings(tmp_path).replace(
+        database_url=url, redis_url=redis_server.url,
+        database_read_url="postgresql://reader@127.0.0.1:%d/logflow" % silent.getsockname()[1])
+    tasks.configure(settings)
+    models.create_tables()
+    try:
+        with models.database.connection_context():
+            project = models.Project.create(name="silent replica")
+            write_key, read_key = models.ApiKey.issue(project), models.ApiKey.issue(project, scope="read")
+        with serve(create_app(settings)) as base_url:
+            answer = {}
+
+            def read():
+                started = time.monotonic()
+                request = urllib.request.Request(base_url + "/logs", headers={"X-API-Key": read_key})
+                try:
+                    urllib.request.urlopen(request, timeout=30).close()
+                    answer["status"] = 200
+                except urllib.error.HTTPError as error:
+                    answer["status"] = error.code
+                answer["seconds"] = time.monotonic() - started
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            silent.settimeout(10)
+            waiting, _ = silent.accept()  # the read is connecting now; nothing answers it
+            status, _, reply = send(base_url, write_key, b'{"message": "sent while a read waits"}')
+            assert status == 202 and "status" not in answer, reply
+            reader.join(timeout=30)
+            waiting.close()
+        assert answer["status"] == 503 and answer["seconds"] < 10, answer
+    finally:
+        silent.close()
+        for database in (models.database.obj, models.database.replica):
+            database.close_all()
