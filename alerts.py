@@ -287,13 +287,14 @@ def evaluate(rule, settings, now, lag_seconds=0.0):
     note = ("the stored logs are %d s behind (the database writer's queue, the read replica); window moved back"
             % lag_seconds if lag_seconds >= 1 else "")
     made = []
+    samples = sample_logs(rule, event, count, log_filter, settings) if event else []
     with durable_transaction():
         changes = {"evaluated_at": now, "last_count": count}
         if event:
             changes.update(state="firing" if event == "firing" else "ok", notified_at=now)
             if (event == "firing") != (rule.state == "firing"):
                 changes["changed_at"] = now
-            made.append(record(rule, event, count, since, until, log_filter, settings, now))
+            made.append(record(rule, event, count, since, until, samples, settings, now))
         AlertRule.update(**changes).where(AlertRule.id == rule.id).execute()
         AlertEvaluation.create(rule=rule, at=now, count=count, state="firing" if firing else "ok", note=note)
         AlertEvaluation.delete().where(AlertEvaluation.rule == rule,
@@ -322,13 +323,22 @@ def payload(rule, notification_id, event, count, since, until, samples, settings
             "samples": samples, "url": viewer_url(settings, rule.search.project.name, rule.search.query, since, until)}
 
 
-def record(rule, event, count, since, until, log_filter, settings, now):
+def sample_logs(rule, event, count, log_filter, settings):
+    """The newest logs a notification of the event carries, as the API renders them; none when it resolves.
+
+    Read before the transaction that records the notification, as the count
+    is (on the read replica, time-limited): the primary's transaction is not
+    held open meanwhile.
+    """
+    if event == "resolved" or not count:
+        return []
+    with using_replica(), query.time_limited(settings.read_timeout_seconds):
+        rows, _ = query.fetch(rule.search.project_id, log_filter.replace(limit=SAMPLES, order="desc"))
+    return [query.render(row) for row in rows[:SAMPLES]]
+
+
+def record(rule, event, count, since, until, samples, settings, now):
     """Store a notification to send (inside the caller's transaction); returns its id."""
-    samples = []
-    if event != "resolved" and count:
-        with using_replica():
-            rows, _ = query.fetch(rule.search.project_id, log_filter.replace(limit=SAMPLES, order="desc"))
-        samples = [query.render(row) for row in rows[:SAMPLES]]
     notification_id = str(uuid.uuid4())
     body = orjson.dumps(payload(rule, notification_id, event, count, since, until, samples, settings))
     Notification.create(id=notification_id, rule=rule, event=event, body=body.decode(), created_at=now, due_at=now)
@@ -341,8 +351,9 @@ def record_test(rule, settings):
     since = now - datetime.timedelta(minutes=rule.window_minutes)
     log_filter = search_filter(rule.search.query).replace(since=since, until=now)
     count = count_matching(rule, log_filter, settings)
+    samples = sample_logs(rule, "test", count, log_filter, settings)
     with durable_transaction():
-        return record(rule, "test", count, since, now, log_filter, settings, now)
+        return record(rule, "test", count, since, now, samples, settings, now)
 
 
 def due_notifications(now=None, limit=100):

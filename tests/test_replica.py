@@ -400,3 +400,46 @@ def test_a_replica_that_never_answers_is_a_503_within_seconds(postgres_server, r
         silent.close()
         for database in (models.database.obj, models.database.replica):
             database.close_all()
+
+
+def with_previous(server, text):
+    """The statements of a server's log (log_statement=all) holding text, each with the one its backend ran before."""
+    previous, found = {}, []
+    with open(server.log_path, errors="replace") as log:
+        for line in log:
+            if "statement: " not in line or "[" not in line:
+                continue
+            pid = line.split("[", 1)[1].split("]", 1)[0]
+            if text in line:
+                found.append((line, previous.get(pid, "")))
+            previous[pid] = line
+    return found
+
+
+def test_a_notifications_samples_are_read_on_the_replica_within_the_read_limit(servers, bound_to_replica):
+    """The sample logs a notification carries are read as the count is (replica, statement_timeout), before the primary's transaction."""
+    from logflow import create_app
+    from helpers import drain_all, post_logs
+    primary, replica = servers
+    settings = bound_to_replica
+    marker = "Sampled-" + uuid.uuid4().hex[:8]
+    with models.database.connection_context():
+        project = models.Project.create(name="sampled")
+        key = models.ApiKey.issue(project)
+        search = alerts.save_search(project, "sampled", "q=" + marker.lower())
+        rule, _ = alerts.add_rule(search, "threshold", 5, "webhook", "http://127.0.0.1:9/hook", settings, threshold=1)
+    response = post_logs(create_app(settings).test_client(), key, [{"message": "%s %d" % (marker, n)} for n in range(3)])
+    assert response.status_code == 202, response.get_json()
+    drain_all()
+    wait_caught_up(replica)
+    now = models.utcnow()
+    with models.database.connection_context():
+        models.AlertRule.update(due_at=now).where(models.AlertRule.id == rule.id).execute()
+        made = alerts.evaluate_due(settings, now=now)
+        assert len(made) == 1 and models.AlertRule.get_by_id(rule.id).state == "firing"
+        body = json.loads(models.Notification.get_by_id(made[0]).body)
+    assert sorted(sample["message"] for sample in body["samples"]) == ["%s %d" % (marker, n) for n in range(3)]
+    assert searches_for(primary, marker.lower()) == 0
+    # The samples' SELECT (ORDER BY ... DESC) ran in a read's transaction: right after its statement_timeout.
+    before_samples = [before for line, before in with_previous(replica, marker.lower()) if "DESC" in line]
+    assert before_samples and all("statement_timeout" in before for before in before_samples), before_samples
