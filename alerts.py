@@ -42,6 +42,9 @@ EVALUATIONS_KEPT = datetime.timedelta(days=1)
 # after which another consumer may take it: the one sending may have died.
 LEASE_TIMEOUTS = 3
 LEASE_MARGIN_SECONDS = 5
+# A read replica further behind than this is not counted on: its logs stop at a time the rules are
+# no longer about (a replica cut off from its primary falls further behind every minute).
+MAX_REPLICA_LAG_SECONDS = 60
 
 
 class AlertError(ValueError):
@@ -142,11 +145,15 @@ def claim(rule, now):
     return moved == 1
 
 
-def evaluate_due(settings, lag_seconds=0.0, now=None):
+def evaluate_due(settings, lag_seconds=0.0, now=None, replica_lag_seconds=0.0):
     """Evaluate every rule whose minute has come and that no other consumer took; returns the notification ids made.
 
     Rules of a deactivated project wait: it sends no logs, and its absence rules would only fire for that.
+    The window moves back by both lags; with the read replica too far behind
+    (models.replica_lag_seconds; None: by an unknown time) no rule is counted,
+    and each evaluation says why.
     """
+    behind = replica_behind(replica_lag_seconds)
     made = []
     for rule in list(AlertRule.select(AlertRule, SavedSearch, Project).join(SavedSearch).join(Project)
                      .where(AlertRule.due_at <= (now or utcnow()), Project.is_active == True)  # noqa: E712 (SQL)
@@ -155,13 +162,26 @@ def evaluate_due(settings, lag_seconds=0.0, now=None):
         at = now or utcnow()
         if not claim(rule, at):
             continue
+        if behind:
+            note_failure(rule, at, behind)
+            continue
         try:
-            made += evaluate(rule, settings, at, lag_seconds)
+            made += evaluate(rule, settings, at, lag_seconds + replica_lag_seconds)
         except Exception as error:  # one rule's failure must not keep the others from their minute
             logger.exception("alert %s (rule %d) could not be evaluated; next try in a minute",
                              rule.search.name, rule.id)
             note_failure(rule, at, error)
     return made
+
+
+def replica_behind(lag_seconds):
+    """Why the read replica's counts cannot be used this minute, or None when they can."""
+    if lag_seconds is None:
+        return "the read replica has not replayed its primary's latest changes, and replayed no transaction to tell since when"
+    if lag_seconds > MAX_REPLICA_LAG_SECONDS:
+        return "the read replica is %d s behind its primary (more than %d s); not counted" % (
+            lag_seconds, MAX_REPLICA_LAG_SECONDS)
+    return None
 
 
 def note_failure(rule, at, error):
