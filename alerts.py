@@ -42,6 +42,9 @@ EVALUATIONS_KEPT = datetime.timedelta(days=1)
 # after which another consumer may take it: the one sending may have died.
 LEASE_TIMEOUTS = 3
 LEASE_MARGIN_SECONDS = 5
+# A read replica further behind than this is not counted on: its logs stop at a time the rules are
+# no longer about (a replica cut off from its primary falls further behind every minute).
+MAX_REPLICA_LAG_SECONDS = 60
 
 
 class AlertError(ValueError):
@@ -142,11 +145,15 @@ def claim(rule, now):
     return moved == 1
 
 
-def evaluate_due(settings, lag_seconds=0.0, now=None):
+def evaluate_due(settings, lag_seconds=0.0, now=None, replica_lag_seconds=0.0):
     """Evaluate every rule whose minute has come and that no other consumer took; returns the notification ids made.
 
     Rules of a deactivated project wait: it sends no logs, and its absence rules would only fire for that.
+    The window moves back by both lags; with the read replica too far behind
+    (models.replica_lag_seconds; None: by an unknown time) no rule is counted,
+    and each evaluation says why.
     """
+    behind = replica_behind(replica_lag_seconds)
     made = []
     for rule in list(AlertRule.select(AlertRule, SavedSearch, Project).join(SavedSearch).join(Project)
                      .where(AlertRule.due_at <= (now or utcnow()), Project.is_active == True)  # noqa: E712 (SQL)
@@ -155,13 +162,26 @@ def evaluate_due(settings, lag_seconds=0.0, now=None):
         at = now or utcnow()
         if not claim(rule, at):
             continue
+        if behind:
+            note_failure(rule, at, behind)
+            continue
         try:
-            made += evaluate(rule, settings, at, lag_seconds)
+            made += evaluate(rule, settings, at, lag_seconds + replica_lag_seconds)
         except Exception as error:  # one rule's failure must not keep the others from their minute
             logger.exception("alert %s (rule %d) could not be evaluated; next try in a minute",
                              rule.search.name, rule.id)
             note_failure(rule, at, error)
     return made
+
+
+def replica_behind(lag_seconds):
+    """Why the read replica's counts cannot be used this minute, or None when they can."""
+    if lag_seconds is None:
+        return "the read replica has not replayed its primary's latest changes, and replayed no transaction to tell since when"
+    if lag_seconds > MAX_REPLICA_LAG_SECONDS:
+        return "the read replica is %d s behind its primary (more than %d s); not counted" % (
+            lag_seconds, MAX_REPLICA_LAG_SECONDS)
+    return None
 
 
 def note_failure(rule, at, error):
@@ -287,13 +307,14 @@ def evaluate(rule, settings, now, lag_seconds=0.0):
     note = ("the stored logs are %d s behind (the database writer's queue, the read replica); window moved back"
             % lag_seconds if lag_seconds >= 1 else "")
     made = []
+    samples = sample_logs(rule, event, count, log_filter, settings) if event else []
     with durable_transaction():
         changes = {"evaluated_at": now, "last_count": count}
         if event:
             changes.update(state="firing" if event == "firing" else "ok", notified_at=now)
             if (event == "firing") != (rule.state == "firing"):
                 changes["changed_at"] = now
-            made.append(record(rule, event, count, since, until, log_filter, settings, now))
+            made.append(record(rule, event, count, since, until, samples, settings, now))
         AlertRule.update(**changes).where(AlertRule.id == rule.id).execute()
         AlertEvaluation.create(rule=rule, at=now, count=count, state="firing" if firing else "ok", note=note)
         AlertEvaluation.delete().where(AlertEvaluation.rule == rule,
@@ -322,13 +343,22 @@ def payload(rule, notification_id, event, count, since, until, samples, settings
             "samples": samples, "url": viewer_url(settings, rule.search.project.name, rule.search.query, since, until)}
 
 
-def record(rule, event, count, since, until, log_filter, settings, now):
+def sample_logs(rule, event, count, log_filter, settings):
+    """The newest logs a notification of the event carries, as the API renders them; none when it resolves.
+
+    Read before the transaction that records the notification, as the count
+    is (on the read replica, time-limited): the primary's transaction is not
+    held open meanwhile.
+    """
+    if event == "resolved" or not count:
+        return []
+    with using_replica(), query.time_limited(settings.read_timeout_seconds):
+        rows, _ = query.fetch(rule.search.project_id, log_filter.replace(limit=SAMPLES, order="desc"))
+    return [query.render(row) for row in rows[:SAMPLES]]
+
+
+def record(rule, event, count, since, until, samples, settings, now):
     """Store a notification to send (inside the caller's transaction); returns its id."""
-    samples = []
-    if event != "resolved" and count:
-        with using_replica():
-            rows, _ = query.fetch(rule.search.project_id, log_filter.replace(limit=SAMPLES, order="desc"))
-        samples = [query.render(row) for row in rows[:SAMPLES]]
     notification_id = str(uuid.uuid4())
     body = orjson.dumps(payload(rule, notification_id, event, count, since, until, samples, settings))
     Notification.create(id=notification_id, rule=rule, event=event, body=body.decode(), created_at=now, due_at=now)
@@ -341,8 +371,9 @@ def record_test(rule, settings):
     since = now - datetime.timedelta(minutes=rule.window_minutes)
     log_filter = search_filter(rule.search.query).replace(since=since, until=now)
     count = count_matching(rule, log_filter, settings)
+    samples = sample_logs(rule, "test", count, log_filter, settings)
     with durable_transaction():
-        return record(rule, "test", count, since, now, log_filter, settings, now)
+        return record(rule, "test", count, since, now, samples, settings, now)
 
 
 def due_notifications(now=None, limit=100):

@@ -129,13 +129,23 @@ class WalSqliteDatabase(SqliteDatabase):
         super()._set_pragmas(conn)
 
 
+# libpq's defaults wait for ever: a server that accepts TCP and never answers (or a host gone) would hold
+# a web thread or the consumer's alert pass past any statement_timeout, which the server enforces only once
+# connected. Seconds; a URL's own values win (?connect_timeout=...).
+CONNECTION_DEFAULTS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                       "keepalives_count": 3, "tcp_user_timeout": 60_000}
+
+
 def open_postgres(url):
-    """A pooled PostgreSQL database of a DATABASE_URL; connects lazily."""
+    """A pooled PostgreSQL database of a DATABASE_URL, with bounded connects and keepalives; connects lazily."""
     scheme, _, rest = url.partition("://")
     if scheme in ("postgres", "postgresql"):
         # A pool per process keeps per-task connects cheap in the consumer.
         url = "postgresql+pool://" + rest
-    return db_url.connect(url, max_connections=32, stale_timeout=300)
+    # db_url.connect's keyword arguments override the URL's query string: pass only what it lacks.
+    given = db_url.parse(url)
+    defaults = {name: value for name, value in CONNECTION_DEFAULTS.items() if name not in given}
+    return db_url.connect(url, max_connections=32, stale_timeout=300, **defaults)
 
 
 def bind_database(settings):
@@ -187,20 +197,43 @@ def using_primary():
         database.routes.database = previous
 
 
-def replica_lag_seconds():
-    """How far the read replica's data is behind its primary, in seconds; 0 without a replica.
+# How long replica_lag_seconds() waits for the replica to replay the primary's position: a replica
+# streaming as it should does in milliseconds.
+REPLICA_CATCH_UP_SECONDS = 3.0
 
-    Measured on the replica: 0 while it has replayed all the WAL it received,
-    else the age of the last transaction it replayed. A replica cut off from
-    its primary receives nothing, and so cannot tell it is behind.
+
+def replica_lag_seconds(wait_seconds=REPLICA_CATCH_UP_SECONDS):
+    """How far the read replica's data is behind its primary, in seconds; 0 without a replica, None when it cannot say.
+
+    The primary's WAL insert position is read first (not pg_current_wal_lsn():
+    with synchronous_commit=off a commit is visible before its WAL is
+    written), then the replica is polled until it has replayed that far: the
+    lag is the time that took. A replica that has not within wait_seconds
+    (cut off from its primary, its replay paused or slow) is behind by the age
+    of the last transaction it replayed, at least wait_seconds; None if it
+    replayed none. Asking the replica alone cannot tell: one that receives
+    nothing has replayed all it received.
     """
     if database.replica is None:
         return 0.0
+    with using_primary(), database.connection_context():
+        target = database.execute_sql("SELECT pg_current_wal_insert_lsn()::text").fetchone()[0]
+    started = time.monotonic()
     with using_replica():
-        lag = database.execute_sql(
-            "SELECT CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
-            " ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END").fetchone()[0]
-    return max(0.0, float(lag or 0))
+        while True:
+            # At a WAL page's start the insert position is past the page's header (24 or 40 bytes),
+            # where no record ends: a replica that replayed everything stops short of it by that much.
+            replayed, age = database.execute_sql(
+                "SELECT NOT pg_is_in_recovery() OR pg_wal_lsn_diff(%s, pg_last_wal_replay_lsn()) <= 0"
+                " OR (pg_wal_lsn_diff(%s, pg_last_wal_replay_lsn()) <= 40 AND pg_wal_lsn_diff("
+                "pg_last_wal_replay_lsn(), '0/0') %% current_setting('wal_block_size')::numeric = 0),"
+                " extract(epoch FROM now() - pg_last_xact_replay_timestamp())", (target, target)).fetchone()
+            waited = time.monotonic() - started
+            if replayed:
+                return waited
+            if waited >= wait_seconds:
+                return None if age is None else max(waited, float(age))
+            time.sleep(0.02)
 
 
 def on_postgres():

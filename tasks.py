@@ -436,9 +436,9 @@ def evaluate_and_send():
     try:
         # How far the database lags what was accepted: no rule may fire or resolve on logs still queued.
         lag = metrics.writer_state(runtime.spool, "db", time.time()).oldest_seconds or 0.0
-        lag += replica_lag()
+        behind = replica_lag()
         with models.database.connection_context():
-            alerts.evaluate_due(runtime.settings, lag)
+            alerts.evaluate_due(runtime.settings, lag, replica_lag_seconds=behind)
             due = alerts.due_notifications()
     except (peewee.DatabaseError, spools.SpoolUnavailable) as error:
         # A store down, or the tables not made yet (init-db): said once a minute, tried again the next.
@@ -450,7 +450,7 @@ def evaluate_and_send():
 
 
 def replica_lag():
-    """Seconds the read replica's counts are behind the primary's rows; 0 when it cannot say.
+    """Seconds the read replica's counts are behind the primary's rows (None: behind by an unknown time); 0 when it does not answer.
 
     A replica that does not answer is not a reason to skip every rule: each
     rule's count fails in turn, and its evaluation notes why (alerts.note_failure).
