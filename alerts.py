@@ -175,7 +175,12 @@ def evaluate_due(settings, lag_seconds=0.0, now=None, replica_lag_seconds=0.0):
 
 
 def replica_behind(lag_seconds):
-    """Why the read replica's counts cannot be used this minute, or None when they can."""
+    """Why the read replica's counts cannot be used this minute, or None when they can.
+
+    lag_seconds is models.replica_lag_seconds()'s answer, or the error it raised (tasks.replica_lag).
+    """
+    if isinstance(lag_seconds, Exception):
+        return "the read replica does not answer: %s" % (str(lag_seconds).strip().split("\n")[0] or type(lag_seconds).__name__)
     if lag_seconds is None:
         return "the read replica has not replayed its primary's latest changes, and replayed no transaction to tell since when"
     if lag_seconds > MAX_REPLICA_LAG_SECONDS:

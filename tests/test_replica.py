@@ -238,6 +238,15 @@ def test_alert_counts_read_the_replica_and_a_replica_down_fires_nothing(servers,
             assert (rule.state, rule.evaluated_at, models.Notification.select().count()) == ("ok", None, 0)
             assert evaluation.count is None and evaluation.note.startswith("not evaluated: "), evaluation.note
             assert searches_for(primary, searched) == 0
+            # As the consumer's pass does it: the replica asked once, every rule due noted with why, none counted.
+            lag = tasks.replica_lag()
+            assert isinstance(lag, Exception)
+            rule.due_at = models.utcnow()
+            rule.save()
+            assert alerts.evaluate_due(settings, now=rule.due_at, replica_lag_seconds=lag) == []
+            evaluation = rule.evaluations.order_by(models.AlertEvaluation.id.desc()).first()
+            assert evaluation.count is None and "the read replica does not answer" in evaluation.note, evaluation.note
+            rule = models.AlertRule.get_by_id(rule.id)
     finally:
         replica.start()
     # The replica back: counted there (0 logs), so the absence rule fires.
