@@ -492,3 +492,10 @@ def test_email_goes_over_starttls_with_a_login_and_never_logs_in_without_tls(cli
         with models.database.connection_context():
             assert alerts.deliver(alerts.record_test(rule, settings), settings) == "failed"
             assert "no STARTTLS" in rule_row(rule).last_error and plain.messages == []
+
+
+def test_every_consumer_schedules_the_evaluation_at_every_minute():
+    # tests/test_alerts_e2e.py enqueues the task itself rather than wait for huey's clock: this is the clock.
+    minutes = [datetime.datetime(2026, 12, 6, hour, minute) for hour in range(24) for minute in range(60)]
+    assert all(tasks.evaluate_alerts.s().validate_datetime(at) for at in minutes)
+    assert not tasks.prune_hourly.s().validate_datetime(datetime.datetime(2026, 12, 6, 3, tasks.PRUNE_MINUTE + 1))
